@@ -1,0 +1,328 @@
+"""The ``mqttspool`` command line (see DESIGN.md, Command line).
+
+Exit codes: 0 success, 1 failure (or some input rejected), 2 configuration
+error. Global options work before and after the subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from mqttspool import __version__, runtime_cli
+from mqttspool.config import (
+    Settings,
+    config_path_from,
+    effective_config,
+    load_config,
+    to_toml,
+)
+from mqttspool.errors import ConfigError, MqttspoolError, ReadingError, SpoolFullError
+from mqttspool.logsetup import setup_logging
+from mqttspool.reading import Reading, format_ts, validate_reading
+from mqttspool.spool import Spool, classify_file, open_spool, read_stats_json
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_CONFIG = 2
+ENQUEUE_BATCH = 2000
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    # On subparsers the defaults are suppressed so a value given before the
+    # subcommand is not overwritten by the subparser's default.
+    default: Any = None if top else argparse.SUPPRESS
+    parser.add_argument("-c", "--config", metavar="FILE", default=default, help="TOML config file")
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=default,
+        help="override log.level",
+    )
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default=default, help="override log.format"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="mqttspool",
+        description="Store-and-forward telemetry bridge: sensors -> SQLite spool -> MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"mqttspool {__version__}")
+    _global_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _global_options(p, top=False)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("enqueue", cmd_enqueue, "store JSON-lines readings from FILE or stdin")
+    p.add_argument("file", nargs="?", default="-", help="input file, '-' for stdin (default)")
+
+    p = add("status", cmd_status, "show the spool's depth, age, dead letters and drops")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = add("check-config", cmd_check_config, "validate and print the effective configuration")
+    p.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+
+    p = add("dead-letters", cmd_dead_letters, "inspect and recover readings the broker rejected")
+    dl = p.add_subparsers(dest="dl_action", metavar="ACTION", required=True)
+    dl_list = dl.add_parser("list", help="list rejected readings")
+    dl_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    for action, text in (
+        ("requeue", "move back into the queue (same seq, same id)"),
+        ("purge", "delete for good (counted as dropped, reason purged)"),
+    ):
+        a = dl.add_parser(action, help=text)
+        a.add_argument("--all", action="store_true", help="every dead letter")
+        a.add_argument("seqs", nargs="*", type=int, metavar="SEQ")
+
+    _add_runtime_commands(add)
+    return parser
+
+
+def _add_runtime_commands(add: Callable[[str, Handler, str], argparse.ArgumentParser]) -> None:
+    """Commands that talk to a broker or to sensors (imported lazily to keep start-up fast)."""
+    runtime_cli.register(add)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level or "info", args.log_format or "text")
+    try:
+        settings = load_config(config_path_from(args.config, _environ()))
+    except ConfigError as exc:
+        print(f"mqttspool: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(args.log_level or settings.log.level, args.log_format or settings.log.format)
+    try:
+        return int(args.handler(args, settings))
+    except ConfigError as exc:
+        print(f"mqttspool: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except MqttspoolError as exc:
+        print(f"mqttspool: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+def _environ() -> dict[str, str]:
+    return dict(os.environ)
+
+
+# ------------------------------------------------------------------ enqueue
+
+
+def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    """Validate JSON lines and store the good ones; exit 1 if any line was rejected."""
+    spool = open_spool(settings.spool)
+    try:
+        with _open_input(args.file) as stream:
+            stored, rejected = enqueue_lines(spool, settings.device.id, stream, sys.stderr)
+    finally:
+        spool.close()
+    print(f"stored {stored} reading(s), rejected {rejected} line(s)", file=sys.stderr)
+    return EXIT_OK if rejected == 0 else EXIT_FAIL
+
+
+class _open_input:  # noqa: N801 - a context manager used like open()
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.fh: IO[str] | None = None
+
+    def __enter__(self) -> Iterable[str]:
+        if self.name == "-":
+            return sys.stdin
+        try:
+            self.fh = Path(self.name).open(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise MqttspoolError(f"cannot read {self.name}: {exc.strerror}") from exc
+        return self.fh
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+def enqueue_lines(
+    spool: Spool, device: str, lines: Iterable[str], errors: IO[str]
+) -> tuple[int, int]:
+    """Parse, validate and store ``lines`` in batches; returns ``(stored, rejected)``."""
+    stored = rejected = 0
+    batch: list[tuple[int, Reading]] = []
+    for lineno, reading_or_error in _parse_lines(lines, device):
+        if isinstance(reading_or_error, ReadingError):
+            print(f"line {lineno}: {reading_or_error}", file=errors)
+            rejected += 1
+            continue
+        batch.append((lineno, reading_or_error))
+        if len(batch) >= ENQUEUE_BATCH:
+            ok, bad = _store(spool, batch, errors)
+            stored, rejected, batch = stored + ok, rejected + bad, []
+    if batch:
+        ok, bad = _store(spool, batch, errors)
+        stored, rejected = stored + ok, rejected + bad
+    return stored, rejected
+
+
+def _parse_lines(lines: Iterable[str], device: str) -> Iterator[tuple[int, Reading | ReadingError]]:
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield lineno, ReadingError("", f"not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if not isinstance(doc, dict):
+            yield lineno, ReadingError("", "must be a JSON object")
+            continue
+        doc.setdefault("device", device)
+        if "ts" not in doc:
+            doc["ts"] = datetime.now(UTC)
+        try:
+            yield lineno, validate_reading(doc)
+        except ReadingError as exc:
+            yield lineno, exc
+
+
+def _store(spool: Spool, batch: list[tuple[int, Reading]], errors: IO[str]) -> tuple[int, int]:
+    try:
+        result = spool.append([r for _, r in batch])
+    except SpoolFullError as exc:
+        print(f"lines {batch[0][0]}-{batch[-1][0]}: not stored: {exc}", file=errors)
+        return 0, len(batch)
+    lost = len(batch) - len(result.seqs)
+    if lost:
+        # drop_newest: the last lines of the batch did not fit.
+        for lineno, _ in batch[len(result.seqs) :]:
+            print(f"line {lineno}: not stored: spool bound reached ({result.dropped})", file=errors)
+    return len(result.seqs), lost
+
+
+# ------------------------------------------------------------------- status
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Print depth, oldest age, dead letters, drops, last publish, epoch."""
+    doc = status_document(settings)
+    if args.json:
+        print(json.dumps(doc, sort_keys=False))
+        return EXIT_OK
+    age = doc["oldest_age_seconds"]
+    print(f"spool:        {doc['spool_path']}")
+    print(f"device:       {doc['device']}")
+    print(f"epoch:        {doc['epoch'] or '-'}")
+    print(f"depth:        {doc['depth']}")
+    print(f"oldest age:   {'-' if age is None else f'{age:.1f} s'}")
+    print(f"dead letters: {doc['dead_letters']}")
+    dropped = ", ".join(f"{k}={v}" for k, v in doc["dropped"].items()) or "none"
+    print(f"dropped:      {dropped}")
+    print(f"last publish: {doc['last_publish'] or 'never'}")
+    return EXIT_OK
+
+
+def status_document(settings: Settings) -> dict[str, Any]:
+    """The ``status --json`` object; a missing spool reads as empty (and is not created)."""
+    path = Path(settings.spool.path)
+    now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
+    if classify_file(path) == "missing":
+        return {
+            "device": settings.device.id,
+            "epoch": None,
+            "depth": 0,
+            "oldest_age_seconds": None,
+            "dead_letters": 0,
+            "dropped": {},
+            "last_publish": None,
+            "spool_path": str(path),
+        }
+    spool = open_spool(settings.spool)
+    try:
+        return read_stats_json(spool.stats(), settings.device.id, now_us)
+    finally:
+        spool.close()
+
+
+# ------------------------------------------------------------- check-config
+
+
+def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the effective configuration with secrets masked."""
+    data = effective_config(settings)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(to_toml(data), end="")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------- dead letters
+
+
+def cmd_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
+    """``dead-letters list|requeue|purge``."""
+    spool = open_spool(settings.spool)
+    try:
+        if args.dl_action == "list":
+            return _dl_list(spool, args.json)
+        if not args.all and not args.seqs:
+            print(
+                f"mqttspool: dead-letters {args.dl_action}: give SEQ... or --all", file=sys.stderr
+            )
+            return EXIT_CONFIG
+        seqs = None if args.all else list(args.seqs)
+        if args.dl_action == "requeue":
+            n = spool.requeue(seqs)
+            print(f"requeued {n} reading(s) (same seq, same id)")
+        else:
+            n = spool.purge(seqs)
+            print(f"purged {n} dead letter(s) (counted as dropped, reason purged)")
+        return EXIT_OK
+    finally:
+        spool.close()
+
+
+def _dl_list(spool: Spool, as_json: bool) -> int:
+    letters = spool.dead_letters()
+    for dl in letters:
+        r = dl.reading
+        if as_json:
+            doc = {
+                "seq": r.seq,
+                "device": r.device,
+                "sensor": r.sensor,
+                "metric": r.metric,
+                "value": r.value,
+                "unit": r.unit,
+                "ts": format_ts(r.ts_us),
+                "code": dl.code,
+                "reason": dl.reason,
+                "failed_at": format_ts(dl.failed_at_us),
+            }
+            print(json.dumps(doc))
+        else:
+            print(
+                f"{r.seq}\t{r.device}/{r.sensor}/{r.metric}\t{r.value}\t0x{dl.code:02X} "
+                f"{dl.reason}\t{format_ts(dl.failed_at_us)}"
+            )
+    if not as_json:
+        print(f"{len(letters)} dead letter(s)", file=sys.stderr)
+    return EXIT_OK

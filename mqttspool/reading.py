@@ -1,0 +1,218 @@
+"""Validated readings and their wire format (topic and JSON payload).
+
+A :class:`Reading` is what producers hand to the spool. A :class:`StoredReading`
+is a reading with its spool ``seq``; :func:`render_payload` turns it into the
+compact JSON documented in DESIGN.md, ``id = device:epoch:seq``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
+
+from mqttspool.errors import ReadingError
+
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+Name = Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
+
+
+class Reading(BaseModel):
+    """One measurement: validated, immutable, timestamped in UTC."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    device: Name
+    sensor: Name
+    metric: Name
+    value: float
+    unit: Annotated[StrictStr, Field(max_length=16)] | None = None
+    ts: datetime
+    time_synced: StrictBool = True
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _value_is_number(cls, v: Any) -> Any:
+        # Strict on type (no "1.5" strings, no booleans), finite on value.
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValueError("must be a number")
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number (NaN and infinity are rejected)")
+        return float(v)
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _ts_not_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("must be an ISO 8601 timestamp with a timezone")
+        return v
+
+    @field_validator("ts")
+    @classmethod
+    def _ts_is_aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None or v.utcoffset() is None:
+            raise ValueError("timestamp must include a timezone (e.g. 2026-11-26T00:40:00Z)")
+        return v.astimezone(UTC)
+
+    @property
+    def ts_us(self) -> int:
+        """Timestamp as integer microseconds since the Unix epoch (UTC)."""
+        return to_us(self.ts)
+
+
+def to_us(ts: datetime) -> int:
+    """Convert an aware datetime to integer microseconds since the epoch."""
+    delta = ts - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(ts_us: int) -> datetime:
+    """Inverse of :func:`to_us`."""
+    return _EPOCH + timedelta(microseconds=ts_us)
+
+
+def format_ts(ts_us: int) -> str:
+    """Render microseconds as ISO 8601 UTC with a ``Z``; milliseconds unless finer is needed."""
+    dt = from_us(ts_us)
+    frac = ts_us % 1_000_000
+    base = (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+    )
+    if frac % 1000 == 0:
+        return f"{base}.{frac // 1000:03d}Z"
+    return f"{base}.{frac:06d}Z"
+
+
+def is_valid_name(name: str) -> bool:
+    """True when ``name`` can be a device, sensor or metric name (a topic level)."""
+    return bool(_NAME_RE.match(name))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    """A reading as it sits in the spool, identified by its ``seq``."""
+
+    seq: int
+    device: str
+    sensor: str
+    metric: str
+    value: float
+    unit: str | None
+    ts_us: int
+    time_synced: bool
+
+    def to_reading(self) -> Reading:
+        """Rebuild the validated :class:`Reading` (without the seq)."""
+        return Reading(
+            device=self.device,
+            sensor=self.sensor,
+            metric=self.metric,
+            value=self.value,
+            unit=self.unit,
+            ts=from_us(self.ts_us),
+            time_synced=self.time_synced,
+        )
+
+
+def reading_id(device: str, epoch: str, seq: int) -> str:
+    """The stable message id a consumer dedupes on."""
+    return f"{device}:{epoch}:{seq}"
+
+
+def render_topic(prefix: str, device: str, sensor: str, metric: str) -> str:
+    """``{prefix}/{device}/{sensor}/{metric}``."""
+    return f"{prefix}/{device}/{sensor}/{metric}"
+
+
+def render_payload(row: StoredReading, epoch: str, replay: bool) -> bytes:
+    """Compact UTF-8 JSON payload of one reading (see DESIGN.md, wire format)."""
+    doc = {
+        "id": reading_id(row.device, epoch, row.seq),
+        "seq": row.seq,
+        "device": row.device,
+        "sensor": row.sensor,
+        "metric": row.metric,
+        "value": row.value,
+        "unit": row.unit,
+        "ts": format_ts(row.ts_us),
+        "time_synced": row.time_synced,
+        "replay": replay,
+    }
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class WireMessage:
+    """A payload parsed back by a consumer (``watch``, tests)."""
+
+    id: str
+    seq: int
+    epoch: str
+    reading: Reading
+    replay: bool
+
+
+def parse_payload(payload: bytes) -> WireMessage:
+    """Parse and validate a data payload; raises :class:`ReadingError` naming the field."""
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReadingError("", f"payload is not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ReadingError("", "payload is not a JSON object")
+    envelope = {k: doc.pop(k, None) for k in ("id", "seq", "replay")}
+    seq, msg_id, replay = envelope["seq"], envelope["id"], envelope["replay"]
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise ReadingError("seq", "must be a positive integer")
+    if not isinstance(msg_id, str) or msg_id.count(":") != 2:
+        raise ReadingError("id", "must be device:epoch:seq")
+    if not isinstance(replay, bool):
+        raise ReadingError("replay", "must be a boolean")
+    reading = validate_reading(doc)
+    device, epoch, id_seq = msg_id.split(":")
+    if device != reading.device or id_seq != str(seq):
+        raise ReadingError("id", f"{msg_id!r} does not match device and seq")
+    return WireMessage(id=msg_id, seq=seq, epoch=epoch, reading=reading, replay=replay)
+
+
+def validate_reading(doc: dict[str, Any]) -> Reading:
+    """Validate a mapping into a :class:`Reading`; the error names the first bad field."""
+    try:
+        return Reading.model_validate(doc)
+    except ValidationError as exc:
+        raise reading_error_from(exc) from exc
+
+
+def reading_error_from(exc: ValidationError) -> ReadingError:
+    """Turn a pydantic error into a one-line :class:`ReadingError` (first problem)."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"])
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        message = "field required"
+    elif err["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif "input" in err and err["type"] != "missing":
+        message = f"{message} (got {_short(err['input'])})"
+    return ReadingError(field, message)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,88 @@
+"""Clocks: wall time, monotonic time, boot identity and clock synchronisation.
+
+Everything that needs "now" receives a :class:`Clock` so tests can use a
+fake one. Only this module reads the system clocks.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+
+
+class Clock(Protocol):
+    """What the spool, sampler and bridge need to know about time."""
+
+    def wall_us(self) -> int:
+        """Wall-clock time, microseconds since the Unix epoch (UTC)."""
+        ...
+
+    def mono_ns(self) -> int:
+        """Monotonic time in nanoseconds (only comparable within one boot)."""
+        ...
+
+    def boot_id(self) -> str:
+        """An identifier of the current boot."""
+        ...
+
+
+def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
+    """The kernel's boot id, or a per-process random one where there is none."""
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except OSError:
+        return _FALLBACK_BOOT_ID
+
+
+_FALLBACK_BOOT_ID = uuid.uuid4().hex
+
+
+class SystemClock:
+    """The real clocks of this machine."""
+
+    def __init__(self) -> None:
+        self._boot_id = read_boot_id()
+
+    def wall_us(self) -> int:
+        """``time.time_ns() // 1000``."""
+        return time.time_ns() // 1000
+
+    def mono_ns(self) -> int:
+        """``time.monotonic_ns()``."""
+        return time.monotonic_ns()
+
+    def boot_id(self) -> str:
+        """The boot id read at construction."""
+        return self._boot_id
+
+
+@dataclass
+class FakeClock:
+    """A clock for tests: time moves only when told to."""
+
+    wall: int = 1_790_000_000_000_000
+    mono: int = 1_000_000_000
+    boot: str = "fake-boot"
+    _history: list[int] = field(default_factory=list)
+
+    def wall_us(self) -> int:
+        """The fake wall time."""
+        return self.wall
+
+    def mono_ns(self) -> int:
+        """The fake monotonic time."""
+        return self.mono
+
+    def boot_id(self) -> str:
+        """The fake boot id."""
+        return self.boot
+
+    def advance(self, seconds: float) -> None:
+        """Move both clocks forward by ``seconds``."""
+        self.wall += int(seconds * 1_000_000)
+        self.mono += int(seconds * 1_000_000_000)
