@@ -1,0 +1,434 @@
+"""All paho-mqtt code lives here; the rest of mqttspool sees plain events.
+
+:class:`MqttPublisher` makes a fresh paho client for every connection attempt
+(clean start), so the spool, not paho's memory, owns redelivery: when a
+connection dies, its client and every message paho still holds are thrown
+away and the bridge resends from the spool.
+
+paho calls ``on_publish`` while holding its internal message lock, which
+``publish()`` also takes; so the callbacks here only append an event to a
+``queue.SimpleQueue`` and set a wake-up flag. They never touch SQLite or a
+lock that is held around ``publish()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from mqttspool.config import BrokerConfig
+from mqttspool.errors import BrokerError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+SESSION_EXPIRY_WATCH_S = 3600
+
+
+# ------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True)
+class Connected:
+    """CONNACK success. ``receive_maximum`` is the broker's (None for MQTT 3.1.1)."""
+
+    generation: int
+    receive_maximum: int | None
+
+
+@dataclass(frozen=True)
+class ConnectFailed:
+    """The attempt failed before or at CONNACK (refused, TLS, DNS, timeout...)."""
+
+    generation: int
+    reason: str
+    reason_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """An established connection ended."""
+
+    generation: int
+    reason: str
+    reason_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Acked:
+    """PUBACK for ``mid`` with its reason code (0 for MQTT 3.1.1)."""
+
+    generation: int
+    mid: int
+    reason_code: int
+    reason: str
+
+
+Event = Connected | ConnectFailed | Disconnected | Acked
+
+
+@dataclass(frozen=True)
+class Will:
+    """The last will: retained ``payload`` on ``topic``."""
+
+    topic: str
+    payload: bytes
+
+
+class Publisher(Protocol):
+    """What the bridge needs from a broker connection (a fake implements it in tests)."""
+
+    @property
+    def broker(self) -> str:
+        """``host:port`` for messages."""
+        ...
+
+    def connect(self) -> int:
+        """Start a connection attempt; returns its generation. Events report the result."""
+        ...
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> int | None:
+        """Queue a message; returns its mid, or None when not connected."""
+        ...
+
+    def events(self) -> list[Event]:
+        """Every event since the last call (non-blocking)."""
+        ...
+
+    def wait(self, timeout: float) -> None:
+        """Block until an event arrives or ``timeout`` seconds pass."""
+        ...
+
+    def close(self) -> None:
+        """Disconnect (if connected) and drop the client."""
+        ...
+
+
+# --------------------------------------------------------------- publisher
+
+
+class MqttPublisher:
+    """A :class:`Publisher` on paho-mqtt 2.x (MQTT v5 by default, 3.1.1 selectable)."""
+
+    def __init__(self, config: BrokerConfig, client_id: str, will: Will | None) -> None:
+        self.config = config
+        self.client_id = client_id
+        self.will = will
+        self._password = config.resolved_password()
+        _check_tls_files(config)
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._client: mqtt.Client | None = None
+        self._connect_thread: threading.Thread | None = None
+        self._generation = 0
+
+    @property
+    def broker(self) -> str:
+        """``host:port``."""
+        return self.config.address()
+
+    def connect(self) -> int:
+        """Make a fresh client and connect it in the background (no blocking here)."""
+        self.close()
+        self._generation += 1
+        gen = self._generation
+        client = self._make_client(gen)
+        self._client = client
+        self._connect_thread = threading.Thread(
+            target=self._connect_and_loop, args=(client, gen), name="mqtt-connect", daemon=True
+        )
+        self._connect_thread.start()
+        return gen
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> int | None:
+        """Hand one message to paho; returns its mid (on_publish may already have fired)."""
+        client = self._client
+        if client is None:
+            return None
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return None
+        return int(info.mid)
+
+    def events(self) -> list[Event]:
+        """Drain the event queue."""
+        out: list[Event] = []
+        while True:
+            try:
+                out.append(self._events.get_nowait())
+            except queue.Empty:
+                return out
+
+    def wait(self, timeout: float) -> None:
+        """Wait for an event (or ``timeout``)."""
+        if self._events.empty():
+            self._wake.wait(timeout)
+        self._wake.clear()
+
+    def wake(self) -> None:
+        """Interrupt :meth:`wait` (new rows in the spool, shutdown...)."""
+        self._wake.set()
+
+    def close(self) -> None:
+        """Disconnect and stop the network thread of the current client."""
+        client, self._client = self._client, None
+        thread, self._connect_thread = self._connect_thread, None
+        if thread is not None:
+            thread.join(CONNECT_TIMEOUT_S + 1)
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+
+    # -- internals (callbacks run on paho's thread: enqueue only) --
+
+    def _emit(self, event: Event) -> None:
+        self._events.put(event)
+        self._wake.set()
+
+    def _make_client(self, gen: int) -> mqtt.Client:
+        v5 = self.config.protocol == "5"
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else True,
+            reconnect_on_failure=False,
+        )
+        # The bridge keeps its own window; paho's limit of 20 would silently cap it and
+        # any positive limit makes paho scan its queue on every PUBACK.
+        client.max_inflight_messages_set(0)
+        client.max_queued_messages_set(0)
+        client.connect_timeout = CONNECT_TIMEOUT_S
+        client.enable_logger(logging.getLogger("mqttspool.paho"))
+        if self.config.username:
+            password = self._password.get_secret_value() if self._password else None
+            client.username_pw_set(self.config.username, password)
+        if self.will is not None:
+            client.will_set(self.will.topic, self.will.payload, qos=1, retain=True)
+        if self.config.tls.enabled:
+            client.tls_set_context(_tls_context(self.config))
+            if self.config.tls.insecure:
+                client.tls_insecure_set(True)
+        client.on_connect = _on_connect(self._emit, gen)
+        client.on_disconnect = _on_disconnect(self._emit, gen)
+        client.on_publish = _on_publish(self._emit, gen)
+        return client
+
+    def _connect_and_loop(self, client: mqtt.Client, gen: int) -> None:
+        v5 = self.config.protocol == "5"
+        try:
+            client.connect(
+                self.config.host,
+                self.config.port,
+                keepalive=self.config.keepalive,
+                clean_start=True if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            self._emit(ConnectFailed(gen, f"TLS certificate check failed: {exc.verify_message}"))
+            return
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._emit(ConnectFailed(gen, _describe_os_error(exc)))
+            return
+        client.loop_start()
+
+
+def _on_connect(emit: Callable[[Event], None], gen: int) -> Any:
+    def on_connect(
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            emit(ConnectFailed(gen, f"connection refused: {reason_code}", int(reason_code.value)))
+            return
+        receive_max = getattr(properties, "ReceiveMaximum", None) if properties else None
+        if client.protocol == MQTTProtocolVersion.MQTTv5 and receive_max is None:
+            receive_max = 65535  # v5 default when the broker does not say
+        emit(Connected(gen, receive_max))
+
+    return on_connect
+
+
+def _on_disconnect(emit: Callable[[Event], None], gen: int) -> Any:
+    def on_disconnect(
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        emit(Disconnected(gen, str(reason_code), int(reason_code.value)))
+
+    return on_disconnect
+
+
+def _on_publish(emit: Callable[[Event], None], gen: int) -> Any:
+    def on_publish(
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        emit(Acked(gen, mid, int(reason_code.value), str(reason_code)))
+
+    return on_publish
+
+
+def _describe_os_error(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the broker running and listening on this port?)"
+    if isinstance(exc, TimeoutError):
+        return "connection timed out"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _check_tls_files(config: BrokerConfig) -> None:
+    tls = config.tls
+    if not tls.enabled:
+        return
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, key)
+        if path:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(
+                    f"broker.tls.{key}", [(f"broker.tls.{key}", f"cannot read {path}: {exc}")]
+                ) from exc
+
+
+def _tls_context(config: BrokerConfig) -> ssl.SSLContext:
+    tls = config.tls
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file or None)
+    if tls.cert_file:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file or None)
+    if tls.insecure:
+        logger.warning(
+            "broker %s: TLS hostname verification is OFF (broker.tls.insecure = true);"
+            " anyone holding a certificate from this CA can impersonate the broker",
+            config.address(),
+        )
+        ctx.check_hostname = False
+    return ctx
+
+
+def client_id_for(config: BrokerConfig, device: str) -> str:
+    """``broker.client_id`` or ``mqttspool-<device>``."""
+    return config.client_id or f"mqttspool-{device}"
+
+
+# ---------------------------------------------------------------- subscriber
+
+
+@dataclass(frozen=True)
+class Received:
+    """A message delivered to a :class:`Subscriber`."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class Subscriber:
+    """A QoS 1 subscriber whose session outlives reconnects (for ``watch``).
+
+    MQTT v5 with a session expiry interval, so messages sent while the link
+    was down are delivered after the reconnect.
+    """
+
+    def __init__(self, config: BrokerConfig, client_id: str, topic: str) -> None:
+        self.config = config
+        self.topic = topic
+        v5 = config.protocol == "5"
+        self.messages: queue.SimpleQueue[Received] = queue.SimpleQueue()
+        self.status: queue.SimpleQueue[str] = queue.SimpleQueue()
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else False,
+        )
+        client.reconnect_delay_set(1, 30)
+        password = config.resolved_password()
+        if config.username:
+            client.username_pw_set(
+                config.username, password.get_secret_value() if password else None
+            )
+        if config.tls.enabled:
+            _check_tls_files(config)
+            client.tls_set_context(_tls_context(config))
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        self._client = client
+
+    def start(self) -> None:
+        """Connect in the background; reconnects by itself."""
+        props = None
+        if self.config.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = SESSION_EXPIRY_WATCH_S
+        self._client.connect_async(
+            self.config.host,
+            self.config.port,
+            keepalive=self.config.keepalive,
+            clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect and stop the network thread."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            self.status.put(f"broker {self.config.address()}: connection refused: {reason_code}")
+            return
+        client.subscribe(self.topic, qos=1)
+        self.status.put(f"connected to {self.config.address()}, subscribed to {self.topic}")
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.status.put(f"disconnected from {self.config.address()}: {reason_code}")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.messages.put(Received(msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+
+def broker_error(config: BrokerConfig, reason: str) -> BrokerError:
+    """A :class:`BrokerError` naming the broker."""
+    return BrokerError(config.address(), reason)
