@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -236,6 +237,25 @@ class LogConfig(_Section):
 
 
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml", default=None)
+_environ: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "environ", default=None
+)
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """Environment source reading the mapping given to :func:`load_config`.
+
+    pydantic-settings always reads ``os.environ``; without this, the keys
+    checked by :func:`_check_env_keys` and the values applied could differ.
+    """
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        environ = _environ.get()
+        if environ is None:
+            return super()._load_env_vars()
+        if self.case_sensitive:
+            return dict(environ)
+        return {k.lower(): v for k, v in environ.items()}
 
 
 class Settings(BaseSettings):
@@ -279,7 +299,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _MappingEnvSource(settings_cls)]
         path = _toml_path.get()
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
@@ -300,11 +320,13 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         _check_toml(path)
     _check_env_keys(environ, source)
     token = _toml_path.set(path)
+    env_token = _environ.set(environ)
     try:
         settings = Settings()
     except ValidationError as exc:
         raise ConfigError(source, _problems(exc)) from exc
     finally:
+        _environ.reset(env_token)
         _toml_path.reset(token)
     return settings
 

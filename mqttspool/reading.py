@@ -59,7 +59,9 @@ class Reading(BaseModel):
     @field_validator("ts", mode="before")
     @classmethod
     def _ts_not_bool(cls, v: Any) -> Any:
-        if isinstance(v, bool):
+        # Strict: pydantic would read numbers as Unix seconds *or* milliseconds
+        # depending on their size; a reading's time must not be a guess.
+        if not isinstance(v, str | datetime):
             raise ValueError("must be an ISO 8601 timestamp with a timezone")
         return v
 
@@ -101,7 +103,8 @@ def format_ts(ts_us: int) -> str:
 
 def is_valid_name(name: str) -> bool:
     """True when ``name`` can be a device, sensor or metric name (a topic level)."""
-    return bool(_NAME_RE.match(name))
+    # fullmatch: with re.match, "$" would also accept a trailing newline.
+    return bool(_NAME_RE.fullmatch(name))
 
 
 @dataclass(frozen=True, slots=True)
