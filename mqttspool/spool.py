@@ -646,6 +646,26 @@ class Spool:
             return SpoolCorruptError(self.path, f"SQLite reports corruption: {exc}")
         return SpoolError(self.path, f"{doing} failed: {exc}")
 
+    def correct_clock(self, boot_id: str, wall_us: int, mono_ns: int) -> int:
+        """Re-time rows of ``boot_id`` spooled before clock sync; returns how many.
+
+        ``wall_us``/``mono_ns`` are a synchronized wall time and the monotonic
+        time taken together; each unsynced row of that boot gets
+        ``ts_us = wall_us - (mono_ns - row.mono_ns) // 1000`` and
+        ``time_synced = 1``, in one transaction. Rows already sent are gone
+        from the queue, so they keep ``time_synced=false`` (docs/sensors.md).
+        """
+        try:
+            with self._write() as cur:
+                cur.execute(
+                    "UPDATE reading SET ts_us = ? - (? - mono_ns) / 1000, time_synced = 1"
+                    " WHERE boot_id = ? AND time_synced = 0",
+                    (wall_us, mono_ns, boot_id),
+                )
+                return int(cur.rowcount)
+        except pw.DatabaseError as exc:
+            raise self._translate(exc, "clock correction") from exc
+
 
 def _database(path: Path, synchronous: str) -> pw.SqliteDatabase:
     return pw.SqliteDatabase(

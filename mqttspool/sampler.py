@@ -1,0 +1,288 @@
+"""The sampler: polls every sensor on its own interval and spools each round at once.
+
+:class:`Sampler` is pure logic driven by :meth:`Sampler.step` (tests use a
+fake clock); :class:`SamplerThread` is the thin thread around it. One round
+reads every due sensor and stores all their readings with ONE
+:meth:`Spool.append` (one transaction, so one fsync group per round).
+
+Failures: a failing sensor is counted (``sensor_reads_total{result="error"}``),
+logged once when it starts failing and once when it recovers, and retried
+with backoff (its interval, doubling up to ``MAX_BACKOFF_FACTOR`` × interval,
+reset on success). It never stops the other sensors.
+
+Time: each reading records whether the system clock was synchronized. When
+sync is first seen (in this process, or again after it was lost), rows of
+the current boot spooled unsynced are re-timed from monotonic time via
+:meth:`Spool.correct_clock`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from mqttspool.config import Settings
+from mqttspool.errors import SensorError, SpoolFullError
+from mqttspool.reading import Reading, from_us
+from mqttspool.sensors.base import Measurement, Sensor
+from mqttspool.sensors.registry import build_sensors, default_spool_dir
+from mqttspool.spool import Spool
+from mqttspool.telemetry import SENSOR_READS, Telemetry
+from mqttspool.timekeeping import Clock, ClockSync, SystemClock, SystemClockSync
+
+logger = logging.getLogger(__name__)
+
+MAX_BACKOFF_FACTOR = 10.0
+FULL_LOG_INTERVAL_S = 60.0
+IDLE_WAIT_S = 60.0  # upper bound on one wait, so stop() is never the only wake-up
+ERROR_WAIT_S = 1.0  # after an unexpected error in step()
+
+
+@dataclass
+class _SensorState:
+    sensor: Sensor
+    next_due_ns: int
+    failing: bool = False
+    failures: int = 0
+    backoff_s: float = 0.0
+
+
+class Sampler:
+    """Runs due sensors, builds readings and stores each round in one transaction."""
+
+    def __init__(
+        self,
+        sensors: list[Sensor],
+        device: str,
+        spool: Spool,
+        telemetry: Telemetry,
+        clock: Clock,
+        sync: ClockSync,
+    ) -> None:
+        self.sensors = list(sensors)
+        self.device = device
+        self.spool = spool
+        self.telemetry = telemetry
+        self.clock = clock
+        self.sync = sync
+        start = clock.mono_ns()
+        self._states = [_SensorState(s, start) for s in self.sensors]
+        self._synced: bool | None = None  # unknown until the first step
+        self._full_logged_at: float | None = None
+        self._full_unlogged = 0
+        self.rounds = 0
+
+    def step(self) -> float:
+        """Run every due sensor, append their readings at once; seconds until the next is due."""
+        synced = self._check_sync()
+        now = self.clock.mono_ns()
+        readings: list[Reading] = []
+        for state in self._states:
+            if state.next_due_ns <= now:
+                readings.extend(self._sample(state, synced))
+        if readings:
+            self._store(readings)
+        self.rounds += 1
+        return self.seconds_until_due()
+
+    def seconds_until_due(self) -> float:
+        """Seconds from now until the earliest sensor is due (0 if one is overdue)."""
+        if not self._states:
+            return IDLE_WAIT_S
+        now = self.clock.mono_ns()
+        nearest = min(s.next_due_ns for s in self._states)
+        return max(0.0, (nearest - now) / 1e9)
+
+    def close(self) -> None:
+        """Close every sensor (buses, files)."""
+        for sensor in self.sensors:
+            try:
+                sensor.close()
+            except Exception:
+                logger.warning("sensor %s: close failed", sensor.name, exc_info=True)
+
+    # ------------------------------------------------------------------ time
+
+    def _check_sync(self) -> bool:
+        synced = self.sync.is_synchronized()
+        if synced and self._synced is not True:
+            self._correct_unsynced_rows()
+        elif not synced and self._synced is not False:
+            logger.warning(
+                "system clock is not synchronized: readings are flagged time_synced=false"
+                " and re-timed once the clock syncs"
+            )
+        self._synced = synced
+        return synced
+
+    def _correct_unsynced_rows(self) -> None:
+        boot = self.clock.boot_id()
+        wall_us, mono_ns = self.clock.wall_us(), self.clock.mono_ns()
+        try:
+            fixed = self.spool.correct_clock(boot, wall_us, mono_ns)
+        except Exception:
+            logger.exception("clock synchronized, but re-timing unsynced readings failed")
+            return
+        if fixed:
+            logger.info(
+                "clock synchronized: re-timed %d reading(s) taken before sync in this boot", fixed
+            )
+
+    # --------------------------------------------------------------- sensors
+
+    def _sample(self, state: _SensorState, synced: bool) -> list[Reading]:
+        sensor = state.sensor
+        try:
+            measurements = sensor.read()
+            readings = self._readings(sensor, measurements, synced)
+        except SensorError as exc:
+            self._failed(state, str(exc))
+            return []
+        except Exception as exc:
+            logger.debug("sensor %s raised", sensor.name, exc_info=True)
+            self._failed(state, f"sensor {sensor.name}: unexpected {type(exc).__name__}: {exc}")
+            return []
+        self._succeeded(state)
+        return readings
+
+    def _readings(
+        self, sensor: Sensor, measurements: list[Measurement], synced: bool
+    ) -> list[Reading]:
+        ts = from_us(self.clock.wall_us())
+        try:
+            return [
+                Reading(
+                    device=self.device,
+                    sensor=sensor.name,
+                    metric=m.metric,
+                    value=m.value,
+                    unit=m.unit,
+                    ts=ts,
+                    time_synced=synced,
+                )
+                for m in measurements
+            ]
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            raise SensorError(sensor.name, f"invalid reading: {field}: {err['msg']}") from exc
+
+    def _succeeded(self, state: _SensorState) -> None:
+        sensor = state.sensor
+        self.telemetry.inc(SENSOR_READS, (sensor.name, "ok"))
+        if state.failing:
+            logger.info("sensor %s: recovered after %d failed read(s)", sensor.name, state.failures)
+        state.failing, state.failures, state.backoff_s = False, 0, 0.0
+        interval_ns = int(sensor.interval * 1e9)
+        now = self.clock.mono_ns()
+        state.next_due_ns += interval_ns
+        if state.next_due_ns <= now:
+            # Overran (slow read, suspended process): skip the missed slots, keep cadence.
+            missed = (now - state.next_due_ns) // interval_ns + 1
+            state.next_due_ns += missed * interval_ns
+
+    def _failed(self, state: _SensorState, message: str) -> None:
+        sensor = state.sensor
+        self.telemetry.inc(SENSOR_READS, (sensor.name, "error"))
+        state.failures += 1
+        cap = sensor.interval * MAX_BACKOFF_FACTOR
+        state.backoff_s = sensor.interval if state.backoff_s == 0 else min(cap, state.backoff_s * 2)
+        state.next_due_ns = self.clock.mono_ns() + int(state.backoff_s * 1e9)
+        if not state.failing:
+            state.failing = True
+            logger.warning("%s (retrying with backoff up to %gs)", message, cap)
+        else:
+            logger.debug(
+                "%s (failure %d, next try in %gs)", message, state.failures, state.backoff_s
+            )
+
+    def status(self) -> dict[str, bool]:
+        """Sensor name -> currently failing (for health and tests)."""
+        return {s.sensor.name: s.failing for s in self._states}
+
+    # ----------------------------------------------------------------- spool
+
+    def _store(self, readings: list[Reading]) -> None:
+        try:
+            self.spool.append(readings)
+        except SpoolFullError as exc:
+            self._log_full(exc)
+
+    def _log_full(self, exc: SpoolFullError) -> None:
+        # The spool already counted the readings as dropped (reason disk_full).
+        self._full_unlogged += exc.dropped
+        now = time.monotonic()
+        if self._full_logged_at is not None and now - self._full_logged_at < FULL_LOG_INTERVAL_S:
+            return
+        logger.error(
+            "%s (%d reading(s) since the last message; sampling continues)",
+            exc,
+            self._full_unlogged,
+        )
+        self._full_logged_at, self._full_unlogged = now, 0
+
+
+class SamplerThread:
+    """A daemon thread calling :meth:`Sampler.step` and waiting until the next sensor is due."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+        self.last_round_mono = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mqttspool-sampler", daemon=True)
+
+    def start(self) -> None:
+        """Start sampling (the first round runs at once)."""
+        self.last_round_mono = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to stop; wakes it at once (a round in progress finishes first)."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to end."""
+        self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    delay = self.sampler.step()
+                except Exception:
+                    logger.exception("sampling round failed; retrying in %gs", ERROR_WAIT_S)
+                    delay = ERROR_WAIT_S
+                self.last_round_mono = time.monotonic()
+                self._stop.wait(min(delay, IDLE_WAIT_S))
+        finally:
+            self.sampler.close()
+
+
+def build_sampler(
+    settings: Settings,
+    spool: Spool,
+    telemetry: Telemetry,
+    clock: Clock | None = None,
+    sync: ClockSync | None = None,
+) -> Sampler:
+    """The sampler for ``settings.sensors`` (validated; raises ConfigError), real drivers."""
+    sensors = build_sensors(settings.sensors, spool_dir=default_spool_dir(settings.spool.path))
+    return Sampler(
+        sensors,
+        settings.device.id,
+        spool,
+        telemetry,
+        clock or SystemClock(),
+        sync or SystemClockSync(),
+    )
+
+
+__all__ = ["Sampler", "SamplerThread", "build_sampler"]
