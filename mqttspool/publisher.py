@@ -33,6 +33,17 @@ from mqttspool.errors import BrokerError, ConfigError
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
+
+
+class _QuietShutdown(logging.Filter):
+    """paho's loop thread logs an ERROR when it races a deliberate disconnect; that is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Client is not connected.")
+
+
+_PAHO_LOGGER = logging.getLogger("mqttspool.paho")
+_PAHO_LOGGER.addFilter(_QuietShutdown())
 SESSION_EXPIRY_WATCH_S = 3600
 
 
@@ -210,7 +221,7 @@ class MqttPublisher:
         client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         client.connect_timeout = CONNECT_TIMEOUT_S
-        client.enable_logger(logging.getLogger("mqttspool.paho"))
+        client.enable_logger(_PAHO_LOGGER)
         if self.config.username:
             password = self._password.get_secret_value() if self._password else None
             client.username_pw_set(self.config.username, password)

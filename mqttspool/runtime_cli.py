@@ -1,12 +1,20 @@
-"""Subcommands that need the broker, sensors or the daemon (run, drain, watch, health, sensors).
+"""Subcommands that need the broker, sensors or the daemon: run, drain, watch, health.
 
-Each later feature registers its subcommand here so ``cli.py`` stays small.
+Handlers import their heavy modules lazily so ``mqttspool health`` (run by
+Docker every few seconds) stays cheap.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import queue
+import signal
+import sys
+import time
 from collections.abc import Callable
+from typing import Any
 
 from mqttspool.config import Settings
 
@@ -16,4 +24,106 @@ Add = Callable[[str, Handler, str], argparse.ArgumentParser]
 
 def register(add: Add) -> None:
     """Add the runtime subcommands to the parser."""
-    del add  # filled in by the bridge, sensor and deployment features
+    add("run", cmd_run, "sample sensors and forward the spool to the broker until SIGTERM")
+    p = add("drain", cmd_drain, "publish the backlog and exit when the spool is empty")
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S s")
+    p = add("watch", cmd_watch, "subscribe and print readings, flagging duplicates and gaps")
+    p.add_argument("--topic", default=None, metavar="T", help="filter (default: {prefix}/#)")
+    p.add_argument("--json", action="store_true", help="one JSON object per reading")
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S s")
+    add("health", cmd_health, "exit 0 while the daemon runs with a fresh heartbeat")
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """``mqttspool run``."""
+    from mqttspool.service import Service  # noqa: PLC0415 - lazy, see module doc
+
+    return Service(settings).run()
+
+
+def cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
+    """``mqttspool drain [--timeout S]``: exit 0 when empty, 1 on timeout."""
+    from mqttspool.service import drain  # noqa: PLC0415
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    result = drain(settings, args.timeout)
+    if result.remaining == 0:
+        print(f"drained: {result.sent} reading(s) published, spool empty")
+        return 0
+    why = "" if result.connected else f" (broker {settings.broker.address()} unreachable)"
+    print(
+        f"drain timed out{why}: {result.sent} published, {result.remaining} reading(s) remain",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    """``mqttspool health``: 0 healthy, 1 not."""
+    from mqttspool.service import check_health  # noqa: PLC0415
+
+    health = check_health(settings)
+    print(("healthy: " if health.ok else "unhealthy: ") + health.reason)
+    return 0 if health.ok else 1
+
+
+def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    """``mqttspool watch``: print readings until Ctrl-C (or --timeout), then a summary."""
+    from mqttspool.errors import ReadingError  # noqa: PLC0415
+    from mqttspool.publisher import Subscriber  # noqa: PLC0415
+    from mqttspool.watch import WatchTracker, format_observation, observation_json  # noqa: PLC0415
+
+    topic = args.topic or f"{settings.topics.prefix}/#"
+    client_id = f"mqttspool-watch-{settings.device.id}-{os.getpid()}"
+    sub = Subscriber(settings.broker, client_id, topic)
+    tracker = WatchTracker()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    sub.start()
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            _print_status(sub.status)
+            try:
+                msg = sub.messages.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if msg.topic.endswith(("/status", "/spool")):
+                print(f"# {msg.topic}: {msg.payload.decode(errors='replace')}", flush=True)
+                continue
+            try:
+                obs = tracker.observe(msg.payload)
+            except ReadingError as exc:
+                print(f"# {msg.topic}: not a reading: {exc}", file=sys.stderr)
+                continue
+            print(observation_json(obs) if args.json else format_observation(obs), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.stop()
+    _print_summary(tracker.summary(), args.json)
+    return 0
+
+
+def _print_status(status: queue.SimpleQueue[str]) -> None:
+    while True:
+        try:
+            print(f"# {status.get_nowait()}", file=sys.stderr, flush=True)
+        except queue.Empty:
+            return
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"summary": summary}), flush=True)
+        return
+    print(
+        f"# summary: {summary['received']} received, {summary['duplicates']} duplicate(s),"
+        f" {summary['invalid']} invalid",
+        file=sys.stderr,
+    )
+    for stream, st in summary["streams"].items():
+        print(
+            f"#   {stream}: {st['unique']} unique, seq {st['first_seq']}..{st['last_seq']},"
+            f" {st['missing']} missing {st['missing_ranges'] or ''}",
+            file=sys.stderr,
+        )
