@@ -57,6 +57,9 @@ DROP_LOG_INTERVAL_S = 60.0
 SALVAGE_CHUNK = 500
 
 _COLUMNS = "seq, device, sensor, metric, value, unit, ts_us, time_synced"
+# peewee wraps errors raised by execute(), but not those raised later while
+# fetching rows, nor those of the raw cursors used inside transactions.
+DB_ERRORS = (pw.DatabaseError, sqlite3.DatabaseError)
 
 
 class _Model(pw.Model):
@@ -273,7 +276,7 @@ class Spool:
         ]
         try:
             return self._append_rows(rows)
-        except pw.DatabaseError as exc:
+        except DB_ERRORS as exc:
             if _is_corrupt(exc):
                 raise SpoolCorruptError(self.path, f"SQLite reports corruption: {exc}") from exc
             if not _is_full(exc):
@@ -301,10 +304,10 @@ class Spool:
     def _append_on_full_disk(self, rows: list[tuple[Any, ...]]) -> AppendResult:
         """SQLITE_FULL: apply the overflow policy once, then give up on this batch."""
         if self.config.overflow == "drop_oldest":
-            with contextlib.suppress(pw.DatabaseError):
+            with contextlib.suppress(*DB_ERRORS):
                 freed = self._drop_oldest_now(len(rows), "disk_full")
                 if freed:
-                    with contextlib.suppress(pw.DatabaseError):
+                    with contextlib.suppress(*DB_ERRORS):
                         return self._append_rows(rows)
         self._count_pending("disk_full", len(rows))
         raise SpoolFullError(
@@ -383,7 +386,13 @@ class Spool:
         now = time.monotonic()
         if now - self._age_checked_at >= AGE_CHECK_S:
             self._age_checked_at = now
-            self.expire()
+            try:
+                self.expire()
+            except DB_ERRORS as exc:
+                # A full disk may refuse even the delete; the append that
+                # follows applies the overflow policy and reports it.
+                if not _is_full(exc):
+                    raise self._translate(exc, "expire old readings") from exc
 
     def expire(self) -> int:
         """Drop rows older than ``spool.max_age`` (reason ``max_age``); returns the count.
@@ -423,7 +432,7 @@ class Spool:
             if live_first and not self._live_done:
                 return self._lease_live_first(n)
             rows = self._select("seq > ? ORDER BY seq LIMIT ?", (self._cursor, n))
-        except pw.DatabaseError as exc:
+        except DB_ERRORS as exc:
             raise self._translate(exc, "read") from exc
         if rows:
             self._cursor = rows[-1].seq
@@ -476,7 +485,7 @@ class Spool:
                 if acked:
                     _meta_set(cur, "last_publish_us", str(now))
                 self._persist_drops(cur, Counter())
-        except pw.DatabaseError as exc:
+        except DB_ERRORS as exc:
             raise self._translate(exc, "delete acknowledged rows") from exc
         for rej in rejected:
             logger.warning(
@@ -580,14 +589,14 @@ class Spool:
     def count_drop(self, reason: str, n: int = 1) -> None:
         """Count readings lost before they reached the spool (e.g. sampler overflow)."""
         self._count_pending(reason, n)
-        with contextlib.suppress(pw.DatabaseError), self._write() as cur:
+        with contextlib.suppress(*DB_ERRORS), self._write() as cur:
             self._persist_drops(cur, Counter())
 
     def integrity_ok(self) -> bool:
         """``PRAGMA quick_check`` says ok."""
         try:
             rows = self.db.execute_sql("PRAGMA quick_check").fetchall()
-        except pw.DatabaseError as exc:
+        except DB_ERRORS as exc:
             if _is_corrupt(exc):
                 return False
             raise
@@ -641,7 +650,7 @@ class Spool:
             if n:
                 self._drop_log.note(reason, n, self.path)
 
-    def _translate(self, exc: pw.DatabaseError, doing: str) -> SpoolError:
+    def _translate(self, exc: BaseException, doing: str) -> SpoolError:
         if _is_corrupt(exc):
             return SpoolCorruptError(self.path, f"SQLite reports corruption: {exc}")
         return SpoolError(self.path, f"{doing} failed: {exc}")
@@ -766,7 +775,7 @@ def _create(path: Path) -> None:
                         fields=[MetaRow.key, MetaRow.value],
                     ).execute()
         db.execute_sql("PRAGMA journal_mode = WAL")
-    except (OSError, pw.DatabaseError) as exc:
+    except (OSError, *DB_ERRORS) as exc:
         raise SpoolError(path, f"cannot create: {exc}") from exc
     finally:
         db.close()
