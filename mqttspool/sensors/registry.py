@@ -6,8 +6,6 @@ pydantic model with ``extra="forbid"``, so a typo is an error naming the
 field path, e.g. ``sensors[0].address``.
 """
 
-# ruff: noqa: PLC0415 - drivers are imported when a sensor of their type is built
-
 from __future__ import annotations
 
 import logging
@@ -21,8 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mqttspool.config import SensorConfig
 from mqttspool.errors import ConfigError
 from mqttspool.reading import NAME_PATTERN
+from mqttspool.sensors.ads1115 import Ads1115Sensor
 from mqttspool.sensors.base import Sensor, Sleep
-from mqttspool.sensors.i2c import BusFactory, open_smbus
+from mqttspool.sensors.bh1750 import Bh1750Sensor
+from mqttspool.sensors.bme280 import Bme280Sensor
+from mqttspool.sensors.cpu_temp import CpuTempSensor
+from mqttspool.sensors.ds18b20 import Ds18b20Sensor
+from mqttspool.sensors.htu21d import Htu21dSensor
+from mqttspool.sensors.i2c import BusFactory, I2CDevice, open_smbus
+from mqttspool.sensors.sht import Sht3xSensor, Sht4xSensor
+from mqttspool.sensors.simulated import SimulatedSensor
+from mqttspool.sensors.system import SystemSensor
 
 logger = logging.getLogger(__name__)
 
@@ -271,12 +278,75 @@ class BuildContext:
 
 
 def _build_simulated(cfg: SensorConfig, opts: Any, ctx: BuildContext) -> Sensor:
-    from mqttspool.sensors.simulated import SimulatedSensor
-
     return SimulatedSensor(cfg.name, cfg.interval, seed=opts.seed)
 
 
+def _build_bosch(cfg: SensorConfig, opts: Any, ctx: BuildContext) -> Sensor:
+    dev = I2CDevice(cfg.name, opts.bus, opts.address, ctx.bus_factory)
+    return Bme280Sensor(
+        cfg.name,
+        cfg.interval,
+        dev,
+        humidity=cfg.type == "bme280",
+        oversampling=opts.oversampling,
+        sleep=ctx.sleep,
+    )
+
+
+def _build_sht3x(cfg: SensorConfig, opts: Any, ctx: BuildContext) -> Sensor:
+    dev = I2CDevice(cfg.name, opts.bus, opts.address, ctx.bus_factory)
+    return Sht3xSensor(cfg.name, cfg.interval, dev, opts.repeatability, sleep=ctx.sleep)
+
+
+def _build_sht4x(cfg: SensorConfig, opts: Any, ctx: BuildContext) -> Sensor:
+    dev = I2CDevice(cfg.name, opts.bus, opts.address, ctx.bus_factory)
+    return Sht4xSensor(cfg.name, cfg.interval, dev, opts.precision, sleep=ctx.sleep)
+
+
+def _build_htu21d(cfg: SensorConfig, opts: Any, ctx: BuildContext) -> Sensor:
+    dev = I2CDevice(cfg.name, opts.bus, opts.address, ctx.bus_factory)
+    return Htu21dSensor(cfg.name, cfg.interval, dev, sleep=ctx.sleep)
+
+
+def _build_bh1750(cfg: SensorConfig, opts: Any, ctx: BuildContext) -> Sensor:
+    dev = I2CDevice(cfg.name, opts.bus, opts.address, ctx.bus_factory)
+    return Bh1750Sensor(cfg.name, cfg.interval, dev, opts.mode, opts.mtreg, sleep=ctx.sleep)
+
+
+def _build_ads1115(cfg: SensorConfig, opts: Any, ctx: BuildContext) -> Sensor:
+    dev = I2CDevice(cfg.name, opts.bus, opts.address, ctx.bus_factory)
+    return Ads1115Sensor(cfg.name, cfg.interval, dev, opts.channels, sleep=ctx.sleep)
+
+
+def _build_ds18b20(cfg: SensorConfig, opts: Any, ctx: BuildContext) -> Sensor:
+    return Ds18b20Sensor(
+        cfg.name,
+        cfg.interval,
+        device_id=opts.device_id,
+        path=opts.path,
+        devices_dir=opts.devices_dir,
+    )
+
+
+def _build_cpu_temp(cfg: SensorConfig, opts: Any, ctx: BuildContext) -> Sensor:
+    return CpuTempSensor(cfg.name, cfg.interval, opts.path)
+
+
+def _build_system(cfg: SensorConfig, opts: Any, ctx: BuildContext) -> Sensor:
+    return SystemSensor(cfg.name, cfg.interval, disk_path=opts.path or ctx.spool_dir or ".")
+
+
 BUILDERS: dict[str, Builder] = {
+    "bme280": _build_bosch,
+    "bmp280": _build_bosch,
+    "sht3x": _build_sht3x,
+    "sht4x": _build_sht4x,
+    "htu21d": _build_htu21d,
+    "bh1750": _build_bh1750,
+    "ads1115": _build_ads1115,
+    "ds18b20": _build_ds18b20,
+    "cpu_temp": _build_cpu_temp,
+    "system": _build_system,
     "simulated": _build_simulated,
 }
 

@@ -1,0 +1,1 @@
+"""Test doubles for hardware: a fake I2C bus and fake chips."""
