@@ -1,0 +1,45 @@
+"""Clock-sync detection: marker file, adjtimex state, fake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mqttspool import timekeeping
+from mqttspool.timekeeping import FakeClockSync, SystemClockSync, adjtimex_state
+
+
+def test_adjtimex_reports_a_kernel_state() -> None:
+    state = adjtimex_state()
+    assert state in (0, 1, 2, 3, 4, 5)  # TIME_OK .. TIME_ERROR on Linux
+
+
+def test_marker_file_means_synchronized(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "synchronized"
+    monkeypatch.setattr(timekeeping, "adjtimex_state", lambda: 5)
+    sync = SystemClockSync(marker)
+    assert sync.is_synchronized() is False
+    marker.touch()
+    assert sync.is_synchronized() is True
+
+
+@pytest.mark.parametrize(("state", "synced"), [(0, True), (1, True), (4, True), (5, False)])
+def test_adjtimex_time_error_means_unsynchronized(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: int, synced: bool
+) -> None:
+    monkeypatch.setattr(timekeeping, "adjtimex_state", lambda: state)
+    assert SystemClockSync(tmp_path / "absent").is_synchronized() is synced
+
+
+def test_no_source_assumes_synchronized(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(timekeeping, "adjtimex_state", lambda: None)
+    assert SystemClockSync(tmp_path / "absent").is_synchronized() is True
+
+
+def test_fake_clock_sync_flips() -> None:
+    sync = FakeClockSync()
+    assert sync.is_synchronized() is False
+    sync.synced = True
+    assert sync.is_synchronized() is True
+    assert sync.calls == 2
