@@ -383,9 +383,16 @@ class Bridge:
         if not self._acked and not self._rejected:
             return
         conn = self.conn
-        window_full = conn is not None and self.unsettled >= conn.window
+        pending = len(self._acked) + len(self._rejected)
+        # A full window waits for deletes, but deleting a handful at a time would
+        # cost a transaction per PUBACK: wait for a quarter of the window.
+        window_full = (
+            conn is not None
+            and self.unsettled >= conn.window
+            and pending >= max(1, min(self._ack_batch, conn.window // 4))
+        )
         due = self._first_pending_at is not None and now - self._first_pending_at >= ACK_FLUSH_S
-        if len(self._acked) + len(self._rejected) >= self._ack_batch or window_full or due:
+        if pending >= self._ack_batch or window_full or due:
             self._settle()
 
     def _settle(self) -> None:

@@ -221,7 +221,8 @@ class MqttPublisher:
         client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         client.connect_timeout = CONNECT_TIMEOUT_S
-        client.enable_logger(_PAHO_LOGGER)
+        if _PAHO_LOGGER.isEnabledFor(logging.DEBUG):
+            client.enable_logger(_PAHO_LOGGER)  # one log call per packet: debug only
         if self.config.username:
             password = self._password.get_secret_value() if self._password else None
             client.username_pw_set(self.config.username, password)
