@@ -55,6 +55,7 @@ FREE_SPACE_CHECK_S = 1.0
 AGE_CHECK_S = 10.0
 DROP_LOG_INTERVAL_S = 60.0
 SALVAGE_CHUNK = 500
+NEAR_FULL_BYTES = 1 << 20  # an I/O error with less free space than this is a full disk
 
 _COLUMNS = "seq, device, sensor, metric, value, unit, ts_us, time_synced"
 # peewee wraps errors raised by execute(), but not those raised later while
@@ -201,8 +202,21 @@ def sqlite_error_code(exc: BaseException) -> int | None:
     return None
 
 
-def _is_full(exc: BaseException) -> bool:
-    return sqlite_error_code(exc) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+def _is_full(exc: BaseException, path: Path) -> bool:
+    code = sqlite_error_code(exc)
+    if code == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+        return True
+    # ENOSPC while SQLite grows the -shm or -wal file surfaces as SQLITE_IOERR_*
+    # (e.g. IOERR_SHMSIZE); Python does not expose errno, so ask the filesystem.
+    return code == sqlite3.SQLITE_IOERR and _free_bytes(path.parent) < NEAR_FULL_BYTES
+
+
+def _free_bytes(directory: Path) -> int:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return 1 << 62
+    return st.f_bavail * st.f_frsize
 
 
 def _is_corrupt(exc: BaseException) -> bool:
@@ -246,6 +260,7 @@ class Spool:
         self.db = _database(path, config.synchronous)
         self._pending_drops: Counter[str] = Counter()
         self._drops_lock = threading.Lock()
+        self._txn = threading.local()  # per-thread undo list of the open write transaction
         self._drop_log = _DropLog(DROP_LOG_INTERVAL_S)
         self._free_checked_at = -1e18
         self._free_bytes = 1 << 62
@@ -279,7 +294,7 @@ class Spool:
         except DB_ERRORS as exc:
             if _is_corrupt(exc):
                 raise SpoolCorruptError(self.path, f"SQLite reports corruption: {exc}") from exc
-            if not _is_full(exc):
+            if not _is_full(exc, self.path):
                 raise SpoolError(self.path, f"write failed: {exc}") from exc
         return self._append_on_full_disk(rows)
 
@@ -391,7 +406,7 @@ class Spool:
             except DB_ERRORS as exc:
                 # A full disk may refuse even the delete; the append that
                 # follows applies the overflow policy and reports it.
-                if not _is_full(exc):
+                if not _is_full(exc, self.path):
                     raise self._translate(exc, "expire old readings") from exc
 
     def expire(self) -> int:
@@ -611,8 +626,26 @@ class Spool:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Cursor]:
-        with self.db.atomic("IMMEDIATE"):
-            yield self.db.cursor()
+        # Our own BEGIN/COMMIT rather than peewee's atomic(): on SQLITE_FULL
+        # SQLite may already have rolled the transaction back, and peewee's
+        # unconditional ROLLBACK would then replace the real error with
+        # "cannot rollback - no transaction is active".
+        conn = self.db.connection()
+        cur = conn.cursor()
+        self._txn.undo = []
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+            cur.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+            for undo in self._txn.undo:
+                undo()
+            raise
+        finally:
+            self._txn.undo = []
 
     def _select(self, where: str, params: tuple[Any, ...]) -> list[StoredReading]:
         sql = f"SELECT {_COLUMNS} FROM reading WHERE {where}"
@@ -628,22 +661,25 @@ class Spool:
         self._drop_log.note(reason, n, self.path)
 
     def _persist_drops(self, cur: sqlite3.Cursor, dropped: Counter[str]) -> None:
-        """Add ``dropped`` and any pending (not yet persisted) drops to the counters."""
+        """Add ``dropped`` and any pending (not yet persisted) drops to the counters.
+
+        Runs inside :meth:`_write`; if that transaction does not commit (the
+        COMMIT itself can hit a full disk), the pending counts become pending again.
+        """
         with self._drops_lock:
             pending, self._pending_drops = self._pending_drops, Counter()
-        total = dropped + pending
-        try:
-            for reason, n in total.items():
-                if n:
-                    cur.execute(
-                        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE"
-                        " SET value = CAST(value AS INTEGER) + CAST(excluded.value AS INTEGER)",
-                        (f"dropped.{reason}", str(n)),
-                    )
-        except BaseException:
-            with self._drops_lock:
-                self._pending_drops.update(pending)
-            raise
+        self._txn.undo.append(lambda: self._restore_pending(pending))
+        for reason, n in (dropped + pending).items():
+            if n:
+                cur.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE"
+                    " SET value = CAST(value AS INTEGER) + CAST(excluded.value AS INTEGER)",
+                    (f"dropped.{reason}", str(n)),
+                )
+
+    def _restore_pending(self, pending: Counter[str]) -> None:
+        with self._drops_lock:
+            self._pending_drops.update(pending)
 
     def _log_drops(self, dropped: Counter[str]) -> None:
         for reason, n in dropped.items():
