@@ -32,6 +32,9 @@ def register(add: Add) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per reading")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S s")
     add("health", cmd_health, "exit 0 while the daemon runs with a fresh heartbeat")
+    from mqttspool.sensors import cli as sensors_cli  # noqa: PLC0415
+
+    sensors_cli.register(add)
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

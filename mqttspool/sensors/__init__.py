@@ -1,6 +1,9 @@
-"""Sensor drivers (the only code that talks to smbus2 and sysfs) and their registry."""
+"""Sensor drivers (the only code that talks to smbus2 and sysfs) and their registry.
+
+Kept light on purpose: ``mqttspool.sensors.registry`` (which imports every
+driver) is loaded only by the code that builds sensors.
+"""
 
 from mqttspool.sensors.base import BaseSensor, Measurement, Sensor
-from mqttspool.sensors.registry import build_sensors, validate_options
 
-__all__ = ["BaseSensor", "Measurement", "Sensor", "build_sensors", "validate_options"]
+__all__ = ["BaseSensor", "Measurement", "Sensor"]

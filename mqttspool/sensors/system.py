@@ -13,6 +13,14 @@ logger = logging.getLogger(__name__)
 PROC = "/proc"
 
 
+def existing_ancestor(path: Path) -> Path:
+    """``path`` or its nearest existing parent (the spool directory may not exist yet)."""
+    for candidate in (path, *path.absolute().parents):
+        if candidate.exists():
+            return candidate
+    return path
+
+
 class SystemSensor(BaseSensor):
     """``load1``, ``mem_available`` (B), ``disk_free`` (B, of ``disk_path``), ``uptime`` (s)."""
 
@@ -27,7 +35,7 @@ class SystemSensor(BaseSensor):
             load1 = float(self._read("loadavg").split()[0])
             uptime = float(self._read("uptime").split()[0])
             mem = self._mem_available(self._read("meminfo"))
-            st = os.statvfs(self.disk_path)
+            st = os.statvfs(existing_ancestor(Path(self.disk_path)))
         except OSError as exc:
             where = getattr(exc, "filename", None) or self.disk_path
             raise self.error(f"cannot read {where}: {exc.strerror or exc}", exc.errno) from exc
