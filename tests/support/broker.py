@@ -30,7 +30,7 @@ import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Literal, Self
+from typing import IO, Literal, Protocol, Self
 
 from .certs import CertBundle
 
@@ -40,6 +40,7 @@ __all__ = [
     "REWRITTEN_KEYS",
     "SHIPPED_CONFIGS",
     "TEST_USERS",
+    "BrokerFactory",
     "BrokerKind",
     "BrokerStartError",
     "MosquittoBroker",
@@ -90,6 +91,20 @@ _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
 _BIND_ATTEMPTS = 5
 _PROBE_INTERVAL = 0.02
+
+
+class BrokerFactory(Protocol):
+    """Signature of the `broker_factory` fixture: returns a started broker."""
+
+    def __call__(
+        self,
+        kind: BrokerKind = "plain",
+        *,
+        require_certificate: bool = False,
+        max_inflight_messages: int | None = None,
+    ) -> MosquittoBroker:
+        """Start a broker of `kind`; it is stopped when the test ends."""
+        ...
 
 
 class MosquittoMissingError(RuntimeError):

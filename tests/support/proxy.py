@@ -40,9 +40,9 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
-from typing import Literal, Self, TypeVar
+from typing import Literal, Protocol, Self, TypeVar
 
-__all__ = ["ProxyMode", "TcpProxy"]
+__all__ = ["Endpoint", "ProxyFactory", "ProxyMode", "TcpProxy"]
 
 ProxyMode = Literal["pass", "blackhole", "refuse"]
 
@@ -51,6 +51,23 @@ _HOST = "127.0.0.1"
 _QUEUE_HIGH_WATER = 4 * 1024 * 1024
 _QUEUE_LOW_WATER = 1024 * 1024
 _T = TypeVar("_T")
+
+
+class Endpoint(Protocol):
+    """Anything with a `host` and a `port`, such as a `MosquittoBroker`."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+
+
+class ProxyFactory(Protocol):
+    """Signature of the `proxy_factory` fixture: a proxy in front of `target`."""
+
+    def __call__(self, target: Endpoint | tuple[str, int], *, delay: float = 0.0) -> TcpProxy:
+        """Start a proxy to `target` (a broker, or a (host, port) pair); closed at test end."""
+        ...
 
 
 def _reset(transport: asyncio.Transport | None) -> None:

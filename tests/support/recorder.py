@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -38,7 +38,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 if TYPE_CHECKING:
     from .broker import MosquittoBroker
 
-__all__ = ["DEFAULT_TOPIC", "Message", "Recorder"]
+__all__ = ["DEFAULT_TOPIC", "Message", "Recorder", "RecorderFactory"]
 
 DEFAULT_TOPIC = "mqttspool/#"
 _SESSION_EXPIRY = 300
@@ -67,6 +67,21 @@ class Message:
         ):
             return doc
         return None
+
+
+class RecorderFactory(Protocol):
+    """Signature of the `recorder_factory` fixture: returns a started (subscribed) recorder."""
+
+    def __call__(
+        self,
+        broker: MosquittoBroker,
+        *,
+        port: int | None = None,
+        topic: str = DEFAULT_TOPIC,
+        username: str | None = None,
+    ) -> Recorder:
+        """See `Recorder.for_broker`; the recorder is stopped when the test ends."""
+        ...
 
 
 class Recorder:
