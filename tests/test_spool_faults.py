@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 
@@ -89,7 +90,7 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
 
 def _limit_pages_if_no_tmpfs(disk: SmallDisk, spool: Spool, pages: int) -> None:
     if not disk.on_tmpfs:
-        spool.db.execute_sql(f"PRAGMA max_page_count = {pages}")
+        spool.db.execute_sql(f"PRAGMA max_page_count = {pages}")  # type: ignore[no-untyped-call]
 
 
 def _fill_until_full(spool: Spool) -> tuple[dict[int, float], list[SpoolFullError], int]:
@@ -116,7 +117,7 @@ def _fill_until_full(spool: Spool) -> tuple[dict[int, float], list[SpoolFullErro
 
 @pytest.mark.parametrize("overflow", ["drop_newest", "drop_oldest"])
 def test_disk_full_is_counted_and_leaves_a_sound_spool(
-    small_disk: SmallDisk, overflow: str
+    small_disk: SmallDisk, overflow: Literal["drop_newest", "drop_oldest"]
 ) -> None:
     assert small_disk.on_tmpfs  # the real filesystem path is what runs here and in CI
     small_disk.filler.write_bytes(b"\0" * 256 * 1024)
@@ -193,7 +194,7 @@ def test_disk_full_from_the_first_write(small_disk: SmallDisk) -> None:
 # ------------------------------------------------------------- kill -9
 
 
-def _run_and_kill(path: Path, first: int, rng: random.Random) -> list[dict[str, list[float]]]:
+def _run_and_kill(path: Path, first: int, rng: random.Random) -> list[dict[str, Any]]:
     """Start a writer, kill it after a random number of commits plus a random delay."""
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "crash_writer.py"), str(path), str(first)],
@@ -201,7 +202,7 @@ def _run_and_kill(path: Path, first: int, rng: random.Random) -> list[dict[str, 
         text=True,
     )
     assert proc.stdout is not None
-    reports: list[dict[str, list[float]]] = []
+    reports: list[dict[str, Any]] = []
     try:
         assert json.loads(proc.stdout.readline()) == {"ready": True}
         for _ in range(rng.randrange(0, 40)):
