@@ -1,26 +1,53 @@
-"""mqttspool: store-and-forward telemetry bridge (sensors -> SQLite spool -> MQTT QoS 1)."""
+"""mqttspool: store-and-forward telemetry bridge (sensors -> SQLite spool -> MQTT QoS 1).
 
-from importlib.metadata import PackageNotFoundError, version
+The public names below are imported lazily (PEP 562): ``import mqttspool`` (and
+so every ``mqttspool.*`` module, including the CLI) does not pay for pydantic,
+peewee or paho until a name that needs them is used. That keeps
+``mqttspool health``, which Docker runs every few seconds, cheap.
+"""
 
-from mqttspool.config import Settings, load_config
-from mqttspool.errors import (
-    BrokerError,
-    ConfigError,
-    MqttspoolError,
-    NotASpoolError,
-    ReadingError,
-    SensorError,
-    SpoolCorruptError,
-    SpoolError,
-    SpoolFullError,
-)
-from mqttspool.reading import Reading, parse_payload, render_payload, render_topic
-from mqttspool.spool import Spool, open_spool
+from __future__ import annotations
 
-try:
-    __version__ = version("mqttspool")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mqttspool.config import Settings, load_config
+    from mqttspool.errors import (
+        BrokerError,
+        ConfigError,
+        MqttspoolError,
+        NotASpoolError,
+        ReadingError,
+        SensorError,
+        SpoolCorruptError,
+        SpoolError,
+        SpoolFullError,
+    )
+    from mqttspool.reading import Reading, parse_payload, render_payload, render_topic
+    from mqttspool.spool import Spool, open_spool
+
+    __version__: str
+
+_LAZY: dict[str, str] = {
+    "Settings": "mqttspool.config",
+    "load_config": "mqttspool.config",
+    "BrokerError": "mqttspool.errors",
+    "ConfigError": "mqttspool.errors",
+    "MqttspoolError": "mqttspool.errors",
+    "NotASpoolError": "mqttspool.errors",
+    "ReadingError": "mqttspool.errors",
+    "SensorError": "mqttspool.errors",
+    "SpoolCorruptError": "mqttspool.errors",
+    "SpoolError": "mqttspool.errors",
+    "SpoolFullError": "mqttspool.errors",
+    "Reading": "mqttspool.reading",
+    "parse_payload": "mqttspool.reading",
+    "render_payload": "mqttspool.reading",
+    "render_topic": "mqttspool.reading",
+    "Spool": "mqttspool.spool",
+    "open_spool": "mqttspool.spool",
+}
 
 __all__ = [
     "BrokerError",
@@ -42,3 +69,28 @@ __all__ = [
     "render_payload",
     "render_topic",
 ]
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - lazy
+
+    try:
+        return version("mqttspool")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use and cache it in the package namespace."""
+    if name == "__version__":
+        value: Any = _package_version()
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    else:
+        raise AttributeError(f"module 'mqttspool' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -14,20 +14,22 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from mqttspool import __version__, runtime_cli
-from mqttspool.config import (
-    Settings,
-    config_path_from,
-    effective_config,
-    load_config,
-    to_toml,
-)
+from mqttspool import runtime_cli
 from mqttspool.errors import ConfigError, MqttspoolError, ReadingError, SpoolFullError
+from mqttspool.healthcheck import fast_health
 from mqttspool.logsetup import setup_logging
-from mqttspool.reading import Reading, format_ts, validate_reading
-from mqttspool.spool import Spool, classify_file, open_spool, read_stats_json
+
+if TYPE_CHECKING:
+    from mqttspool.config import Settings
+    from mqttspool.reading import Reading
+    from mqttspool.spool import Spool
+
+# Start-up cost: this module imports only the standard library and light
+# mqttspool modules; pydantic (config, reading), peewee (spool) and paho are
+# imported inside the handlers, so `mqttspool health` stays fast (see
+# mqttspool/healthcheck.py). ruff: PLC0415 is expected in this file.
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ EXIT_FAIL = 1
 EXIT_CONFIG = 2
 ENQUEUE_BATCH = 2000
 
-Handler = Callable[[argparse.Namespace, Settings], int]
+Handler = Callable[[argparse.Namespace, "Settings"], int]
 
 
 def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
@@ -61,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mqttspool",
         description="Store-and-forward telemetry bridge: sensors -> SQLite spool -> MQTT.",
     )
+    from mqttspool import __version__  # noqa: PLC0415 - importlib.metadata is slow to import
+
     parser.add_argument("--version", action="version", version=f"mqttspool {__version__}")
     _global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -103,6 +107,11 @@ def _add_runtime_commands(add: Callable[[str, Handler, str], argparse.ArgumentPa
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
+    fast = fast_health(sys.argv[1:] if argv is None else argv, os.environ)
+    if fast is not None:
+        return fast
+    from mqttspool.config import config_path_from, load_config  # noqa: PLC0415 - see top
+
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level or "info", args.log_format or "text")
     try:
@@ -132,6 +141,8 @@ def _environ() -> dict[str, str]:
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     """Validate JSON lines and store the good ones; exit 1 if any line was rejected."""
+    from mqttspool.spool import open_spool  # noqa: PLC0415 - see top
+
     spool = open_spool(settings.spool)
     try:
         with _open_input(args.file) as stream:
@@ -183,6 +194,8 @@ def enqueue_lines(
 
 
 def _parse_lines(lines: Iterable[str], device: str) -> Iterator[tuple[int, Reading | ReadingError]]:
+    from mqttspool.reading import validate_reading  # noqa: PLC0415 - see top
+
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -241,6 +254,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def status_document(settings: Settings) -> dict[str, Any]:
     """The ``status --json`` object; a missing spool reads as empty (and is not created)."""
+    from mqttspool.spool import classify_file, open_spool, read_stats_json  # noqa: PLC0415
+
     path = Path(settings.spool.path)
     now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
     if classify_file(path) == "missing":
@@ -266,6 +281,8 @@ def status_document(settings: Settings) -> dict[str, Any]:
 
 def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     """Print the effective configuration with secrets masked."""
+    from mqttspool.config import effective_config, to_toml  # noqa: PLC0415 - see top
+
     data = effective_config(settings)
     if args.json:
         print(json.dumps(data, indent=2))
@@ -279,6 +296,8 @@ def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
     """``dead-letters list|requeue|purge``."""
+    from mqttspool.spool import open_spool  # noqa: PLC0415 - see top
+
     spool = open_spool(settings.spool)
     try:
         if args.dl_action == "list":
@@ -301,6 +320,8 @@ def cmd_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _dl_list(spool: Spool, as_json: bool) -> int:
+    from mqttspool.reading import format_ts  # noqa: PLC0415 - see top
+
     letters = spool.dead_letters()
     for dl in letters:
         r = dl.reading

@@ -14,11 +14,12 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mqttspool.config import Settings
+if TYPE_CHECKING:
+    from mqttspool.config import Settings
 
-Handler = Callable[[argparse.Namespace, Settings], int]
+Handler = Callable[[argparse.Namespace, "Settings"], int]
 Add = Callable[[str, Handler, str], argparse.ArgumentParser]
 
 
@@ -90,7 +91,7 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
                 msg = sub.messages.get(timeout=0.2)
             except queue.Empty:
                 continue
-            if msg.topic.endswith(("/status", "/spool")):
+            if msg.topic.endswith(("/status", "/spool", "/state")):
                 print(f"# {msg.topic}: {msg.payload.decode(errors='replace')}", flush=True)
                 continue
             try:

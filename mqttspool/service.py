@@ -30,6 +30,7 @@ from typing import Any
 from mqttspool.bridge import Bridge, BridgeThread, Companion, will_for
 from mqttspool.config import Settings
 from mqttspool.errors import SpoolCorruptError
+from mqttspool.healthcheck import HEARTBEAT_KEY, HEARTBEAT_S, Health, judge_heartbeat
 from mqttspool.publisher import MqttPublisher, client_id_for
 from mqttspool.sampler import SamplerThread, build_sampler
 from mqttspool.spool import (
@@ -44,9 +45,6 @@ from mqttspool.timekeeping import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_S = 5.0
-HEARTBEAT_KEY = "heartbeat"
-HEARTBEAT_STALE_S = 3 * HEARTBEAT_S + 5
 EXIT_OK, EXIT_FAIL = 0, 1
 
 
@@ -247,34 +245,18 @@ def drain(settings: Settings, timeout: float | None, clock: Clock | None = None)
 # ----------------------------------------------------------------- health
 
 
-@dataclass
-class Health:
-    """Result of ``mqttspool health``."""
-
-    ok: bool
-    reason: str
-
-
 def check_health(settings: Settings, now_us: int | None = None) -> Health:
-    """Healthy while a daemon runs: heartbeat fresh, state running, threads alive."""
+    """Healthy while a daemon runs: heartbeat fresh, state running, threads alive.
+
+    The rules live in :func:`mqttspool.healthcheck.judge_heartbeat`, shared with
+    the fast path the CLI takes for ``mqttspool health``.
+    """
     path = Path(settings.spool.path)
     if classify_file(path) != "ours":
         return Health(False, f"no mqttspool spool at {path}")
     raw = _read_heartbeat(path)
-    if raw is None:
-        return Health(False, "no heartbeat: the daemon has not run with this spool")
-    doc = json.loads(raw)
     now_us = now_us if now_us is not None else time.time_ns() // 1000
-    age = (now_us - int(doc["wall_us"])) / 1e6
-    if doc.get("state") != "running":
-        return Health(False, f"daemon is {doc.get('state')} (since {age:.0f} s)")
-    if age > HEARTBEAT_STALE_S:
-        return Health(False, f"heartbeat is stale ({age:.0f} s old)")
-    dead = [name for name, alive in doc.get("threads", {}).items() if not alive]
-    if dead:
-        return Health(False, f"thread(s) not running: {', '.join(dead)}")
-    link = "connected" if doc.get("connected") else "not connected (spooling)"
-    return Health(True, f"running, heartbeat {age:.1f} s old, broker {link}")
+    return judge_heartbeat(raw, now_us)
 
 
 def _read_heartbeat(path: Path) -> str | None:
