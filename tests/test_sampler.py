@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -331,3 +333,24 @@ def test_build_sampler_uses_settings(spool: Spool, clock: FakeClock) -> None:
         ("edge-7", "simulated", "temperature"),
         ("edge-7", "simulated", "humidity"),
     ]
+
+
+def _syncs(tmp_path: Path, rounds: int) -> int:
+    """fsync+fdatasync calls of a child running ``rounds`` sampler rounds (synchronous=FULL)."""
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / f"strace-{rounds}.txt"
+    child = [sys.executable, str(root / "bench" / "sampler_fsync.py"), "--child", "sampler"]
+    child += ["--rounds", str(rounds), "--sensors", "3", "--db", str(tmp_path / f"{rounds}.db")]
+    strace = ["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", str(out)]
+    subprocess.run(strace + child, check=True, capture_output=True, timeout=60)
+    total = 0
+    for line in out.read_text().splitlines():
+        fields = line.split()
+        if fields and fields[-1] in ("fsync", "fdatasync"):
+            total += int(fields[3])
+    return total
+
+
+def test_each_round_costs_exactly_one_sync(tmp_path: Path) -> None:
+    """strace: 40 more rounds (6 readings each) cost exactly 40 more fsync/fdatasync calls."""
+    assert _syncs(tmp_path, 60) - _syncs(tmp_path, 20) == 40
