@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -57,16 +57,26 @@ class I2COptions(Options):
 
     bus: int = Field(default=1, ge=0)
 
+    ADDRESSES: ClassVar[tuple[int, ...]] = ()
+
     @field_validator("bus", "address", mode="before", check_fields=False)
     @classmethod
     def _hex_strings(cls, v: Any) -> Any:
         return _parse_int(v)
 
+    @field_validator("address", check_fields=False)
+    @classmethod
+    def _known_address(cls, v: int) -> int:
+        if v not in cls.ADDRESSES:
+            raise ValueError(f"must be one of {', '.join(f'0x{a:02x}' for a in cls.ADDRESSES)}")
+        return v
+
 
 class BoschOptions(I2COptions):
     """``bme280`` / ``bmp280``: address 0x76 (SDO to GND) or 0x77; oversampling ×1..×16."""
 
-    address: Literal[0x76, 0x77] = 0x76
+    ADDRESSES: ClassVar[tuple[int, ...]] = (0x76, 0x77)
+    address: int = 0x76
     oversampling: Literal[1, 2, 4, 8, 16] = 1
 
     _hex = field_validator("bus", "address", mode="before")(
@@ -77,7 +87,8 @@ class BoschOptions(I2COptions):
 class Sht3xOptions(I2COptions):
     """``sht3x``: address 0x44 or 0x45; repeatability of the single-shot command."""
 
-    address: Literal[0x44, 0x45] = 0x44
+    ADDRESSES: ClassVar[tuple[int, ...]] = (0x44, 0x45)
+    address: int = 0x44
     repeatability: Literal["high", "medium", "low"] = "high"
 
     _hex = field_validator("bus", "address", mode="before")(
@@ -88,7 +99,8 @@ class Sht3xOptions(I2COptions):
 class Sht4xOptions(I2COptions):
     """``sht4x``: address 0x44 (-AD1B), 0x45 (-BD1B) or 0x46 (-CD1B); measurement precision."""
 
-    address: Literal[0x44, 0x45, 0x46] = 0x44
+    ADDRESSES: ClassVar[tuple[int, ...]] = (0x44, 0x45, 0x46)
+    address: int = 0x44
     precision: Literal["high", "medium", "low"] = "high"
 
     _hex = field_validator("bus", "address", mode="before")(
@@ -99,7 +111,8 @@ class Sht4xOptions(I2COptions):
 class Htu21dOptions(I2COptions):
     """``htu21d`` (also Si7021, SHT21): fixed address 0x40."""
 
-    address: Literal[0x40] = 0x40
+    ADDRESSES: ClassVar[tuple[int, ...]] = (0x40,)
+    address: int = 0x40
 
     _hex = field_validator("bus", "address", mode="before")(
         classmethod(lambda cls, v: _parse_int(v))
@@ -109,7 +122,8 @@ class Htu21dOptions(I2COptions):
 class Bh1750Options(I2COptions):
     """``bh1750``: address 0x23 (ADDR low) or 0x5c; resolution mode and MTreg."""
 
-    address: Literal[0x23, 0x5C] = 0x23
+    ADDRESSES: ClassVar[tuple[int, ...]] = (0x23, 0x5C)
+    address: int = 0x23
     mode: Literal["high", "high2", "low"] = "high"
     mtreg: int = Field(default=69, ge=31, le=254)
 
@@ -151,7 +165,8 @@ class AdsChannel(Options):
 class Ads1115Options(I2COptions):
     """``ads1115``: address 0x48..0x4b and a list of channels."""
 
-    address: Literal[0x48, 0x49, 0x4A, 0x4B] = 0x48
+    ADDRESSES: ClassVar[tuple[int, ...]] = (0x48, 0x49, 0x4A, 0x4B)
+    address: int = 0x48
     channels: list[AdsChannel] = Field(min_length=1, max_length=4)
 
     _hex = field_validator("bus", "address", mode="before")(
