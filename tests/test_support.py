@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -28,6 +29,7 @@ from support.broker import (
     SHIPPED_ACL,
     SHIPPED_CONFIGS,
     BrokerFactory,
+    BrokerKind,
     MosquittoBroker,
     parse_directives,
     render_test_config,
@@ -198,9 +200,11 @@ def _reading(seq: int, device: str = "edge-01") -> tuple[str, bytes]:
 
 
 @pytest.mark.parametrize("kind", ["plain", "auth", "tls"])
-def test_running_config_is_the_shipped_config(broker_factory: BrokerFactory, kind: str) -> None:
+def test_running_config_is_the_shipped_config(
+    broker_factory: BrokerFactory, kind: BrokerKind
+) -> None:
     """What the tests run differs from mosquitto/*.conf only in listener, paths and user."""
-    broker = broker_factory(kind)  # type: ignore[arg-type]
+    broker = broker_factory(kind)
     shipped = parse_directives(SHIPPED_CONFIGS[broker.kind].read_text())
     running = parse_directives(broker.config_path.read_text())
 
@@ -323,6 +327,22 @@ def test_refuse_closes_new_connections_only(
     proxy.restore()
     assert _probe(probes, proxy.host, proxy.port).connect()[0].value == SUCCESS
     assert proxy.accepted == 3
+
+
+def test_proxy_close_resets_connections_and_ends_its_thread(
+    broker: MosquittoBroker, proxy_factory: ProxyFactory, probes: list[_Probe]
+) -> None:
+    """close() resets open connections, stops listening and joins the proxy's thread."""
+    proxy = proxy_factory(broker)
+    probe = _probe(probes, proxy.host, proxy.port)
+    probe.connect()
+    thread_name = f"TcpProxy-{proxy.port}"
+    assert thread_name in {thread.name for thread in threading.enumerate()}
+    proxy.close()
+    assert probe.disconnected.wait(5)
+    assert thread_name not in {thread.name for thread in threading.enumerate()}
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((proxy.host, proxy.port), timeout=1).close()
 
 
 def test_blackhole_stalls_silently_until_keepalive(
