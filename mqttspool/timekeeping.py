@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
@@ -105,12 +106,20 @@ class ClockSync(Protocol):
         ...
 
 
-def adjtimex_state() -> int | None:
-    """The kernel clock state from ``adjtimex(2)`` (read only), or None where unavailable."""
+@functools.cache
+def _adjtimex() -> Any:
+    """libc's ``adjtimex``, looked up once (``find_library`` may run ldconfig)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        adjtimex = libc.adjtimex
+        return libc.adjtimex
     except (OSError, AttributeError):
+        return None
+
+
+def adjtimex_state() -> int | None:
+    """The kernel clock state from ``adjtimex(2)`` (read only), or None where unavailable."""
+    adjtimex = _adjtimex()
+    if adjtimex is None:
         return None
     buf = ctypes.create_string_buffer(_TIMEX_BUFFER)  # zeroed: modes = 0, nothing is set
     state = int(adjtimex(buf))
