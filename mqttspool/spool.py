@@ -55,6 +55,7 @@ FREE_SPACE_CHECK_S = 1.0
 AGE_CHECK_S = 10.0
 DROP_LOG_INTERVAL_S = 60.0
 SALVAGE_CHUNK = 500
+INSERT_CHUNK = 500  # rows per INSERT statement (9 parameters each)
 NEAR_FULL_BYTES = 1 << 20  # an I/O error with less free space than this is a full disk
 
 _COLUMNS = "seq, device, sensor, metric, value, unit, ts_us, time_synced"
@@ -304,13 +305,19 @@ class Spool:
             rows = self._make_room(cur, rows, dropped)
             seqs: list[int] = []
             if rows:
-                cur.executemany(
-                    "INSERT INTO reading (device, sensor, metric, value, unit, ts_us,"
-                    " time_synced, boot_id, mono_ns) VALUES (?,?,?,?,?,?,?,?,?)",
-                    rows,
-                )
-                last = cur.execute("SELECT seq FROM sqlite_sequence WHERE name='reading'")
-                hi = int(last.fetchone()[0])
+                hi = 0
+                # Multi-row INSERTs: one statement per chunk, and lastrowid (which
+                # executemany leaves unset) gives the seqs without another query.
+                # One writer holds the lock, so the seqs of one call are consecutive.
+                for i in range(0, len(rows), INSERT_CHUNK):
+                    chunk = rows[i : i + INSERT_CHUNK]
+                    cur.execute(
+                        "INSERT INTO reading (device, sensor, metric, value, unit, ts_us,"
+                        " time_synced, boot_id, mono_ns) VALUES "
+                        + ",".join(["(?,?,?,?,?,?,?,?,?)"] * len(chunk)),
+                        [v for row in chunk for v in row],
+                    )
+                    hi = int(cur.lastrowid or 0)
                 seqs = list(range(hi - len(rows) + 1, hi + 1))
             self._persist_drops(cur, dropped)
         self._log_drops(dropped)
@@ -360,7 +367,11 @@ class Spool:
         return rows[n - keep :]
 
     def _depth_for_bound(self, cur: sqlite3.Cursor, n: int) -> int:
-        lo, hi = cur.execute("SELECT MIN(seq), MAX(seq) FROM reading").fetchone()
+        # Two subqueries: SQLite's min/max optimisation (one B-tree probe) only
+        # applies to a lone MIN() or MAX(); "SELECT MIN(seq), MAX(seq)" scans the table.
+        lo, hi = cur.execute(
+            "SELECT (SELECT MIN(seq) FROM reading), (SELECT MAX(seq) FROM reading)"
+        ).fetchone()
         if lo is None:
             return 0
         upper = int(hi) - int(lo) + 1
