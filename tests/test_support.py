@@ -219,11 +219,13 @@ def test_running_config_is_the_shipped_config(
 
 
 def test_shipped_configs_share_throughput_settings() -> None:
-    """All three shipped configs raise Receive Maximum and disable Nagle, identically."""
+    """All three shipped configs raise Receive Maximum and the per-subscriber queue and
+    disable Nagle, identically."""
     for path in SHIPPED_CONFIGS.values():
         directives = dict(parse_directives(path.read_text()))
         assert directives["max_inflight_messages"] == "1000", path
         assert directives["set_tcp_nodelay"] == "true", path
+        assert directives["max_queued_messages"] == "100000", path
         assert directives["listener"].split()[0] in {"1883", "8883"}, path
         for key in ("password_file", "acl_file", "cafile", "certfile", "keyfile"):
             if key in directives:
@@ -547,3 +549,19 @@ def test_recorder_session_survives_its_own_disconnect(
     assert recorder.data_ids() == [f"edge-01:e1:{seq}" for seq in range(1, 21)]
     assert recorder.duplicates() == {}
     assert recorder.connects == 2
+
+
+def test_recorder_keeps_up_with_a_backlog_burst(
+    broker: MosquittoBroker, recorder_factory: RecorderFactory, probes: list[_Probe]
+) -> None:
+    """5000 readings published as fast as a 1000-message window allows all reach a waiting
+    recorder, in order: waiting must not starve paho's thread (a lagging subscriber makes
+    mosquitto queue and, past max_queued_messages, drop its messages)."""
+    recorder = recorder_factory(broker)
+    probe = _probe(probes, broker.host, broker.port)
+    probe.connect()
+    mids = [probe.publish_nowait(*_reading(seq)) for seq in range(1, 5001)]
+    assert {probe.wait_ack(mid, timeout=30).value for mid in mids} == {SUCCESS}
+    assert len(recorder.wait_data_ids(5000, timeout=30)) == 5000
+    assert recorder.seqs() == list(range(1, 5001))
+    assert recorder.duplicates() == {}

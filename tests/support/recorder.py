@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import paho.mqtt.client as mqtt
@@ -46,7 +46,11 @@ _SESSION_EXPIRY = 300
 
 @dataclass(frozen=True)
 class Message:
-    """One received PUBLISH. `arrived` is `time.monotonic()` at receipt."""
+    """One received PUBLISH. `arrived` is `time.monotonic()` at receipt.
+
+    `parsed` is the reading dict, filled by the recorder on arrival (None for
+    status/spool messages); use `data()`, which also works without it.
+    """
 
     topic: str
     payload: bytes
@@ -54,19 +58,21 @@ class Message:
     retain: bool
     arrived: float
 
+    parsed: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
     def data(self) -> dict[str, Any] | None:
         """The payload as a reading dict if it is one (has str `id`, int `seq`), else None."""
-        try:
-            doc = json.loads(self.payload)
-        except (ValueError, UnicodeDecodeError):
-            return None
-        if (
-            isinstance(doc, dict)
-            and isinstance(doc.get("id"), str)
-            and isinstance(doc.get("seq"), int)
-        ):
-            return doc
+        return self.parsed if self.parsed is not None else _parse_reading(self.payload)
+
+
+def _parse_reading(payload: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
         return None
+    if isinstance(doc, dict) and isinstance(doc.get("id"), str) and isinstance(doc.get("seq"), int):
+        return doc
+    return None
 
 
 class RecorderFactory(Protocol):
@@ -260,19 +266,24 @@ class Recorder:
     def wait_for(self, predicate: Callable[[list[Message]], bool], timeout: float) -> list[Message]:
         """Wait until `predicate(messages)` is true; return that snapshot.
 
-        Re-checked on every arrival and at least every 50 ms (so a predicate
-        may also look at state outside the recorder). Raises `TimeoutError`
-        describing what did arrive.
+        Polled every 50 ms with a snapshot, outside the recorder's lock (so
+        a predicate may also look at state outside the recorder, and a slow
+        predicate never stalls paho's thread — which would make the broker
+        queue, and eventually drop, messages for this subscriber). Raises
+        `TimeoutError` describing what did arrive.
         """
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
+        while True:
+            # The predicate runs outside the lock, and arrivals do not wake this loop
+            # (it polls every 50 ms): a wait must never slow down the paho thread.
+            with self._cond:
                 snapshot = list(self._messages)
-                if predicate(snapshot):
-                    return snapshot
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(self._describe_timeout(timeout, snapshot))
+            if predicate(snapshot):
+                return snapshot
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(self._describe_timeout(timeout, snapshot))
+            with self._cond:
                 self._cond.wait(min(remaining, 0.05))
 
     def wait_count(self, count: int, timeout: float) -> list[Message]:
@@ -372,16 +383,18 @@ class Recorder:
             self._cond.notify_all()
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        payload = bytes(msg.payload)
         message = Message(
             topic=msg.topic,
-            payload=bytes(msg.payload),
+            payload=payload,
             qos=msg.qos,
             retain=bool(msg.retain),
             arrived=time.monotonic(),
+            # Parsed once here so waits and queries over many messages stay cheap.
+            parsed=_parse_reading(payload),
         )
         with self._cond:
             self._messages.append(message)
-            self._cond.notify_all()
 
     def _describe_timeout(self, timeout: float, messages: list[Message]) -> str:
         tail = ", ".join(f"{m.topic}={m.payload[:60]!r}" for m in messages[-5:])
