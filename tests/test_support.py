@@ -203,7 +203,8 @@ def _reading(seq: int, device: str = "edge-01") -> tuple[str, bytes]:
 def test_running_config_is_the_shipped_config(
     broker_factory: BrokerFactory, kind: BrokerKind
 ) -> None:
-    """What the tests run differs from mosquitto/*.conf only in listener, paths and user."""
+    """What the tests run differs from mosquitto/*.conf only in listener, paths, log_dest
+    and user."""
     broker = broker_factory(kind)
     shipped = parse_directives(SHIPPED_CONFIGS[broker.kind].read_text())
     running = parse_directives(broker.config_path.read_text())
@@ -513,6 +514,8 @@ def test_restart_and_kill_keep_the_port(
     assert broker.port == port
     assert broker.pid not in (None, pid)
     recorder.wait_connected(10, connects=2)
+    # The log is a file mosquitto flushes per line: current while it runs.
+    assert f"as {recorder.client_id} " in broker.log_text().split("--- starting")[-1]
 
     broker.kill()
     assert not broker.running

@@ -3,7 +3,8 @@
 The broker configs shipped in the repository's `mosquitto/` directory (used by
 docker compose) are the single source of truth: `render_test_config` copies a
 shipped file and rewrites only what cannot work outside the container — the
-listener (an ephemeral port bound to 127.0.0.1), file paths (temp dirs) and the
+listener (an ephemeral port bound to 127.0.0.1), file paths (temp dirs), the log
+destination (a file, so `log_text()` is current while mosquitto runs) and the
 `user` to run as — plus any override a test asks for explicitly
 (`max_inflight_messages`, `require_certificate`). `tests/test_support.py`
 checks that nothing else differs.
@@ -65,6 +66,7 @@ SHIPPED_ACL = MOSQUITTO_DIR / "acl"
 REWRITTEN_KEYS = frozenset(
     {
         "listener",
+        "log_dest",
         "user",
         "persistence_location",
         "password_file",
@@ -208,12 +210,15 @@ class MosquittoBroker:
         self.users: Mapping[str, str] = TEST_USERS if kind == "auth" else {}
         self.workdir = workdir
         self.config_path = workdir / "mosquitto.conf"
+        # mosquitto's own log (log_dest file: flushed per line, readable while it
+        # runs) and the process's stdout/stderr (config errors before logging starts).
         self.log_path = workdir / "mosquitto.log"
+        self.console_path = workdir / "mosquitto.console"
         self._binary = find_mosquitto()
         self._overrides = self._collect_overrides(max_inflight_messages)
         self._port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        self._console: IO[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "data").mkdir(exist_ok=True)
         if kind == "auth":
@@ -239,13 +244,16 @@ class MosquittoBroker:
         return self._proc is not None and self._proc.poll() is None
 
     def log_text(self) -> str:
-        """Everything mosquitto has logged so far (all runs of this broker)."""
-        if self._log is not None:
-            self._log.flush()
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        """Everything mosquitto has logged so far (all runs), console output first."""
+        if self._console is not None:
+            self._console.flush()
+        parts = []
+        for path in (self.console_path, self.log_path):
+            try:
+                parts.append(path.read_text(errors="replace"))
+            except FileNotFoundError:
+                continue
+        return "".join(parts)
 
     # ------------------------------------------------------------- lifecycle
 
@@ -323,7 +331,10 @@ class MosquittoBroker:
         return overrides
 
     def _paths(self) -> dict[str, str]:
-        paths = {"persistence_location": f"{self.workdir / 'data'}/"}
+        paths = {
+            "persistence_location": f"{self.workdir / 'data'}/",
+            "log_dest": f"file {self.log_path}",
+        }
         if self.kind == "auth":
             paths["password_file"] = str(self.workdir / "passwd")
             paths["acl_file"] = str(SHIPPED_ACL)
@@ -357,13 +368,13 @@ class MosquittoBroker:
 
     def _spawn(self, port: int) -> None:
         self._write_config(port)
-        self._log = self.log_path.open("ab")
-        self._log.write(f"--- starting mosquitto on {_HOST}:{port} ---\n".encode())
-        self._log.flush()
+        with self.log_path.open("a") as log:
+            log.write(f"--- starting mosquitto on {_HOST}:{port} ---\n")
+        self._console = self.console_path.open("ab")
         self._proc = subprocess.Popen(
             [self._binary, "-c", str(self.config_path)],
             stdin=subprocess.DEVNULL,
-            stdout=self._log,
+            stdout=self._console,
             stderr=subprocess.STDOUT,
         )
 
@@ -391,9 +402,9 @@ class MosquittoBroker:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        if self._console is not None:
+            self._console.close()
+            self._console = None
 
 
 def _free_port() -> int:
