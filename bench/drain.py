@@ -40,12 +40,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support.broker import MosquittoBroker  # noqa: E402
+from support.proxy import TcpProxy  # noqa: E402
 
 from mqttspool.config import SpoolConfig  # noqa: E402
 from mqttspool.reading import Reading, render_payload  # noqa: E402
 from mqttspool.spool import open_spool  # noqa: E402
-from tests.support.broker import MosquittoBroker  # noqa: E402
-from tests.support.proxy import TcpProxy  # noqa: E402
 
 WINDOW = 1000  # = the shipped mosquitto.conf max_inflight_messages (Receive Maximum)
 DEVICE = "bench"

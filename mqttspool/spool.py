@@ -604,6 +604,13 @@ class Spool:
         """Number of queued readings."""
         return int(self.db.execute_sql("SELECT COUNT(*) FROM reading").fetchone()[0])
 
+    def high_water_seq(self) -> int:
+        """The highest seq ever assigned (never reused, even after deletes)."""
+        row = self.db.execute_sql(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'reading'"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
     def all_seqs(self) -> list[int]:
         """Every queued seq (for tests and salvage checks)."""
         rows = self.db.execute_sql("SELECT seq FROM reading ORDER BY seq").fetchall()

@@ -163,8 +163,6 @@ def high_water_seq(path: Path) -> int:
     """The highest seq ever assigned in the spool (AUTOINCREMENT counter)."""
     spool = open_spool(SpoolConfig(path=str(path)))
     try:
-        row = spool.db.execute_sql("SELECT seq FROM sqlite_sequence WHERE name='reading'")
-        value = row.fetchone()
-        return int(value[0]) if value else 0
+        return spool.high_water_seq()
     finally:
         spool.close()

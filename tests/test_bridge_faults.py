@@ -17,7 +17,7 @@ import pytest
 from daemon import Daemon, high_water_seq, mqttspool_env, run_cli, spool_with_backlog
 from support.broker import BrokerFactory, MosquittoBroker
 from support.proxy import ProxyFactory
-from support.recorder import Recorder, RecorderFactory
+from support.recorder import Message, Recorder, RecorderFactory
 
 from mqttspool.bridge import Bridge, BridgeThread
 from mqttspool.config import Settings, load_config
@@ -72,6 +72,16 @@ def wait_until(predicate: object, timeout: float, what: str) -> None:
 def delivered(recorder: Recorder) -> Counter[int]:
     """How often each seq of edge-01 arrived."""
     return Counter(recorder.seqs("edge-01"))
+
+
+def distinct_seqs(messages: list[Message]) -> int:
+    """How many different reading seqs are among ``messages``."""
+    return len({doc["seq"] for doc in (m.data() for m in messages) if doc is not None})
+
+
+def wait_distinct(recorder: Recorder, count: int, timeout: float) -> None:
+    """Wait until ``count`` different seqs have arrived."""
+    recorder.wait_for(lambda m: distinct_seqs(m) >= count, timeout)
 
 
 def assert_exactly(recorder: Recorder, seqs: set[int], max_dups: int) -> int:
@@ -156,7 +166,7 @@ def test_proxy_cut_mid_drain(
     seqs = spool_with_backlog(Path(cfg.spool.path), 10_000)
     with running_bridge(cfg) as (bridge, spool):
         for i in (1, 2, 3):
-            recorder.wait_for(lambda m, i=i: len(m) >= i * 2500, timeout=30)
+            recorder.wait_count(i * 2500, timeout=30)
             assert proxy.cut() == 1
             proxy.wait_accepted(i + 1, timeout=15)
         wait_until(lambda: spool.depth() == 0, 60, "empty spool")
@@ -211,10 +221,7 @@ def test_kill_9_mid_drain_ten_times(
         daemon = Daemon(env)
         try:
             daemon.wait_log(r"connected to broker", timeout=20)
-            recorder.wait_for(
-                lambda m, b=before: len({d["seq"] for x in m if (d := x.data())}) >= b + 300,
-                timeout=20,
-            )
+            wait_distinct(recorder, before + 300, timeout=20)
             time.sleep(rng.uniform(0.0, 0.3))  # a random moment mid-drain, not a sync point
             daemon.kill9()
         finally:
@@ -281,7 +288,7 @@ def test_run_without_broker_keeps_spooling_then_drains(
         assert "reading(s) spooled; retrying in" in unreachable[0]
         proxy.restore()
         daemon.wait_log(r"connected to broker", timeout=20)
-        recorder.wait_for(lambda m: len([x for x in m if x.data()]) >= 10, timeout=20)
+        wait_distinct(recorder, 10, timeout=20)
         daemon.terminate()
         assert daemon.wait(15) == 0
     finally:
