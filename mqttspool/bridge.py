@@ -305,7 +305,8 @@ class Bridge:
 
     def _log_failure(self, now: float, reason: str, delay: float) -> None:
         self._failures_unlogged += 1
-        if reason == self._last_failure and now - self._last_failure_log < FAILURE_LOG_INTERVAL_S:
+        kind = _failure_kind(reason)
+        if kind == self._last_failure and now - self._last_failure_log < FAILURE_LOG_INTERVAL_S:
             return
         depth = self.spool.depth()
         extra = f" ({self._failures_unlogged} attempts)" if self._failures_unlogged > 1 else ""
@@ -317,7 +318,7 @@ class Bridge:
             depth,
             delay,
         )
-        self._last_failure, self._last_failure_log = reason, now
+        self._last_failure, self._last_failure_log = kind, now
         self._failures_unlogged = 0
 
     def _start_attempt(self, now: float) -> None:
@@ -461,6 +462,19 @@ class Bridge:
             for event in self.publisher.events():
                 if isinstance(event, Acked):
                     self.conn.control_mids.discard(event.mid)
+
+
+def _failure_kind(reason: str) -> str:
+    """Group failure texts so the log is rate-limited per kind, not per wording.
+
+    A refused TCP connect shows up as "Connection reset by peer" or "connection
+    closed before CONNACK" depending on timing; both are the same outage.
+    """
+    if reason.startswith("connection refused:"):
+        return reason  # the broker said why (bad password, not authorized...)
+    if reason.startswith("TLS"):
+        return "tls"
+    return "network"
 
 
 def _attempt_timeout(settings: Settings) -> float:

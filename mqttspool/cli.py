@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_config(config_path_from(args.config, _environ()))
     except ConfigError as exc:
         print(f"mqttspool: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        # Docker reserves health-check exit code 2; for health a bad config is "unhealthy".
+        return EXIT_FAIL if args.command == "health" else EXIT_CONFIG
     setup_logging(args.log_level or settings.log.level, args.log_format or settings.log.format)
     try:
         return int(args.handler(args, settings))

@@ -328,7 +328,18 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     finally:
         _environ.reset(env_token)
         _toml_path.reset(token)
+    _check_sensor_options(settings, source)
     return settings
+
+
+def _check_sensor_options(settings: Settings, source: str) -> None:
+    """Driver options (bus, address, channels...) are checked by the sensor registry."""
+    from mqttspool.sensors.registry import validate_all  # noqa: PLC0415 - registry imports us
+
+    try:
+        validate_all(settings.sensors)
+    except ConfigError as exc:
+        raise ConfigError(source, exc.problems) from exc
 
 
 def _check_toml(path: Path) -> None:

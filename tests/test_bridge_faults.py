@@ -132,6 +132,7 @@ def test_broker_restarts_mid_drain_lose_nothing(
     recorder = recorder_factory(broker)
     proxy = proxy_factory(broker)
     cfg = settings_for(tmp_path, proxy.port, max_inflight=200, max_rate=3000)
+    cfg.broker.keepalive = 60  # the freeze below must not look like a dead link
     seqs = spool_with_backlog(Path(cfg.spool.path), 12_000)
     restarts = 3
     with running_bridge(cfg) as (bridge, spool):
