@@ -526,3 +526,5 @@ class BridgeThread:
             self.error = exc
             logger.exception("bridge stopped by an unexpected error")
             bridge.publisher.close()
+        finally:
+            bridge.spool.close()  # this thread's SQLite connection

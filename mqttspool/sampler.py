@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from mqttspool.config import Settings
-from mqttspool.errors import SensorError, SpoolFullError
+from mqttspool.errors import SensorError, SpoolCorruptError, SpoolFullError
 from mqttspool.reading import Reading, from_us
 from mqttspool.sensors.base import Measurement, Sensor
 from mqttspool.sensors.registry import build_sensors, default_spool_dir
@@ -232,6 +232,7 @@ class SamplerThread:
     def __init__(self, sampler: Sampler) -> None:
         self.sampler = sampler
         self.last_round_mono = time.monotonic()
+        self.error: SpoolCorruptError | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mqttspool-sampler", daemon=True)
 
@@ -257,6 +258,11 @@ class SamplerThread:
             while not self._stop.is_set():
                 try:
                     delay = self.sampler.step()
+                except SpoolCorruptError as exc:
+                    # The service quarantines and salvages the spool, then restarts us.
+                    self.error = exc
+                    logger.error("sampling stopped: %s", exc)
+                    return
                 except Exception:
                     logger.exception("sampling round failed; retrying in %gs", ERROR_WAIT_S)
                     delay = ERROR_WAIT_S
@@ -264,6 +270,7 @@ class SamplerThread:
                 self._stop.wait(min(delay, IDLE_WAIT_S))
         finally:
             self.sampler.close()
+            self.sampler.spool.close()  # this thread's SQLite connection
 
 
 def build_sampler(

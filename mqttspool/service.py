@@ -45,6 +45,8 @@ from mqttspool.timekeeping import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
 
+SUPERVISE_S = 0.5  # how often the main thread checks its threads
+
 EXIT_OK, EXIT_FAIL = 0, 1
 
 
@@ -81,6 +83,7 @@ class Service:
         self.sampler_thread: SamplerThread | None = None
         self.bridge: Bridge | None = None
         self._metrics: Any = None
+        self.recoveries = 0
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """Signal handler: begin a graceful shutdown."""
@@ -90,8 +93,9 @@ class Service:
 
     def run(self) -> int:
         """Run until stopped; returns the exit code."""
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
         self.spool = open_spool(self.settings.spool, self.clock, integrity_check=True)
         logger.info(
             "mqttspool %s starting: device %s, spool %s (epoch %s, %d queued), broker %s",
@@ -139,13 +143,19 @@ class Service:
 
     def _supervise(self) -> None:
         self._heartbeat("running")
-        while not self.stop_event.wait(HEARTBEAT_S):
-            error = self.bridge_thread.error if self.bridge_thread else None
-            if isinstance(error, SpoolCorruptError):
+        next_beat = time.monotonic() + HEARTBEAT_S
+        while not self.stop_event.wait(SUPERVISE_S):
+            errors = [
+                self.bridge_thread.error if self.bridge_thread else None,
+                self.sampler_thread.error if self.sampler_thread else None,
+            ]
+            if any(isinstance(e, SpoolCorruptError) for e in errors):
                 self._recover_from_corruption()
-            elif error is not None:
-                raise error
-            self._heartbeat("running")
+            elif errors[0] is not None:
+                raise errors[0]
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + HEARTBEAT_S
+                self._heartbeat("running")
 
     def _recover_from_corruption(self) -> None:
         assert self.spool is not None
@@ -153,6 +163,7 @@ class Service:
         self._stop_components()
         self.spool.close()
         self.spool = recover_spool(self.settings.spool, self.clock)
+        self.recoveries += 1
         self._start_components()
 
     def _threads_alive(self) -> dict[str, bool]:

@@ -1,0 +1,77 @@
+"""Service supervision: runtime spool corruption is quarantined and salvaged, sampling goes on."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqttspool.config import SensorConfig, load_config
+from mqttspool.errors import SpoolCorruptError
+from mqttspool.service import Service
+from mqttspool.spool import Spool, open_spool
+
+
+def unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_corruption_reported_at_runtime_is_salvaged_and_sampling_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = load_config(None, environ={})
+    cfg.spool.path = str(tmp_path / "spool.db")
+    cfg.broker.host, cfg.broker.port = "127.0.0.1", unused_port()  # no broker: spool only
+    cfg.sensors = [SensorConfig(type="simulated", name="sim", interval=0.05)]
+    real_append = Spool.append
+    calls = {"n": 0}
+
+    def flaky_append(self: Spool, readings: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise SpoolCorruptError(
+                self.path, "SQLite reports corruption: database disk image is malformed"
+            )
+        return real_append(self, readings)
+
+    monkeypatch.setattr(Spool, "append", flaky_append)
+    service = Service(cfg)
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(service.run()))
+    runner.start()
+    try:
+        wait_until(lambda: service.recoveries == 1, 20, "the recovery")
+        wait_until(lambda: calls["n"] >= 10, 20, "sampling to go on after the recovery")
+    finally:
+        service.request_stop()
+        runner.join(30)
+    assert codes == [0]
+    aside = [
+        p for p in tmp_path.glob("spool.db.corrupt-*") if not p.name.endswith(("-wal", "-shm"))
+    ]
+    assert len(aside) == 1  # kept (with its WAL), never deleted
+    old = open_spool(cfg.spool.model_copy(update={"path": str(aside[0])}))
+    new = open_spool(cfg.spool)
+    try:
+        old_seqs = old.all_seqs()
+        assert old_seqs  # rows from before the error...
+        assert new.all_seqs()[: len(old_seqs)] == old_seqs  # ...salvaged with their seqs
+        assert new.epoch == old.epoch
+        assert len(new.all_seqs()) > len(old_seqs)  # and sampling continued afterwards
+    finally:
+        old.close()
+        new.close()
