@@ -15,7 +15,7 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -40,7 +40,7 @@ from mqttspool.reading import NAME_PATTERN
 ENV_PREFIX = "MQTTSPOOL_"
 CONFIG_ENV = "MQTTSPOOL_CONFIG"
 SECRET_MASK = "********"  # noqa: S105 - the mask, not a secret
-SENSOR_TYPES = (
+SensorType = Literal[
     "bme280",
     "bmp280",
     "sht3x",
@@ -52,7 +52,8 @@ SENSOR_TYPES = (
     "cpu_temp",
     "system",
     "simulated",
-)
+]
+SENSOR_TYPES: tuple[str, ...] = get_args(SensorType)
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Seconds = Annotated[float, Field(ge=0)]
@@ -180,19 +181,7 @@ class SensorConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: Literal[
-        "bme280",
-        "bmp280",
-        "sht3x",
-        "sht4x",
-        "htu21d",
-        "bh1750",
-        "ads1115",
-        "ds18b20",
-        "cpu_temp",
-        "system",
-        "simulated",
-    ]
+    type: SensorType
     name: Name = ""
     interval: PositiveSeconds = 10
 

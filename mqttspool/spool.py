@@ -70,10 +70,9 @@ class _Model(pw.Model):
         legacy_table_names = False
 
 
-class ReadingRow(_Model):
-    """The queue: one row per accepted reading, deleted on PUBACK."""
+class _ReadingColumns(_Model):
+    """The columns a reading has in both the queue and the dead-letter table."""
 
-    seq = AutoIncrementField()
     device = pw.TextField()
     sensor = pw.TextField()
     metric = pw.TextField()
@@ -81,6 +80,12 @@ class ReadingRow(_Model):
     unit = pw.TextField(null=True)
     ts_us = pw.BigIntegerField()
     time_synced = pw.BooleanField()
+
+
+class ReadingRow(_ReadingColumns):
+    """The queue: one row per accepted reading, deleted on PUBACK."""
+
+    seq = AutoIncrementField()
     boot_id = pw.TextField()
     mono_ns = pw.BigIntegerField()
 
@@ -88,17 +93,10 @@ class ReadingRow(_Model):
         table_name = "reading"
 
 
-class DeadLetterRow(_Model):
+class DeadLetterRow(_ReadingColumns):
     """Readings the broker refused, kept with the reason until requeued or purged."""
 
     seq = pw.IntegerField(primary_key=True)
-    device = pw.TextField()
-    sensor = pw.TextField()
-    metric = pw.TextField()
-    value = pw.FloatField()
-    unit = pw.TextField(null=True)
-    ts_us = pw.BigIntegerField()
-    time_synced = pw.BooleanField()
     code = pw.IntegerField()
     reason = pw.TextField()
     failed_at_us = pw.BigIntegerField()
