@@ -112,7 +112,11 @@ def run_fleet(port: int, tmp: Path, devices: int, backlog: int) -> float:
         procs.append(env)
     t0 = time.perf_counter()
     running = [
-        subprocess.Popen([sys.executable, "-m", "mqttspool", "drain", "--timeout", "600"], env=e)
+        subprocess.Popen(
+            [sys.executable, "-m", "mqttspool", "drain", "--timeout", "600"],
+            env=e,
+            stdout=subprocess.DEVNULL,
+        )
         for e in procs
     ]
     codes = [p.wait() for p in running]
@@ -162,7 +166,15 @@ def main() -> None:
                 time.sleep(0.1)
             for c in consumers:
                 c.stop()
+            # The baseline gets the same consumer load, on its own topics.
+            raw_consumers = [
+                Consumer(broker.port, f"raw-ingest-{i}", "$share/ingest/raw/+/+/+")
+                for i in range(args.consumers)
+            ]
+            time.sleep(0.5)
             raw = run_raw(broker.port, args.devices, args.backlog)
+            for c in raw_consumers:
+                c.stop()
         finally:
             broker.stop()
     ids = [i for c in consumers for i in c.ids]
