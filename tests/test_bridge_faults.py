@@ -327,8 +327,10 @@ def test_acl_rejection_dead_letters_and_requeue(
     assert all('"code": 135' in row and "Not authorized" in row for row in rows)
     # The operator fixes the ACL (here: the rows are sent with the edge-02 identity).
     assert run_cli(["dead-letters", "requeue", "--all"], env).returncode == 0
+    secret_file = tmp_path / "edge-02.password"
+    secret_file.write_text(broker.users["edge-02"] + "\n")
     fixed = dict(env, MQTTSPOOL_BROKER__USERNAME="edge-02")
-    fixed["MQTTSPOOL_BROKER__PASSWORD"] = broker.users["edge-02"]
+    fixed["MQTTSPOOL_BROKER__PASSWORD_FILE"] = str(secret_file)  # wins over the password
     result = run_cli(["drain", "--timeout", "30"], fixed)
     assert result.returncode == 0, result.stderr
     recorder.wait_data_ids(605, timeout=20)
