@@ -34,6 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 if TYPE_CHECKING:
     from .broker import MosquittoBroker
@@ -119,10 +120,8 @@ class Recorder:
         self._messages: list[Message] = []
         self._connected = False
         self._connects = 0
-        # `_subscribed`: the broker holds our subscription (on this connection's
-        # session); `_ever_subscribed`: a SUBACK has been seen at least once.
+        # `_subscribed`: this connection's SUBACK has arrived.
         self._subscribed = False
-        self._ever_subscribed = False
         self._last_error = "no connection attempt yet"
         self._client = self._make_client(username, password, ca_file, cert_file, key_file)
 
@@ -340,13 +339,12 @@ class Recorder:
         with self._cond:
             self._connected = True
             self._connects += 1
-            # A resumed session still holds the subscription; resubscribing
-            # would make the broker resend retained messages.
-            self._subscribed = flags.session_present and self._ever_subscribed
-            resubscribe = not self._subscribed
+            # Always subscribe again: mosquitto 2.0.11 can report a resumed session
+            # after a restart whose subscription no longer matches (measured).
+            # Retain handling 1 resends retained messages only for a new subscription.
+            self._subscribed = False
             self._cond.notify_all()
-        if resubscribe:
-            client.subscribe(self.topic, qos=1)
+        client.subscribe(self.topic, options=SubscribeOptions(qos=1, retainHandling=1))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         with self._cond:
@@ -377,7 +375,6 @@ class Recorder:
         with self._cond:
             if all(not code.is_failure for code in reason_codes):
                 self._subscribed = True
-                self._ever_subscribed = True
             else:
                 self._last_error = f"SUBACK refused: {[str(code) for code in reason_codes]}"
             self._cond.notify_all()
