@@ -22,7 +22,6 @@ them when it started.
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 import time
 import tomllib
@@ -31,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mqttspool.spool_readonly import read_meta_if_ours
+
 HEARTBEAT_S = 5.0
 HEARTBEAT_KEY = "heartbeat"
 HEARTBEAT_STALE_S = 3 * HEARTBEAT_S + 5
-APPLICATION_ID = 0x6D717370  # mqttspool.spool.APPLICATION_ID (a test checks they agree)
 CONFIG_ENV = "MQTTSPOOL_CONFIG"
 SPOOL_PATH_ENV = "mqttspool_spool__path"
 DEFAULT_SPOOL_PATH = "mqttspool.db"
@@ -215,19 +215,4 @@ def _keys_known(doc: Mapping[str, Any]) -> bool:
 
 def _read_heartbeat_if_ours(path: Path) -> str | None:
     """The heartbeat of an mqttspool spool (read-only, no locks, nothing created)."""
-    if not path.is_file():
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
-    except sqlite3.Error:
-        return None
-    try:
-        app_id = conn.execute("PRAGMA application_id").fetchone()
-        if app_id is None or app_id[0] != APPLICATION_ID:
-            return None
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (HEARTBEAT_KEY,)).fetchone()
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
-    return None if row is None else str(row[0])
+    return read_meta_if_ours(path, HEARTBEAT_KEY)

@@ -37,9 +37,9 @@ from mqttspool.spool import (
     Spool,
     classify_file,
     open_spool,
-    read_meta_readonly,
     recover_spool,
 )
+from mqttspool.spool_readonly import read_meta_if_ours
 from mqttspool.telemetry import Telemetry
 from mqttspool.timekeeping import Clock, SystemClock
 
@@ -271,4 +271,4 @@ def check_health(settings: Settings, now_us: int | None = None) -> Health:
 
 
 def _read_heartbeat(path: Path) -> str | None:
-    return read_meta_readonly(path, HEARTBEAT_KEY)
+    return read_meta_if_ours(path, HEARTBEAT_KEY)

@@ -43,11 +43,11 @@ from mqttspool.errors import (
     SpoolFullError,
 )
 from mqttspool.reading import Reading, StoredReading, format_ts
+from mqttspool.spool_readonly import APPLICATION_ID
 from mqttspool.timekeeping import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
 
-APPLICATION_ID = 0x6D717370  # "mqsp" in the SQLite header, offset 68
 SCHEMA_VERSION = 1
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 10.0
@@ -1054,18 +1054,3 @@ def _round(v: float | None) -> float | None:
 def dumps(doc: dict[str, Any]) -> str:
     """Compact JSON used for meta values and snapshots."""
     return json.dumps(doc, separators=(",", ":"), sort_keys=True)
-
-
-def read_meta_readonly(path: Path, key: str) -> str | None:
-    """One meta value, read without creating, migrating or locking the spool (for ``health``)."""
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
-    except sqlite3.Error:
-        return None
-    try:
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
-    return None if row is None else str(row[0])

@@ -16,13 +16,13 @@ from mqttspool.config import SpoolConfig
 from mqttspool.errors import NotASpoolError, SpoolCorruptError, SpoolError
 from mqttspool.reading import Reading, StoredReading, from_us
 from mqttspool.spool import (
-    APPLICATION_ID,
     Rejection,
     Spool,
     classify_file,
     open_spool,
     read_stats_json,
 )
+from mqttspool.spool_readonly import APPLICATION_ID
 from mqttspool.timekeeping import FakeClock
 
 BASE_TS = datetime(2026, 11, 26, tzinfo=UTC)
