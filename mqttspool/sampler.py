@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from mqttspool.config import Settings
-from mqttspool.errors import SensorError, SpoolCorruptError, SpoolFullError
+from mqttspool.errors import SensorError, SpoolCorruptError, SpoolError, SpoolFullError
 from mqttspool.reading import Reading, from_us
 from mqttspool.sensors.base import Measurement, Sensor
 from mqttspool.sensors.registry import build_sensors, default_spool_dir
@@ -211,6 +211,13 @@ class Sampler:
             self.spool.append(readings)
         except SpoolFullError as exc:
             self._log_full(exc)
+        except SpoolCorruptError:
+            raise  # the service quarantines and salvages the file
+        except SpoolError as exc:
+            # e.g. the database stayed locked past the busy timeout: the round is lost,
+            # but never silently.
+            self.spool.count_drop("spool_error", len(readings))
+            logger.error("%s: %d reading(s) of this round dropped", exc, len(readings))
 
     def _log_full(self, exc: SpoolFullError) -> None:
         # The spool already counted the readings as dropped (reason disk_full).

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mqttspool.config import Settings, SpoolConfig
-from mqttspool.errors import SensorError, SpoolFullError
+from mqttspool.errors import SensorError, SpoolError, SpoolFullError
 from mqttspool.reading import Reading
 from mqttspool.sampler import Sampler, SamplerThread, build_sampler
 from mqttspool.sensors.base import BaseSensor, Measurement
@@ -226,6 +226,27 @@ def test_disk_full_is_logged_and_sampling_continues(
     assert sensor.read_at == [0, 1, 2, 3, 4, 5]
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1  # rate-limited
+
+
+def test_other_spool_error_drops_the_round_counted(
+    spool: Spool, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_append = spool.append
+    calls = {"n": 0}
+
+    def locked_once(readings: Sequence[Reading]) -> AppendResult:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise SpoolError(spool.path, "write failed: database is locked")
+        return real_append(readings)
+
+    monkeypatch.setattr(spool, "append", locked_once)
+    sensor = ScriptedSensor("s", 1, clock)
+    sampler, _ = _sampler([sensor], spool, clock)
+    _run(sampler, clock, 3)
+    assert sensor.read_at == [0, 1, 2, 3]
+    assert spool.stats().depth == 3
+    assert spool.stats().dropped == {"spool_error": 1}
 
 
 def test_readings_before_sync_are_flagged_then_corrected(spool: Spool, clock: FakeClock) -> None:
