@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from mqttspool.config import BrokerConfig
-from mqttspool.errors import BrokerError, ConfigError
+from mqttspool.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -439,8 +439,3 @@ class Subscriber:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.messages.put(Received(msg.topic, bytes(msg.payload), bool(msg.retain)))
-
-
-def broker_error(config: BrokerConfig, reason: str) -> BrokerError:
-    """A :class:`BrokerError` naming the broker."""
-    return BrokerError(config.address(), reason)

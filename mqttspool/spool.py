@@ -17,7 +17,6 @@ again (at-least-once).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -1049,8 +1048,3 @@ def read_stats_json(stats: SpoolStats, device: str, now_us: int) -> dict[str, An
 
 def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
-
-
-def dumps(doc: dict[str, Any]) -> str:
-    """Compact JSON used for meta values and snapshots."""
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True)

@@ -11,7 +11,7 @@ import ctypes.util
 import functools
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -71,7 +71,6 @@ class FakeClock:
     wall: int = 1_790_000_000_000_000
     mono: int = 1_000_000_000
     boot: str = "fake-boot"
-    _history: list[int] = field(default_factory=list)
 
     def wall_us(self) -> int:
         """The fake wall time."""
