@@ -14,12 +14,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from mqttspool.config import SpoolConfig
 from mqttspool.reading import Reading, from_us
 from mqttspool.spool import Spool, open_spool
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 20 ms until true; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)  # the poll interval of a deadline-bounded wait
 
 
 def mqttspool_env(spool: Path, port: int, **settings: object) -> dict[str, str]:

@@ -14,7 +14,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from daemon import Daemon, high_water_seq, mqttspool_env, run_cli, spool_with_backlog
+from daemon import (
+    Daemon,
+    high_water_seq,
+    mqttspool_env,
+    run_cli,
+    spool_with_backlog,
+    wait_until,
+)
 from support.broker import BrokerFactory, MosquittoBroker
 from support.proxy import ProxyFactory
 from support.recorder import Message, Recorder, RecorderFactory
@@ -58,15 +65,6 @@ def running_bridge(cfg: Settings) -> Iterator[tuple[Bridge, Spool]]:
         assert not thread.is_alive()
         assert thread.error is None, thread.error
         spool.close()
-
-
-def wait_until(predicate: object, timeout: float, what: str) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def delivered(recorder: Recorder) -> Counter[int]:
@@ -165,7 +163,8 @@ def test_broker_restarts_mid_drain_lose_nothing(
     restarts = 3
     with running_bridge(cfg) as (bridge, spool):
         for i in range(1, restarts + 1):
-            wait_until(lambda i=i: bridge.published_total >= i * 3000, 30, "progress")
+            target = i * 3000
+            wait_until(lambda: bridge.published_total >= target, 30, "progress")  # noqa: B023
             proxy.blackhole()  # freeze: in-flight messages get no PUBACK
             # PUBACKs that arrived before the freeze are still being handled (event
             # queue, 50 ms delete batching): wait until the spool stops shrinking.

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon import wait_until
 
 from mqttspool.config import SensorConfig, load_config
 from mqttspool.errors import SpoolCorruptError
@@ -20,14 +20,6 @@ def unused_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_corruption_reported_at_runtime_is_salvaged_and_sampling_goes_on(
