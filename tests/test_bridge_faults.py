@@ -6,6 +6,7 @@ subscriber and asserts exactly which seqs arrived and how many duplicates.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections import Counter
@@ -247,23 +248,47 @@ def test_kill_9_mid_drain_ten_times(
     )
     rng = random.Random(1234)
     kills = 10
+    dups_after_start: list[int] = []  # duplicates seen once each restart resent its rows
     for _ in range(kills):
         before = len(set(recorder.seqs("edge-01")))
         daemon = Daemon(env)
         try:
             daemon.wait_log(r"connected to broker", timeout=20)
+            # Resends come first (oldest first), so 300 new seqs mean they have arrived.
             wait_distinct(recorder, before + 300, timeout=20)
+            dups_after_start.append(duplicate_count(recorder))
             time.sleep(rng.uniform(0.0, 0.3))  # a random moment mid-drain, not a sync point
             daemon.kill9()
         finally:
             daemon.stop()
+        wait_recorder_quiet(recorder)  # what the killed process sent has all arrived
     result = run_cli(["drain", "--timeout", "60"], env)
     assert result.returncode == 0, result.stderr
     total = high_water_seq(spool_path)
     assert total > len(backlog)  # the simulated sensor added readings in each run
     recorder.wait_data_ids(total, timeout=30)
     dups = assert_exactly(recorder, set(range(1, total + 1)), max_dups=kills * 100)
-    print(f"{kills} kills: {total} readings, {dups} duplicates")
+    per_kill = [b - a for a, b in itertools.pairwise([*dups_after_start, dups])]
+    assert all(n <= 100 for n in per_kill), per_kill  # at most max_inflight per kill
+    print(f"{kills} kills: {total} readings, {dups} duplicates, per kill {per_kill}")
+
+
+def wait_recorder_quiet(recorder: Recorder, quiet: float = 0.3, timeout: float = 15) -> None:
+    """Wait until nothing has arrived for ``quiet`` s (the broker's queue to us is empty)."""
+    deadline = time.monotonic() + timeout
+    count, since = len(recorder.messages()), time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() > deadline:
+            raise AssertionError("the recorder kept receiving after the publisher died")
+        time.sleep(0.05)
+        now_count = len(recorder.messages())
+        if now_count != count:
+            count, since = now_count, time.monotonic()
+
+
+def duplicate_count(recorder: Recorder) -> int:
+    """Deliveries of edge-01 readings beyond the first of each seq."""
+    return sum(n - 1 for n in delivered(recorder).values())
 
 
 def test_sigterm_during_drain_exits_0_and_loses_nothing(
