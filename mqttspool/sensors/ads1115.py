@@ -9,13 +9,12 @@ capacitive soil-moisture probe reports ``soil_moisture`` in ``%``.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from mqttspool.sensors.base import BaseSensor, Measurement, Sleep
+from mqttspool.sensors.base import Measurement, Sleep
 from mqttspool.sensors.crc import hex_bytes
-from mqttspool.sensors.i2c import I2CDevice
+from mqttspool.sensors.i2c import I2CDevice, I2CSensor
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def code_to_volts(code: int, pga: float) -> float:
     return code * pga / 32768.0
 
 
-class Ads1115Sensor(BaseSensor):
+class Ads1115Sensor(I2CSensor):
     """One measurement per configured channel."""
 
     def __init__(
@@ -99,14 +98,8 @@ class Ads1115Sensor(BaseSensor):
         channels: Sequence[Channel],
         sleep: Sleep | None = None,
     ) -> None:
-        super().__init__(name, interval)
-        self.device = device
+        super().__init__(name, interval, device, sleep)
         self.channels = list(channels)
-        self._sleep: Sleep = sleep or time.sleep
-
-    def close(self) -> None:
-        """Close the bus."""
-        self.device.close()
 
     def read(self) -> list[Measurement]:
         """Convert every channel in turn."""

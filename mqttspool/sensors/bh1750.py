@@ -8,11 +8,10 @@ chip down after each measurement, which suits polling.
 from __future__ import annotations
 
 import logging
-import time
 
-from mqttspool.sensors.base import BaseSensor, Measurement, Sleep
+from mqttspool.sensors.base import Measurement, Sleep
 from mqttspool.sensors.crc import hex_bytes
-from mqttspool.sensors.i2c import I2CDevice
+from mqttspool.sensors.i2c import I2CDevice, I2CSensor
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ def lux(raw: int, mode: str = "high", mtreg: int = DEFAULT_MTREG) -> float:
     return raw / 1.2 * (DEFAULT_MTREG / mtreg) / MODES[mode][2]
 
 
-class Bh1750Sensor(BaseSensor):
+class Bh1750Sensor(I2CSensor):
     """Illuminance in lux."""
 
     def __init__(
@@ -49,15 +48,9 @@ class Bh1750Sensor(BaseSensor):
         mtreg: int = DEFAULT_MTREG,
         sleep: Sleep | None = None,
     ) -> None:
-        super().__init__(name, interval)
-        self.device = device
+        super().__init__(name, interval, device, sleep)
         self.mode = mode
         self.mtreg = mtreg
-        self._sleep: Sleep = sleep or time.sleep
-
-    def close(self) -> None:
-        """Close the bus."""
-        self.device.close()
 
     def read(self) -> list[Measurement]:
         """One one-time measurement."""

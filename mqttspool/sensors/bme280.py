@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import struct
-import time
 from dataclasses import dataclass
 
 from mqttspool.errors import SensorError
-from mqttspool.sensors.base import BaseSensor, Measurement, Sleep
+from mqttspool.sensors.base import Measurement, Sleep
 from mqttspool.sensors.crc import hex_bytes
-from mqttspool.sensors.i2c import I2CDevice
+from mqttspool.sensors.i2c import I2CDevice, I2CSensor
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +139,7 @@ def max_measurement_s(osrs_t: int, osrs_p: int, osrs_h: int) -> float:
     return ms / 1000.0
 
 
-class Bme280Sensor(BaseSensor):
+class Bme280Sensor(I2CSensor):
     """BME280 (``humidity=True``) or BMP280 in forced mode."""
 
     def __init__(
@@ -152,11 +151,9 @@ class Bme280Sensor(BaseSensor):
         oversampling: int = 1,
         sleep: Sleep | None = None,
     ) -> None:
-        super().__init__(name, interval)
-        self.device = device
+        super().__init__(name, interval, device, sleep)
         self.humidity = humidity
         self.oversampling = oversampling
-        self._sleep: Sleep = sleep or time.sleep
         self._calibration: Calibration | None = None
 
     def read(self) -> list[Measurement]:
@@ -172,7 +169,7 @@ class Bme280Sensor(BaseSensor):
     def close(self) -> None:
         """Close the bus; the next read re-initialises the chip."""
         self._calibration = None
-        self.device.close()
+        super().close()
 
     def _initialise(self) -> Calibration:
         chip = self.device.read_byte_data(REG_CHIP_ID)

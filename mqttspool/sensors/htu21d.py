@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import errno
 import logging
-import time
 
 from mqttspool.errors import SensorError
-from mqttspool.sensors.base import BaseSensor, Measurement, Sleep
+from mqttspool.sensors.base import Measurement
 from mqttspool.sensors.crc import HTU21D_INIT, crc8, hex_bytes
-from mqttspool.sensors.i2c import I2CDevice
+from mqttspool.sensors.i2c import I2CSensor
 
 logger = logging.getLogger(__name__)
 
@@ -56,19 +55,8 @@ def htu_humidity(raw: int) -> float:
     return min(100.0, max(0.0, -6.0 + 125.0 * raw / 65536.0))
 
 
-class Htu21dSensor(BaseSensor):
+class Htu21dSensor(I2CSensor):
     """HTU21D(F), Si7021 and compatible parts at 0x40."""
-
-    def __init__(
-        self, name: str, interval: float, device: I2CDevice, sleep: Sleep | None = None
-    ) -> None:
-        super().__init__(name, interval)
-        self.device = device
-        self._sleep: Sleep = sleep or time.sleep
-
-    def close(self) -> None:
-        """Close the bus."""
-        self.device.close()
 
     def read(self) -> list[Measurement]:
         """Temperature (°C) and relative humidity (%RH)."""

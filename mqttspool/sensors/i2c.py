@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import errno as errnos
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from smbus2 import SMBus, i2c_msg
 
 from mqttspool.errors import SensorError
+from mqttspool.sensors.base import BaseSensor, Sleep
 
 logger = logging.getLogger(__name__)
 
@@ -224,3 +226,18 @@ def scan_bus(bus: int, factory: BusFactory = open_smbus) -> list[int]:
     finally:
         handle.close()
     return found
+
+
+class I2CSensor(BaseSensor):
+    """A driver talking to one :class:`I2CDevice`; ``sleep`` is injectable for tests."""
+
+    def __init__(
+        self, name: str, interval: float, device: I2CDevice, sleep: Sleep | None = None
+    ) -> None:
+        super().__init__(name, interval)
+        self.device = device
+        self._sleep: Sleep = sleep or time.sleep
+
+    def close(self) -> None:
+        """Close the bus."""
+        self.device.close()

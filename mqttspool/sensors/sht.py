@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import errno
 import logging
-import time
 
 from mqttspool.errors import SensorError
-from mqttspool.sensors.base import BaseSensor, Measurement, Sleep
+from mqttspool.sensors.base import Measurement, Sleep
 from mqttspool.sensors.crc import SENSIRION_INIT, crc8, hex_bytes
-from mqttspool.sensors.i2c import I2CDevice
+from mqttspool.sensors.i2c import I2CDevice, I2CSensor
 
 logger = logging.getLogger(__name__)
 
@@ -72,19 +71,8 @@ def decode_frame(frame: bytes) -> tuple[int, int]:
     return check_word_crc(frame, 0, "temperature"), check_word_crc(frame, 3, "humidity")
 
 
-class _Sensirion(BaseSensor):
+class _Sensirion(I2CSensor):
     """Command, wait, read (retrying a not-ready NACK), check CRCs, convert."""
-
-    def __init__(
-        self, name: str, interval: float, device: I2CDevice, sleep: Sleep | None = None
-    ) -> None:
-        super().__init__(name, interval)
-        self.device = device
-        self._sleep: Sleep = sleep or time.sleep
-
-    def close(self) -> None:
-        """Close the bus."""
-        self.device.close()
 
     def _command_and_read(self, command: list[int], wait_s: float, length: int) -> bytes:
         self.device.write(command)
