@@ -243,7 +243,9 @@ def test_kill_9_mid_drain_ten_times(
         spool_path,
         broker.port,
         bridge__max_inflight=100,
-        bridge__max_rate=3000,
+        # Slow enough that the backlog outlasts ten kills on a fast machine (each run
+        # must find 300 fresh seqs to resend), fast enough to keep the test short.
+        bridge__max_rate=800,
         sensors='[{"type": "simulated", "name": "sim", "interval": 0.5}]',
     )
     rng = random.Random(1234)
@@ -262,7 +264,7 @@ def test_kill_9_mid_drain_ten_times(
         finally:
             daemon.stop()
         wait_recorder_quiet(recorder)  # what the killed process sent has all arrived
-    result = run_cli(["drain", "--timeout", "60"], env)
+    result = run_cli(["drain", "--timeout", "60"], {**env, "MQTTSPOOL_BRIDGE__MAX_RATE": "0"})
     assert result.returncode == 0, result.stderr
     total = high_water_seq(spool_path)
     assert total > len(backlog)  # the simulated sensor added readings in each run
