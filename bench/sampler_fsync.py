@@ -27,15 +27,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fakes.clock import FakeClock, FakeClockSync  # noqa: E402
 
 from mqttspool.config import SpoolConfig  # noqa: E402
+from mqttspool.counters import Counters  # noqa: E402
 from mqttspool.reading import Reading  # noqa: E402
 from mqttspool.sampler import Sampler  # noqa: E402
 from mqttspool.sensors.base import Sensor  # noqa: E402
 from mqttspool.sensors.simulated import SimulatedSensor  # noqa: E402
 from mqttspool.spool import open_spool  # noqa: E402
-from mqttspool.telemetry import Telemetry  # noqa: E402
-from mqttspool.timekeeping import FakeClock, FakeClockSync  # noqa: E402
 
 MODES = ("sampler", "raw", "per_reading")
 READINGS_PER_SENSOR = 2
@@ -46,7 +48,7 @@ def run_sampler(db: Path, rounds: int, sensors: int) -> None:
     clock = FakeClock()
     spool = open_spool(SpoolConfig(path=str(db), synchronous="full"), clock=clock)
     fleet: list[Sensor] = [SimulatedSensor(f"sim{i}", 1.0, seed=i) for i in range(sensors)]
-    sampler = Sampler(fleet, "bench", spool, Telemetry(), clock, FakeClockSync(True))
+    sampler = Sampler(fleet, "bench", spool, Counters(), clock, FakeClockSync(True))
     for _ in range(rounds):
         sampler.step()
         clock.advance(1.0)

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mqttspool.config import Settings
+from mqttspool.counters import BROKER_CONNECTED, MESSAGES_PUBLISHED, Counters
 from mqttspool.errors import SpoolCorruptError, SpoolError
-from mqttspool.publisher import (
+from mqttspool.mqtt import (
     Acked,
     Connected,
     ConnectFailed,
@@ -35,7 +36,6 @@ from mqttspool.publisher import (
 )
 from mqttspool.reading import StoredReading, render_payload, render_topic
 from mqttspool.spool import Rejection, Spool, read_stats_json
-from mqttspool.telemetry import BROKER_CONNECTED, MESSAGES_PUBLISHED, Telemetry
 from mqttspool.timekeeping import Clock
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class Bridge:
         spool: Spool,
         publisher: Publisher,
         clock: Clock,
-        telemetry: Telemetry | None = None,
+        counters: Counters | None = None,
         companions: Sequence[Companion] = (),
         rng: random.Random | None = None,
     ) -> None:
@@ -157,7 +157,7 @@ class Bridge:
         self.spool = spool
         self.publisher = publisher
         self.clock = clock
-        self.telemetry = telemetry or Telemetry()
+        self.counters = counters or Counters()
         self.companions = list(companions)
         self.prefix = settings.topics.prefix
         self.device = settings.device.id
@@ -261,7 +261,7 @@ class Bridge:
         self.backoff.reset()
         self.spool.release_leases()
         self.drained = False
-        self.telemetry.set(BROKER_CONNECTED, 1)
+        self.counters.set(BROKER_CONNECTED, 1)
         limit = "" if receive_max is None else f", broker Receive Maximum {receive_max}"
         logger.info(
             "connected to broker %s (MQTT %s); window %d (bridge.max_inflight %d%s)",
@@ -300,7 +300,7 @@ class Bridge:
         self.publisher.close()
         self.conn = None
         self.spool.release_leases()
-        self.telemetry.set(BROKER_CONNECTED, 0)
+        self.counters.set(BROKER_CONNECTED, 0)
         self.next_attempt = now + delay
 
     def _log_failure(self, now: float, reason: str, delay: float) -> None:
@@ -411,7 +411,7 @@ class Bridge:
         self._acked, self._rejected, self._first_pending_at = [], [], None
         self.published_total += len(acked)
         self.rejected_total += len(rejected)
-        self.telemetry.inc(MESSAGES_PUBLISHED, n=len(acked))
+        self.counters.inc(MESSAGES_PUBLISHED, n=len(acked))
 
     def _log_settle_failure(self, exc: SpoolError) -> None:
         now = time.monotonic()
@@ -445,7 +445,7 @@ class Bridge:
             self._say_offline(deadline, now, wait)
         self.publisher.close()
         self.conn = None
-        self.telemetry.set(BROKER_CONNECTED, 0)
+        self.counters.set(BROKER_CONNECTED, 0)
         return left
 
     def _say_offline(

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from mqttspool.config import Settings
+from mqttspool.counters import SENSOR_READS, Counters
 from mqttspool.errors import SensorError, SpoolCorruptError, SpoolError, SpoolFullError
 from mqttspool.reading import Reading, from_us
 from mqttspool.sensors.base import Measurement, Sensor
 from mqttspool.sensors.registry import build_sensors, default_spool_dir
 from mqttspool.spool import Spool
-from mqttspool.telemetry import SENSOR_READS, Telemetry
 from mqttspool.timekeeping import Clock, ClockSync, SystemClock, SystemClockSync
 
 logger = logging.getLogger(__name__)
@@ -59,14 +59,14 @@ class Sampler:
         sensors: list[Sensor],
         device: str,
         spool: Spool,
-        telemetry: Telemetry,
+        counters: Counters,
         clock: Clock,
         sync: ClockSync,
     ) -> None:
         self.sensors = list(sensors)
         self.device = device
         self.spool = spool
-        self.telemetry = telemetry
+        self.counters = counters
         self.clock = clock
         self.sync = sync
         start = clock.mono_ns()
@@ -173,7 +173,7 @@ class Sampler:
 
     def _succeeded(self, state: _SensorState) -> None:
         sensor = state.sensor
-        self.telemetry.inc(SENSOR_READS, (sensor.name, "ok"))
+        self.counters.inc(SENSOR_READS, (sensor.name, "ok"))
         if state.failing:
             logger.info("sensor %s: recovered after %d failed read(s)", sensor.name, state.failures)
         state.failing, state.failures, state.backoff_s = False, 0, 0.0
@@ -187,7 +187,7 @@ class Sampler:
 
     def _failed(self, state: _SensorState, message: str) -> None:
         sensor = state.sensor
-        self.telemetry.inc(SENSOR_READS, (sensor.name, "error"))
+        self.counters.inc(SENSOR_READS, (sensor.name, "error"))
         state.failures += 1
         cap = sensor.interval * MAX_BACKOFF_FACTOR
         state.backoff_s = sensor.interval if state.backoff_s == 0 else min(cap, state.backoff_s * 2)
@@ -283,7 +283,7 @@ class SamplerThread:
 def build_sampler(
     settings: Settings,
     spool: Spool,
-    telemetry: Telemetry,
+    counters: Counters,
     clock: Clock | None = None,
     sync: ClockSync | None = None,
 ) -> Sampler:
@@ -293,7 +293,7 @@ def build_sampler(
         sensors,
         settings.device.id,
         spool,
-        telemetry,
+        counters,
         clock or SystemClock(),
         sync or SystemClockSync(),
     )

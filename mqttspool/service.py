@@ -29,9 +29,10 @@ from typing import Any
 
 from mqttspool.bridge import Bridge, BridgeThread, Companion, will_for
 from mqttspool.config import Settings
+from mqttspool.counters import Counters
 from mqttspool.errors import SpoolCorruptError
-from mqttspool.healthcheck import HEARTBEAT_KEY, HEARTBEAT_S, Health, judge_heartbeat
-from mqttspool.publisher import MqttPublisher, client_id_for
+from mqttspool.health import HEARTBEAT_KEY, HEARTBEAT_S, Health, judge_heartbeat
+from mqttspool.mqtt import MqttPublisher, client_id_for
 from mqttspool.sampler import SamplerThread, build_sampler
 from mqttspool.spool import (
     Spool,
@@ -39,8 +40,7 @@ from mqttspool.spool import (
     open_spool,
     recover_spool,
 )
-from mqttspool.spool_readonly import read_meta_if_ours
-from mqttspool.telemetry import Telemetry
+from mqttspool.spool.readonly import read_meta_if_ours
 from mqttspool.timekeeping import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
@@ -54,19 +54,19 @@ def make_companions(settings: Settings) -> list[Companion]:
     """Optional publishers beside the readings (Home Assistant discovery)."""
     if not settings.homeassistant.discovery:
         return []
-    from mqttspool.discovery import HomeAssistantDiscovery  # noqa: PLC0415 - optional feature
+    from mqttspool.homeassistant import HomeAssistantDiscovery  # noqa: PLC0415 - optional feature
 
     return [HomeAssistantDiscovery(settings)]
 
 
 def make_bridge(
-    settings: Settings, spool: Spool, clock: Clock, telemetry: Telemetry
+    settings: Settings, spool: Spool, clock: Clock, counters: Counters
 ) -> tuple[Bridge, MqttPublisher]:
     """A bridge with a real paho publisher."""
     publisher = MqttPublisher(
         settings.broker, client_id_for(settings.broker, settings.device.id), will_for(settings)
     )
-    bridge = Bridge(settings, spool, publisher, clock, telemetry, make_companions(settings))
+    bridge = Bridge(settings, spool, publisher, clock, counters, make_companions(settings))
     return bridge, publisher
 
 
@@ -76,7 +76,7 @@ class Service:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.telemetry = Telemetry()
+        self.counters = Counters()
         self.stop_event = threading.Event()
         self.spool: Spool | None = None
         self.bridge_thread: BridgeThread | None = None
@@ -123,9 +123,9 @@ class Service:
 
     def _start_components(self) -> None:
         assert self.spool is not None
-        self.bridge, publisher = make_bridge(self.settings, self.spool, self.clock, self.telemetry)
+        self.bridge, publisher = make_bridge(self.settings, self.spool, self.clock, self.counters)
         self.bridge_thread = BridgeThread(self.bridge, publisher.wake)
-        sampler = build_sampler(self.settings, self.spool, self.telemetry, self.clock)
+        sampler = build_sampler(self.settings, self.spool, self.counters, self.clock)
         self.sampler_thread = SamplerThread(sampler)
         self.bridge_thread.start()
         self.sampler_thread.start()
@@ -190,9 +190,9 @@ class Service:
     def _start_metrics(self) -> None:
         if not self.settings.metrics.enabled:
             return
-        from mqttspool.metrics import MetricsServer  # noqa: PLC0415 - optional extra
+        from mqttspool.prometheus import MetricsServer  # noqa: PLC0415 - optional extra
 
-        self._metrics = MetricsServer(self.settings, self.telemetry, self._stats_source)
+        self._metrics = MetricsServer(self.settings, self.counters, self._stats_source)
         self._metrics.start()
 
     def _stats_source(self) -> Any:
@@ -221,7 +221,7 @@ def drain(settings: Settings, timeout: float | None, clock: Clock | None = None)
     """Publish the backlog until the spool is empty or ``timeout`` expires."""
     clock = clock or SystemClock()
     spool = open_spool(settings.spool, clock, integrity_check=True)
-    bridge, publisher = make_bridge(settings, spool, clock, Telemetry())
+    bridge, publisher = make_bridge(settings, spool, clock, Counters())
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
     total = spool.depth()
@@ -259,7 +259,7 @@ def drain(settings: Settings, timeout: float | None, clock: Clock | None = None)
 def check_health(settings: Settings, now_us: int | None = None) -> Health:
     """Healthy while a daemon runs: heartbeat fresh, state running, threads alive.
 
-    The rules live in :func:`mqttspool.healthcheck.judge_heartbeat`, shared with
+    The rules live in :func:`mqttspool.health.judge_heartbeat`, shared with
     the fast path the CLI takes for ``mqttspool health``.
     """
     path = Path(settings.spool.path)

@@ -11,7 +11,6 @@ import ctypes.util
 import functools
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,32 +61,6 @@ class SystemClock:
     def boot_id(self) -> str:
         """The boot id read at construction."""
         return self._boot_id
-
-
-@dataclass
-class FakeClock:
-    """A clock for tests: time moves only when told to."""
-
-    wall: int = 1_790_000_000_000_000
-    mono: int = 1_000_000_000
-    boot: str = "fake-boot"
-
-    def wall_us(self) -> int:
-        """The fake wall time."""
-        return self.wall
-
-    def mono_ns(self) -> int:
-        """The fake monotonic time."""
-        return self.mono
-
-    def boot_id(self) -> str:
-        """The fake boot id."""
-        return self.boot
-
-    def advance(self, seconds: float) -> None:
-        """Move both clocks forward by ``seconds``."""
-        self.wall += int(seconds * 1_000_000)
-        self.mono += int(seconds * 1_000_000_000)
 
 
 # ------------------------------------------------------------ clock sync
@@ -143,16 +116,3 @@ class SystemClockSync:
             return True
         state = adjtimex_state()
         return state is None or state != _TIME_ERROR
-
-
-@dataclass
-class FakeClockSync:
-    """A clock-sync check for tests: flip ``synced``."""
-
-    synced: bool = False
-    calls: int = 0
-
-    def is_synchronized(self) -> bool:
-        """The value of ``synced``."""
-        self.calls += 1
-        return self.synced

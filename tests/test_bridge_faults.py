@@ -29,9 +29,9 @@ from support.recorder import Message, Recorder, RecorderFactory
 
 from mqttspool.bridge import Bridge, BridgeThread
 from mqttspool.config import Settings, load_config
+from mqttspool.counters import Counters
 from mqttspool.service import make_bridge
 from mqttspool.spool import Spool, open_spool
-from mqttspool.telemetry import Telemetry
 from mqttspool.timekeeping import SystemClock
 
 pytestmark = pytest.mark.integration
@@ -55,7 +55,7 @@ def settings_for(tmp_path: Path, port: int, **bridge: object) -> Settings:
 def running_bridge(cfg: Settings) -> Iterator[tuple[Bridge, Spool]]:
     """The real bridge (paho publisher) in its thread, over the spool at cfg.spool.path."""
     spool = open_spool(cfg.spool)
-    bridge, publisher = make_bridge(cfg, spool, SystemClock(), Telemetry())
+    bridge, publisher = make_bridge(cfg, spool, SystemClock(), Counters())
     thread = BridgeThread(bridge, publisher.wake)
     thread.start()
     try:

@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.clock import FakeClock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mqttspool.bridge import Backoff, Bridge, TokenBucket
 from mqttspool.config import Settings, load_config
-from mqttspool.publisher import Acked, Connected, ConnectFailed, Disconnected, Event
+from mqttspool.mqtt import Acked, Connected, ConnectFailed, Disconnected, Event
 from mqttspool.reading import Reading, from_us
 from mqttspool.spool import Spool, open_spool
-from mqttspool.timekeeping import FakeClock
 
 
 @dataclass

@@ -12,15 +12,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from fakes.clock import FakeClock, FakeClockSync
 
 from mqttspool.config import Settings, SpoolConfig
+from mqttspool.counters import SENSOR_READS, Counters
 from mqttspool.errors import SensorError, SpoolError, SpoolFullError
 from mqttspool.reading import Reading
 from mqttspool.sampler import Sampler, SamplerThread, build_sampler
 from mqttspool.sensors.base import BaseSensor, Measurement
 from mqttspool.spool import AppendResult, Spool, open_spool
-from mqttspool.telemetry import SENSOR_READS, Telemetry
-from mqttspool.timekeeping import FakeClock, FakeClockSync
 
 Outcome = list[Measurement] | Exception
 
@@ -95,12 +95,10 @@ def _run(sampler: Sampler, clock: FakeClock, seconds: float) -> None:
 
 def _sampler(
     sensors: list[BaseSensor], spool: Spool, clock: FakeClock, sync: FakeClockSync | None = None
-) -> tuple[Sampler, Telemetry]:
-    telemetry = Telemetry()
-    sampler = Sampler(
-        list(sensors), "edge-01", spool, telemetry, clock, sync or FakeClockSync(True)
-    )
-    return sampler, telemetry
+) -> tuple[Sampler, Counters]:
+    counters = Counters()
+    sampler = Sampler(list(sensors), "edge-01", spool, counters, clock, sync or FakeClockSync(True))
+    return sampler, counters
 
 
 def test_intervals_are_honoured(spool: Spool, clock: FakeClock) -> None:
@@ -153,13 +151,13 @@ def test_failing_sensor_does_not_stop_others(
 ) -> None:
     broken = ScriptedSensor("broken", 10, clock, [SensorError("broken", "no device answered", 121)])
     good = ScriptedSensor("good", 10, clock)
-    sampler, telemetry = _sampler([broken, good], spool, clock)
+    sampler, counters = _sampler([broken, good], spool, clock)
     with caplog.at_level(logging.DEBUG, logger="mqttspool.sampler"):
         _run(sampler, clock, 30)
     assert good.read_at == [0, 10, 20, 30]
     assert [r[0] for r in _rows(spool)] == ["good"] * 4
-    assert telemetry.counter(SENSOR_READS, ("good", "ok")) == 4
-    assert telemetry.counter(SENSOR_READS, ("broken", "error")) == len(broken.read_at)
+    assert counters.counter(SENSOR_READS, ("good", "ok")) == 4
+    assert counters.counter(SENSOR_READS, ("broken", "error")) == len(broken.read_at)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "broken" in r.message]
     assert len(warnings) == 1  # logged once, on the ok -> failing change
     assert "sensor broken: no device answered" in warnings[0].message
@@ -172,13 +170,13 @@ def test_backoff_doubles_up_to_ten_intervals_and_resets_on_success(
     err = SensorError("flaky", "CRC mismatch")
     ok = [Measurement("v", 1.0, None)]
     flaky = ScriptedSensor("flaky", 1, clock, [err, err, err, err, err, err, ok])
-    sampler, telemetry = _sampler([flaky], spool, clock)
+    sampler, counters = _sampler([flaky], spool, clock)
     with caplog.at_level(logging.INFO, logger="mqttspool.sampler"):
         _run(sampler, clock, 60)
     # failures at 0, then waits of 1, 2, 4, 8, 10 (capped), 10 -> success at 35, then every 1 s.
     assert flaky.read_at[:8] == [0, 1, 3, 7, 15, 25, 35, 36]
-    assert telemetry.counter(SENSOR_READS, ("flaky", "error")) == 6
-    assert telemetry.counter(SENSOR_READS, ("flaky", "ok")) == 26
+    assert counters.counter(SENSOR_READS, ("flaky", "error")) == 6
+    assert counters.counter(SENSOR_READS, ("flaky", "ok")) == 26
     recovered = [r.message for r in caplog.records if "recovered" in r.message]
     assert recovered == ["sensor flaky: recovered after 6 failed read(s)"]
 
@@ -186,17 +184,17 @@ def test_backoff_doubles_up_to_ten_intervals_and_resets_on_success(
 def test_driver_bug_is_contained(spool: Spool, clock: FakeClock) -> None:
     buggy = ScriptedSensor("buggy", 5, clock, [ZeroDivisionError("oops")])
     good = ScriptedSensor("good", 5, clock)
-    sampler, telemetry = _sampler([buggy, good], spool, clock)
+    sampler, counters = _sampler([buggy, good], spool, clock)
     sampler.step()
-    assert telemetry.counter(SENSOR_READS, ("buggy", "error")) == 1
+    assert counters.counter(SENSOR_READS, ("buggy", "error")) == 1
     assert [r[0] for r in _rows(spool)] == ["good"]
 
 
 def test_invalid_measurement_counts_as_sensor_error(spool: Spool, clock: FakeClock) -> None:
     nan = ScriptedSensor("nan", 5, clock, [[Measurement("t", float("nan"), None)]])
-    sampler, telemetry = _sampler([nan], spool, clock)
+    sampler, counters = _sampler([nan], spool, clock)
     sampler.step()
-    assert telemetry.counter(SENSOR_READS, ("nan", "error")) == 1
+    assert counters.counter(SENSOR_READS, ("nan", "error")) == 1
     assert spool.stats().depth == 0
 
 
@@ -347,7 +345,7 @@ def test_build_sampler_uses_settings(spool: Spool, clock: FakeClock) -> None:
     settings = Settings.model_validate(
         {"device": {"id": "edge-7"}, "sensors": [{"type": "simulated", "seed": 3}]}
     )
-    sampler = build_sampler(settings, spool, Telemetry(), clock, FakeClockSync(True))
+    sampler = build_sampler(settings, spool, Counters(), clock, FakeClockSync(True))
     sampler.step()
     rows = spool.lease(10)
     assert [(r.device, r.sensor, r.metric) for r in rows] == [

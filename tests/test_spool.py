@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.clock import FakeClock
 
 from mqttspool.config import SpoolConfig
 from mqttspool.errors import NotASpoolError, SpoolCorruptError, SpoolError
@@ -22,8 +23,7 @@ from mqttspool.spool import (
     open_spool,
     read_stats_json,
 )
-from mqttspool.spool_readonly import APPLICATION_ID
-from mqttspool.timekeeping import FakeClock
+from mqttspool.spool.readonly import APPLICATION_ID
 
 BASE_TS = datetime(2026, 11, 26, tzinfo=UTC)
 COLUMNS = "seq, device, sensor, metric, value, unit, ts_us, time_synced"

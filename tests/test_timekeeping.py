@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fakes.clock import FakeClockSync
 
 from mqttspool import timekeeping
-from mqttspool.timekeeping import FakeClockSync, SystemClockSync, adjtimex_state
+from mqttspool.timekeeping import SystemClockSync, adjtimex_state
 
 
 def test_adjtimex_reports_a_kernel_state() -> None:

@@ -1,1 +1,1 @@
-"""Test doubles for hardware: a fake I2C bus and fake chips."""
+"""Test doubles: a fake I2C bus and fake chips, fake clocks."""

@@ -3,7 +3,7 @@
 Values are read at scrape time by a custom collector: the spool's depth, age,
 dead letters and drop counters come from ``stats_source()`` (a
 :class:`~mqttspool.spool.SpoolStats`, or None while the spool is closed); the
-process counters come from :class:`~mqttspool.telemetry.Telemetry`. Nothing is
+process counters come from :class:`~mqttspool.counters.Counters`. Nothing is
 kept twice, so a scrape never disagrees with ``mqttspool status``.
 
 Exported (``mqttspool_`` prefix):
@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from mqttspool.counters import BROKER_CONNECTED, MESSAGES_PUBLISHED, SENSOR_READS, Counters
 from mqttspool.errors import ConfigError
-from mqttspool.telemetry import BROKER_CONNECTED, MESSAGES_PUBLISHED, SENSOR_READS, Telemetry
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -58,16 +58,16 @@ def _import_prometheus() -> Any:
 
 
 class SpoolCollector:
-    """A prometheus_client collector that reads spool and telemetry at scrape time."""
+    """A prometheus_client collector that reads spool and counters at scrape time."""
 
     def __init__(
         self,
-        telemetry: Telemetry,
+        counters: Counters,
         stats_source: StatsSource,
         version: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.telemetry = telemetry
+        self.counters = counters
         self.stats_source = stats_source
         self.version = version
         self.clock = clock
@@ -88,19 +88,19 @@ class SpoolCollector:
             "mqttspool_messages_published_total",
             "Data messages acknowledged by the broker since the process started.",
         )
-        published.add_metric([], self.telemetry.counter(MESSAGES_PUBLISHED))
+        published.add_metric([], self.counters.counter(MESSAGES_PUBLISHED))
         yield published
         connected = GaugeMetricFamily(
             "mqttspool_broker_connected", "1 while connected to the broker, else 0."
         )
-        connected.add_metric([], self.telemetry.gauge(BROKER_CONNECTED) or 0.0)
+        connected.add_metric([], self.counters.gauge(BROKER_CONNECTED) or 0.0)
         yield connected
         reads = CounterMetricFamily(
             "mqttspool_sensor_reads_total",
             "Sensor reads by sensor and result (ok or error).",
             labels=["sensor", "result"],
         )
-        for (sensor, result), value in sorted(self.telemetry.counters(SENSOR_READS).items()):
+        for (sensor, result), value in sorted(self.counters.by_labels(SENSOR_READS).items()):
             reads.add_metric([sensor, result], value)
         yield reads
         build = GaugeMetricFamily(
@@ -148,7 +148,7 @@ class MetricsServer:
     def __init__(
         self,
         settings: Settings,
-        telemetry: Telemetry,
+        counters: Counters,
         stats_source: StatsSource,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -158,7 +158,7 @@ class MetricsServer:
         from mqttspool import __version__  # noqa: PLC0415 - the package imports lazily
 
         self.registry = self._prom.CollectorRegistry(auto_describe=False)
-        self.collector = SpoolCollector(telemetry, stats_source, __version__, clock)
+        self.collector = SpoolCollector(counters, stats_source, __version__, clock)
         self.registry.register(self.collector)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None

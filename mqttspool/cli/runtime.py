@@ -12,12 +12,15 @@ import os
 import queue
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mqttspool.config import Settings
+    from mqttspool.mqtt import Received
+    from mqttspool.watch import WatchTracker
 
 Handler = Callable[[argparse.Namespace, "Settings"], int]
 Add = Callable[[str, Handler, str], argparse.ArgumentParser]
@@ -73,39 +76,48 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     """``mqttspool watch``: print readings until Ctrl-C (or --timeout), then a summary."""
-    from mqttspool.errors import ReadingError  # noqa: PLC0415
-    from mqttspool.publisher import Subscriber  # noqa: PLC0415
-    from mqttspool.watch import WatchTracker, format_observation, observation_json  # noqa: PLC0415
+    from mqttspool.mqtt import Subscriber  # noqa: PLC0415
+    from mqttspool.watch import WatchTracker  # noqa: PLC0415
 
     topic = args.topic or f"{settings.topics.prefix}/#"
     client_id = f"mqttspool-watch-{settings.device.id}-{os.getpid()}"
     sub = Subscriber(settings.broker, client_id, topic)
     tracker = WatchTracker()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # An event, not KeyboardInterrupt: SIGINT may arrive ignored (a shell's `cmd &`,
+    # some init systems), and an exception raised inside print() or paho's calls is
+    # not a clean way to stop.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     sub.start()
     try:
-        while deadline is None or time.monotonic() < deadline:
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             _print_status(sub.status)
             try:
                 msg = sub.messages.get(timeout=0.2)
             except queue.Empty:
                 continue
-            if msg.topic.endswith(("/status", "/spool", "/state")):
-                print(f"# {msg.topic}: {msg.payload.decode(errors='replace')}", flush=True)
-                continue
-            try:
-                obs = tracker.observe(msg.payload)
-            except ReadingError as exc:
-                print(f"# {msg.topic}: not a reading: {exc}", file=sys.stderr)
-                continue
-            print(observation_json(obs) if args.json else format_observation(obs), flush=True)
-    except KeyboardInterrupt:
-        pass
+            _print_message(msg, tracker, args.json)
     finally:
         sub.stop()
     _print_summary(tracker.summary(), args.json)
     return 0
+
+
+def _print_message(msg: Received, tracker: WatchTracker, as_json: bool) -> None:
+    from mqttspool.errors import ReadingError  # noqa: PLC0415
+    from mqttspool.watch import format_observation, observation_json  # noqa: PLC0415
+
+    if msg.topic.endswith(("/status", "/spool", "/state")):
+        print(f"# {msg.topic}: {msg.payload.decode(errors='replace')}", flush=True)
+        return
+    try:
+        obs = tracker.observe(msg.payload)
+    except ReadingError as exc:
+        print(f"# {msg.topic}: not a reading: {exc}", file=sys.stderr)
+        return
+    print(observation_json(obs) if as_json else format_observation(obs), flush=True)
 
 
 def _print_status(status: queue.SimpleQueue[str]) -> None:

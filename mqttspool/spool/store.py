@@ -42,7 +42,7 @@ from mqttspool.errors import (
     SpoolFullError,
 )
 from mqttspool.reading import Reading, StoredReading, format_ts
-from mqttspool.spool_readonly import APPLICATION_ID
+from mqttspool.spool.readonly import APPLICATION_ID
 from mqttspool.timekeeping import Clock, SystemClock
 
 logger = logging.getLogger(__name__)

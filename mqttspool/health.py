@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mqttspool.spool_readonly import read_meta_if_ours
+from mqttspool.spool.readonly import read_meta_if_ours
 
 HEARTBEAT_S = 5.0
 HEARTBEAT_KEY = "heartbeat"
@@ -41,7 +41,7 @@ DEFAULT_SPOOL_PATH = "mqttspool.db"
 ENV_PREFIX = "MQTTSPOOL_"
 
 # Every leaf setting, as "section.key" (sensors are an array of open tables).
-# tests/test_healthcheck.py checks this against the pydantic model tree.
+# tests/test_health.py checks this against the pydantic model tree.
 KNOWN_SETTINGS = frozenset(
     {
         "device.id",

@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from mqttspool import runtime_cli
+from mqttspool.cli import runtime
 from mqttspool.errors import ConfigError, MqttspoolError, ReadingError, SpoolFullError
-from mqttspool.healthcheck import fast_health
+from mqttspool.health import fast_health
 from mqttspool.logsetup import setup_logging
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # Start-up cost: this module imports only the standard library and light
 # mqttspool modules; pydantic (config, reading), peewee (spool) and paho are
 # imported inside the handlers, so `mqttspool health` stays fast (see
-# mqttspool/healthcheck.py). ruff: PLC0415 is expected in this file.
+# mqttspool/health.py). ruff: PLC0415 is expected in this file.
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_runtime_commands(add: Callable[[str, Handler, str], argparse.ArgumentParser]) -> None:
     """Commands that talk to a broker or to sensors (imported lazily to keep start-up fast)."""
-    runtime_cli.register(add)
+    runtime.register(add)
 
 
 def main(argv: list[str] | None = None) -> int:

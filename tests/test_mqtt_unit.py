@@ -11,7 +11,7 @@ from support.certs import CertBundle
 
 from mqttspool.config import BrokerConfig, TlsConfig
 from mqttspool.errors import ConfigError
-from mqttspool.publisher import MqttPublisher, Will, _tls_context, client_id_for
+from mqttspool.mqtt import MqttPublisher, Will, _tls_context, client_id_for
 
 
 def test_tls_verifies_certificate_and_hostname_by_default(certs: CertBundle) -> None:
@@ -28,7 +28,7 @@ def test_tls_insecure_is_explicit_and_warns(
         host="broker.example",
         tls=TlsConfig(enabled=True, ca_file=str(certs.ca_cert), insecure=True),
     )
-    with caplog.at_level(logging.WARNING, logger="mqttspool.publisher"):
+    with caplog.at_level(logging.WARNING, logger="mqttspool.mqtt"):
         ctx = _tls_context(cfg)
     assert ctx.check_hostname is False
     assert ctx.verify_mode == ssl.CERT_REQUIRED  # the CA is still checked

@@ -10,10 +10,10 @@ import pytest
 
 from mqttspool import __version__
 from mqttspool.config import Settings, load_config
+from mqttspool.counters import BROKER_CONNECTED, MESSAGES_PUBLISHED, SENSOR_READS, Counters
 from mqttspool.errors import ConfigError
-from mqttspool.metrics import MetricsServer
+from mqttspool.prometheus import MetricsServer
 from mqttspool.spool import SpoolStats
-from mqttspool.telemetry import BROKER_CONNECTED, MESSAGES_PUBLISHED, SENSOR_READS, Telemetry
 
 NOW_US = 1_795_651_200_000_000
 
@@ -55,13 +55,13 @@ def _scrape(port: int) -> list[str]:
 
 
 def test_scrape_reads_spool_and_telemetry_at_scrape_time() -> None:
-    telemetry = Telemetry()
-    telemetry.inc(MESSAGES_PUBLISHED, n=5)
-    telemetry.set(BROKER_CONNECTED, 1)
-    telemetry.inc(SENSOR_READS, ("bme280", "ok"), 4)
-    telemetry.inc(SENSOR_READS, ("bme280", "error"))
+    counters = Counters()
+    counters.inc(MESSAGES_PUBLISHED, n=5)
+    counters.set(BROKER_CONNECTED, 1)
+    counters.inc(SENSOR_READS, ("bme280", "ok"), 4)
+    counters.inc(SENSOR_READS, ("bme280", "error"))
     port = _free_port()
-    server = MetricsServer(_settings(port), telemetry, _stats, clock=lambda: NOW_US / 1e6)
+    server = MetricsServer(_settings(port), counters, _stats, clock=lambda: NOW_US / 1e6)
     server.start()
     try:
         assert _scrape(port) == [
@@ -76,12 +76,12 @@ def test_scrape_reads_spool_and_telemetry_at_scrape_time() -> None:
             'mqttspool_sensor_reads_total{result="ok",sensor="bme280"} 4.0',
             f'mqttspool_build_info{{version="{__version__}"}} 1.0',
         ]
-        telemetry.inc(MESSAGES_PUBLISHED, n=2)
+        counters.inc(MESSAGES_PUBLISHED, n=2)
         assert "mqttspool_messages_published_total 7.0" in _scrape(port)
     finally:
         server.stop()
     # The port is free again: a new server (e.g. after a restart) can listen on it.
-    again = MetricsServer(_settings(port), telemetry, _stats)
+    again = MetricsServer(_settings(port), counters, _stats)
     again.start()
     try:
         assert again.bound_port == port
@@ -92,7 +92,7 @@ def test_scrape_reads_spool_and_telemetry_at_scrape_time() -> None:
 
 def test_spool_closed_leaves_out_spool_metrics_only() -> None:
     port = _free_port()
-    server = MetricsServer(_settings(port), Telemetry(), lambda: None)
+    server = MetricsServer(_settings(port), Counters(), lambda: None)
     server.start()
     try:
         names = {line.split("{")[0].split(" ")[0] for line in _scrape(port)}
@@ -110,7 +110,7 @@ def test_busy_port_is_a_config_error() -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        server = MetricsServer(_settings(port), Telemetry(), lambda: None)
+        server = MetricsServer(_settings(port), Counters(), lambda: None)
         with pytest.raises(ConfigError) as info:
             server.start()
     assert info.value.problems[0][0] == "metrics.port"
@@ -119,7 +119,7 @@ def test_busy_port_is_a_config_error() -> None:
 def test_missing_extra_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
     with pytest.raises(ConfigError) as info:
-        MetricsServer(_settings(_free_port()), Telemetry(), lambda: None)
+        MetricsServer(_settings(_free_port()), Counters(), lambda: None)
     assert info.value.problems == [
         (
             "metrics.enabled",

@@ -1,7 +1,7 @@
 """In-process counters and gauges shared by sampler, bridge and the metrics endpoint.
 
 Plain Python and thread-safe, so the core never depends on prometheus-client;
-:mod:`mqttspool.metrics` exports these values when the optional extra is installed.
+:mod:`mqttspool.prometheus` exports these values when the optional extra is installed.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import threading
 from collections import Counter
 
 
-class Telemetry:
+class Counters:
     """Counters (monotonic) and gauges (current values) with string label tuples."""
 
     def __init__(self) -> None:
@@ -38,7 +38,7 @@ class Telemetry:
         with self._lock:
             return self._gauges.get((name, labels))
 
-    def counters(self, name: str) -> dict[tuple[str, ...], float]:
+    def by_labels(self, name: str) -> dict[tuple[str, ...], float]:
         """Every label set of counter ``name`` with its value."""
         with self._lock:
             return {lab: float(v) for (n, lab), v in self._counters.items() if n == name}

@@ -9,7 +9,7 @@ import pytest
 from mqttspool import __version__
 from mqttspool.bridge import OutMessage
 from mqttspool.config import Settings, load_config
-from mqttspool.discovery import HaSensorClass, HomeAssistantDiscovery, classify
+from mqttspool.homeassistant import HaSensorClass, HomeAssistantDiscovery, classify
 from mqttspool.reading import StoredReading
 
 TS = 1_795_651_200_000_000  # 2026-11-26T00:00:00Z in microseconds

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from mqttspool import healthcheck
+from mqttspool import health
 from mqttspool.cli import main
 from mqttspool.config import Settings, config_path_from, load_config
-from mqttspool.healthcheck import HEARTBEAT_KEY, fast_health
+from mqttspool.health import HEARTBEAT_KEY, fast_health
 from mqttspool.spool import open_spool
 
 
@@ -31,7 +31,7 @@ def _leaves(model: type[BaseModel], prefix: str = "") -> set[str]:
 
 
 def test_known_settings_match_the_model_tree() -> None:
-    assert _leaves(Settings) == healthcheck.KNOWN_SETTINGS
+    assert _leaves(Settings) == health.KNOWN_SETTINGS
 
 
 def _spool_with_heartbeat(path: Path, state: str = "running", age_s: float = 0.0) -> None:
@@ -76,10 +76,10 @@ def test_spool_path_resolution_matches_load_config(
         cfg.write_text(f"[spool]\n{spool_table}\n")
     argv = [a.replace("{cfg}", str(cfg)) for a in argv]
     env = {k: v.replace("{cfg}", str(cfg)) for k, v in env.items()}
-    config = healthcheck._health_config_option(argv)
+    config = health._health_config_option(argv)
     assert config is not None
     expected = load_config(config_path_from(config or None, env), env).spool.path
-    assert healthcheck._spool_path(config or env.get("MQTTSPOOL_CONFIG"), env) == expected
+    assert health._spool_path(config or env.get("MQTTSPOOL_CONFIG"), env) == expected
 
 
 @pytest.mark.parametrize(
@@ -94,7 +94,7 @@ def test_spool_path_resolution_matches_load_config(
     ],
 )
 def test_anything_unusual_takes_the_full_path(argv: list[str]) -> None:
-    assert healthcheck._health_config_option(argv) is None
+    assert health._health_config_option(argv) is None
 
 
 @pytest.mark.parametrize(
@@ -112,7 +112,7 @@ def test_unknown_keys_and_odd_values_take_the_full_path(
 ) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(toml)
-    assert healthcheck._spool_path(str(cfg), env) is None
+    assert health._spool_path(str(cfg), env) is None
 
 
 def test_fast_path_answers_healthy_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
