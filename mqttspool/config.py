@@ -12,12 +12,14 @@ import json
 import os
 import re
 import socket
+import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -36,28 +38,67 @@ from pydantic_settings import (
 
 from mqttspool.errors import ConfigError
 from mqttspool.reading import NAME_PATTERN
+from mqttspool.sensor_config import SENSOR_TYPES, SensorConfig, SimulatedConfig
+from mqttspool.validation import SECRET_MASK, Problem, problems_from
+
+__all__ = ["SECRET_MASK", "SENSOR_TYPES", "SensorConfig"]  # re-exported for callers of config
 
 ENV_PREFIX = "MQTTSPOOL_"
 CONFIG_ENV = "MQTTSPOOL_CONFIG"
-SECRET_MASK = "********"  # noqa: S105 - the mask, not a secret
-SensorType = Literal[
-    "bme280",
-    "bmp280",
-    "sht3x",
-    "sht4x",
-    "htu21d",
-    "bh1750",
-    "ads1115",
-    "ds18b20",
-    "cpu_temp",
-    "system",
-    "simulated",
-]
-SENSOR_TYPES: tuple[str, ...] = get_args(SensorType)
+
+DAY_S = 86_400
+MAX_DURATION_S = 30 * DAY_S  # timeouts, backoff, windows: a month is already absurd
+MAX_AGE_S = 365 * DAY_S  # how old a queued reading may get: a year of outage is plausible
+MIN_RATE = 1e-6  # one message per ~11.6 days; slower rates are typos (0 means unlimited)
+MAX_RATE = 1_000_000.0
+MAX_ROWS = 1_000_000_000
+MAX_FREE_BYTES = 1 << 40  # 1 TiB
+MAX_TOPIC_PREFIX_BYTES = 1024
+PASSWORD_FILE_MAX_BYTES = 64 * 1024
+
+
+def _zero_or_a_rate(rate: float) -> float:
+    if 0 < rate < MIN_RATE:
+        raise ValueError(f"must be 0 (unlimited) or at least {MIN_RATE:g} messages/s")
+    return rate
+
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-Seconds = Annotated[float, Field(ge=0)]
-PositiveSeconds = Annotated[float, Field(gt=0)]
+Seconds = Annotated[float, Field(ge=0, le=MAX_DURATION_S)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_DURATION_S)]
+AgeSeconds = Annotated[float, Field(ge=0, le=MAX_AGE_S)]
+Rate = Annotated[float, Field(ge=0, le=MAX_RATE), AfterValidator(_zero_or_a_rate)]
+
+
+def check_topic_prefix(value: str) -> str:
+    """One or more MQTT topic levels that every published topic starts with.
+
+    Wildcards would make the topic unpublishable, ``$`` topics belong to the
+    broker (``$SYS``), empty levels and stray whitespace are typos that split
+    the topic tree, and a broker closes the connection on a NUL.
+    """
+    if not value:
+        raise ValueError("must not be empty")
+    if "+" in value or "#" in value:
+        raise ValueError("must not contain the MQTT wildcards '+' or '#'")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+        raise ValueError("must not contain control characters (NUL, newline, ...)")
+    if value.startswith("$"):
+        raise ValueError("must not start with '$' (reserved for broker topics such as $SYS)")
+    if "" in value.split("/"):
+        raise ValueError("must not have empty levels (a leading, trailing or doubled '/')")
+    if value != value.strip():
+        raise ValueError("must not start or end with whitespace")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("must be valid UTF-8") from None
+    if size > MAX_TOPIC_PREFIX_BYTES:
+        raise ValueError(f"must be at most {MAX_TOPIC_PREFIX_BYTES} bytes")
+    return value
+
+
+TopicPrefix = Annotated[str, AfterValidator(check_topic_prefix)]
 
 
 def default_device_id() -> str:
@@ -67,7 +108,7 @@ def default_device_id() -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DeviceConfig(_Section):
@@ -115,31 +156,57 @@ class BrokerConfig(_Section):
         return f"{self.host}:{self.port}"
 
     def resolved_password(self) -> SecretStr | None:
-        """The password to send, reading ``password_file`` (which wins) if set."""
+        """The password to send, reading ``password_file`` (which wins) if set.
+
+        Raises :class:`ConfigError` if the file cannot be used (see :func:`read_password_file`).
+        """
         if self.password_file:
-            try:
-                text = Path(self.password_file).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ConfigError(
-                    "broker.password_file",
-                    [("broker.password_file", f"cannot read {self.password_file}: {exc.strerror}")],
-                ) from exc
-            return SecretStr(text.rstrip("\r\n"))
+            return read_password_file(self.password_file)
         secret = self.password.get_secret_value()
         return SecretStr(secret) if secret else None
+
+
+def read_password_file(path: str) -> SecretStr:
+    """The password in ``path`` without its trailing newline(s); never shown in errors.
+
+    Opened non-blocking, so a FIFO or device cannot hang start-up; it must be
+    a regular file holding non-empty UTF-8 text. Raises :class:`ConfigError`
+    naming ``broker.password_file`` and the file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise _password_file_error(f"{path} does not exist") from exc
+    except OSError as exc:
+        raise _password_file_error(f"cannot read {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _password_file_error(f"{path} is not a regular file")
+        try:
+            data = fh.read(PASSWORD_FILE_MAX_BYTES + 1)
+        except OSError as exc:
+            raise _password_file_error(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) > PASSWORD_FILE_MAX_BYTES:
+        raise _password_file_error(f"{path} is larger than {PASSWORD_FILE_MAX_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        # The decoder's message quotes the offending byte: part of the secret.
+        raise _password_file_error(f"{path} is not UTF-8 text") from None
+    password = text.rstrip("\r\n")
+    if not password:
+        raise _password_file_error(f"{path} is empty")
+    return SecretStr(password)
+
+
+def _password_file_error(message: str) -> ConfigError:
+    return ConfigError("broker.password_file", [("broker.password_file", message)])
 
 
 class TopicsConfig(_Section):
     """``[topics]``."""
 
-    prefix: str = Field(default="mqttspool", pattern=r"^[^#+\s][^#+]*$")
-
-    @field_validator("prefix")
-    @classmethod
-    def _no_trailing_slash(cls, v: str) -> str:
-        if v.endswith("/"):
-            raise ValueError("must not end with '/'")
-        return v
+    prefix: TopicPrefix = "mqttspool"
 
 
 class SpoolConfig(_Section):
@@ -147,9 +214,9 @@ class SpoolConfig(_Section):
 
     path: str = "mqttspool.db"
     synchronous: Literal["full", "normal"] = "full"
-    max_rows: int = Field(default=1_000_000, ge=1)
-    max_age: Seconds = 0
-    min_free_bytes: int = Field(default=50 * 1024 * 1024, ge=0)
+    max_rows: int = Field(default=1_000_000, ge=1, le=MAX_ROWS)
+    max_age: AgeSeconds = 0
+    min_free_bytes: int = Field(default=50 * 1024 * 1024, ge=0, le=MAX_FREE_BYTES)
     overflow: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
 
     @field_validator("synchronous", mode="before")
@@ -166,7 +233,7 @@ class BridgeConfig(_Section):
     reconnect_min: PositiveSeconds = 1
     reconnect_max: PositiveSeconds = 60
     shutdown_timeout: Seconds = 10
-    max_rate: Seconds = 0
+    max_rate: Rate = 0  # messages/s, 0 = unlimited
     live_first: bool = False
 
     @model_validator(mode="after")
@@ -176,33 +243,11 @@ class BridgeConfig(_Section):
         return self
 
 
-class SensorConfig(BaseModel):
-    """One ``[[sensors]]`` entry; driver options are checked by the sensor registry."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: SensorType
-    name: Name = ""
-    interval: PositiveSeconds = 10
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_name(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("name") and isinstance(data.get("type"), str):
-            return {**data, "name": data["type"]}
-        return data
-
-    @property
-    def options(self) -> dict[str, Any]:
-        """Driver-specific keys (everything but type, name, interval)."""
-        return dict(self.model_extra or {})
-
-
 class HomeAssistantConfig(_Section):
     """``[homeassistant]``: MQTT discovery."""
 
     discovery: bool = False
-    prefix: str = "homeassistant"
+    prefix: TopicPrefix = "homeassistant"
 
 
 class MetricsConfig(_Section):
@@ -228,6 +273,10 @@ class LogConfig(_Section):
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml", default=None)
 _environ: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
     "environ", default=None
+)
+# The names of the [[sensors]] entries as written, so an error can say which sensor it is.
+_sensor_names: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "sensor_names", default=None
 )
 
 
@@ -267,11 +316,19 @@ class Settings(BaseSettings):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
+    @field_validator("sensors", mode="before")
+    @classmethod
+    def _remember_sensor_names(cls, v: Any) -> Any:
+        names = _sensor_names.get()
+        if names is not None and isinstance(v, list):
+            names[:] = [_entry_name(entry) for entry in v]
+        return v
+
     @field_validator("sensors")
     @classmethod
     def _default_sensor_and_unique_names(cls, v: list[SensorConfig]) -> list[SensorConfig]:
         if not v:
-            return [SensorConfig(type="simulated", name="simulated", interval=10)]
+            return [SimulatedConfig(name="simulated", interval=10)]
         seen: set[str] = set()
         for sensor in v:
             if sensor.name in seen:
@@ -301,34 +358,39 @@ def config_path_from(cli_path: str | None, environ: Mapping[str, str]) -> Path |
     return Path(raw) if raw else None
 
 
+def _entry_name(entry: Any) -> str:
+    if not isinstance(entry, Mapping):
+        return ""
+    name = entry.get("name") or entry.get("type")
+    return name if isinstance(name, str) else ""
+
+
 def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Load, validate and return the settings; raises :class:`ConfigError` (exit 2)."""
+    """Load, validate and return the settings; raises :class:`ConfigError` (exit 2).
+
+    Everything is checked here, driver options and ``broker.password_file``
+    included, so every command fails the same way on the same configuration.
+    """
     environ = os.environ if environ is None else environ
     source = str(path) if path else "built-in defaults"
     if path is not None:
         _check_toml(path)
     _check_env_keys(environ, source)
-    token = _toml_path.set(path)
-    env_token = _environ.set(environ)
+    names: list[str] = []
+    tokens = (_toml_path.set(path), _environ.set(environ), _sensor_names.set(names))
     try:
         settings = Settings()
     except ValidationError as exc:
-        raise ConfigError(source, _problems(exc)) from exc
+        raise ConfigError(source, config_problems(exc, names)) from exc
     finally:
-        _environ.reset(env_token)
-        _toml_path.reset(token)
-    _check_sensor_options(settings, source)
-    return settings
-
-
-def _check_sensor_options(settings: Settings, source: str) -> None:
-    """Driver options (bus, address, channels...) are checked by the sensor registry."""
-    from mqttspool.sensors.registry import validate_all  # noqa: PLC0415 - registry imports us
-
+        _sensor_names.reset(tokens[2])
+        _environ.reset(tokens[1])
+        _toml_path.reset(tokens[0])
     try:
-        validate_all(settings.sensors)
+        settings.broker.resolved_password()
     except ConfigError as exc:
         raise ConfigError(source, exc.problems) from exc
+    return settings
 
 
 def _check_toml(path: Path) -> None:
@@ -369,54 +431,40 @@ def _known_path(model: type[BaseModel], parts: list[str]) -> bool:
     return len(parts) == 1
 
 
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
-    problems = []
-    for err in exc.errors():
-        loc = _field_path(err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see config/mqttspool.toml)"
-        elif err["type"] == "missing":
-            msg = "required"
-        elif "input" in err and err["loc"]:
-            shown = SECRET_MASK if _is_secret_path(loc) else _show(err["input"])
-            msg = f"{msg} (got {shown})"
-        problems.append((loc, msg))
-    return problems
+def config_problems(exc: ValidationError, sensor_names: Sequence[str] = ()) -> list[Problem]:
+    """A configuration error as problems; sensor entries named: ``sensors.1 (name "x")``."""
+    return [
+        (_label_sensor(path, sensor_names), message)
+        for path, message in problems_from(exc, unknown=_unknown_key, tags=SENSOR_TYPES)
+    ]
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in SENSOR_TYPES and out.endswith("]"):
-            continue  # union tag noise
-        else:
-            out += f".{part}" if out else str(part)
-    return out
+def _unknown_key(path: str) -> str:
+    if path.startswith("sensors."):
+        return "unknown option for this sensor type (see docs/sensors.md)"
+    return "unknown key (check the spelling; see config/mqttspool.toml)"
 
 
-def _is_secret_path(path: str) -> bool:
-    return "password" in path or "token" in path or "secret" in path
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a table"
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 80 else text[:77] + "..."
+def _label_sensor(path: str, names: Sequence[str]) -> str:
+    """``sensors.1.address`` -> ``sensors.1 (name "bme"): address``."""
+    parts = path.split(".", 2)
+    if len(parts) < 2 or parts[0] != "sensors" or not parts[1].isdigit():
+        return path
+    index = int(parts[1])
+    name = names[index] if index < len(names) else ""
+    entry = f"sensors.{index}" + (f" (name {json.dumps(name)})" if name else "")
+    return f"{entry}: {parts[2]}" if len(parts) == 3 else entry
 
 
 def effective_config(settings: Settings) -> dict[str, Any]:
-    """The settings as plain data with secrets masked (for ``check-config``)."""
-    data = settings.model_dump(mode="json")
+    """The settings as plain data with secrets masked (for ``check-config``).
+
+    Unset optional values (None) are left out: TOML has no null, and leaving
+    them out loads back to the same settings.
+    """
+    data = settings.model_dump(mode="json", exclude_none=True)
     password = settings.broker.password.get_secret_value()
     data["broker"]["password"] = SECRET_MASK if password else ""
-    data["sensors"] = [
-        {"type": s.type, "name": s.name, "interval": s.interval, **s.options}
-        for s in settings.sensors
-    ]
     return data
 
 

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from mqttspool.errors import ReadingError
+from mqttspool.validation import problems_from
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -222,18 +223,5 @@ def validate_reading(doc: dict[str, Any]) -> Reading:
 
 def reading_error_from(exc: ValidationError) -> ReadingError:
     """Turn a pydantic error into a one-line :class:`ReadingError` (first problem)."""
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"])
-    message = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "missing":
-        message = "field required"
-    elif err["type"] == "extra_forbidden":
-        message = "unknown field"
-    elif "input" in err and err["type"] != "missing":
-        message = f"{message} (got {_short(err['input'])})"
+    field, message = problems_from(exc)[0]
     return ReadingError(field, message)
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

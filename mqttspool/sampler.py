@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from mqttspool.config import Settings
 from mqttspool.counters import SENSOR_READS, Counters
 from mqttspool.errors import SensorError, SpoolCorruptError, SpoolError, SpoolFullError
-from mqttspool.reading import Reading, from_us
+from mqttspool.reading import Reading, from_us, reading_error_from
 from mqttspool.sensors.base import Measurement, Sensor
 from mqttspool.sensors.registry import build_sensors, default_spool_dir
 from mqttspool.spool import Spool
@@ -167,9 +167,7 @@ class Sampler:
                 for m in measurements
             ]
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            raise SensorError(sensor.name, f"invalid reading: {field}: {err['msg']}") from exc
+            raise SensorError(sensor.name, f"invalid reading: {reading_error_from(exc)}") from exc
 
     def _succeeded(self, state: _SensorState) -> None:
         sensor = state.sensor

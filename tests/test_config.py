@@ -18,7 +18,6 @@ from mqttspool.config import (
     HomeAssistantConfig,
     LogConfig,
     MetricsConfig,
-    SensorConfig,
     Settings,
     SpoolConfig,
     TopicsConfig,
@@ -29,6 +28,7 @@ from mqttspool.config import (
     to_toml,
 )
 from mqttspool.errors import ConfigError
+from mqttspool.sensor_config import BoschConfig, SimulatedConfig
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config" / "mqttspool.toml"
@@ -83,7 +83,7 @@ def test_defaults_without_a_file() -> None:
     assert (s.spool.max_rows, s.spool.max_age, s.spool.min_free_bytes) == (1_000_000, 0, 52428800)
     assert s.bridge == BridgeConfig()
     assert (s.bridge.max_inflight, s.bridge.live_window, s.bridge.live_first) == (500, 60, False)
-    assert s.sensors == [SensorConfig(type="simulated", name="simulated", interval=10)]
+    assert s.sensors == [SimulatedConfig(name="simulated", interval=10)]
     assert s.homeassistant == HomeAssistantConfig()
     assert s.metrics == MetricsConfig()
     assert s.log == LogConfig()
@@ -140,7 +140,7 @@ level = "DEBUG"
         ("bme280", "bme280", 10),
         ("cpu_temp", "cpu", 2.5),
     ]
-    assert s.sensors[0].options == {"bus": 1, "address": 0x76}
+    assert s.sensors[0] == BoschConfig(type="bme280", name="bme280", bus=1, address=0x76)
     assert s.log.level == "debug"
 
 
@@ -237,8 +237,12 @@ def test_unrelated_environment_variables_are_ignored() -> None:
         ("[spool]\nmax_rows = 0\n", "spool.max_rows", "(got 0)"),
         ("[device]\nid = 'bad/name'\n", "device.id", '(got "bad/name")'),
         ("[topics]\nprefix = 'a/#'\n", "topics.prefix", '(got "a/#")'),
-        ("[[sensors]]\ntype = 'bogus'\n", "sensors[0].type", '(got "bogus")'),
-        ("[[sensors]]\ntype = 'simulated'\ninterval = 0\n", "sensors[0].interval", "(got 0)"),
+        ("[[sensors]]\ntype = 'bogus'\n", 'sensors.0 (name "bogus"): type', '(got "bogus")'),
+        (
+            "[[sensors]]\ntype = 'simulated'\ninterval = 0\n",
+            'sensors.0 (name "simulated"): interval',
+            "(got 0)",
+        ),
     ],
 )
 def test_bad_value_error_shows_path_and_value(
@@ -328,10 +332,6 @@ def test_password_file_wins(tmp_path: Path) -> None:
     resolved = s.broker.resolved_password()
     assert resolved is not None
     assert resolved.get_secret_value() == "from-file"
-    s = load_config(None, {"MQTTSPOOL_BROKER__PASSWORD_FILE": str(tmp_path / "missing")})
-    with pytest.raises(ConfigError) as info:
-        s.broker.resolved_password()
-    assert info.value.problems[0][0] == "broker.password_file"
 
 
 def test_effective_config_masks_the_password_and_round_trips_as_toml(tmp_path: Path) -> None:
@@ -389,7 +389,9 @@ def test_check_config_prints_toml_with_password_masked(tmp_path: Path) -> None:
     assert doc["broker"]["password"] == "********"
     assert doc["device"]["id"] == "edge-01"
     assert doc["spool"]["path"] == "x.db"
-    assert doc["sensors"] == [{"type": "simulated", "name": "simulated", "interval": 10.0}]
+    assert doc["sensors"] == [
+        {"type": "simulated", "name": "simulated", "interval": 10.0, "seed": 0}
+    ]
     assert 'password = "********"' in proc.stdout.splitlines()
     assert not (tmp_path / "x.db").exists()  # check-config never creates the spool
 

@@ -16,6 +16,7 @@ from fakes.smbus import (
 )
 
 from mqttspool.errors import SensorError
+from mqttspool.sensor_config import AdsChannel
 from mqttspool.sensors.ads1115 import Ads1115Sensor
 from mqttspool.sensors.base import BaseSensor, Measurement
 from mqttspool.sensors.bh1750 import Bh1750Sensor
@@ -23,7 +24,6 @@ from mqttspool.sensors.bme280 import Bme280Sensor
 from mqttspool.sensors.crc import HTU21D_INIT, crc8
 from mqttspool.sensors.htu21d import Htu21dSensor
 from mqttspool.sensors.i2c import I2CDevice, scan_bus
-from mqttspool.sensors.registry import AdsChannel
 from mqttspool.sensors.sht import Sht3xSensor, Sht4xSensor
 
 B_CALIB = bytes.fromhex("696D36643200E99802D6D00B231688FFF9FF8C3CF8C67017004B")

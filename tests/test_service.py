@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from daemon import wait_until
 
-from mqttspool.config import SensorConfig, load_config
+from mqttspool.config import load_config
 from mqttspool.errors import SpoolCorruptError
+from mqttspool.sensor_config import SimulatedConfig
 from mqttspool.service import Service
 from mqttspool.spool import Spool, open_spool
 
@@ -28,7 +29,7 @@ def test_corruption_reported_at_runtime_is_salvaged_and_sampling_goes_on(
     cfg = load_config(None, environ={})
     cfg.spool.path = str(tmp_path / "spool.db")
     cfg.broker.host, cfg.broker.port = "127.0.0.1", unused_port()  # no broker: spool only
-    cfg.sensors = [SensorConfig(type="simulated", name="sim", interval=0.05)]
+    cfg.sensors = [SimulatedConfig(name="sim", interval=0.05)]
     real_append = Spool.append
     calls = {"n": 0}
 

@@ -1,6 +1,6 @@
 """``mqttspool sensors``: read each configured sensor once, or scan an I2C bus.
 
-Registered by :func:`mqttspool.runtime_cli.register`. Output goes to stdout,
+Registered by :func:`mqttspool.cli.runtime.register`. Output goes to stdout,
 one line per measurement or per failed sensor; exit 1 if any sensor failed.
 """
 
