@@ -9,6 +9,7 @@ addresses) is the same everywhere.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -83,6 +84,8 @@ def _shown(path: str, value: Any) -> str:
         return "a table"
     if isinstance(value, int) and not isinstance(value, bool) and path.endswith("address"):
         return f"0x{value:02x}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # inf, nan: as written in TOML (JSON would say Infinity)
     try:
         text = json.dumps(value, default=str, ensure_ascii=False)
     except ValueError:  # e.g. an int too long to render
