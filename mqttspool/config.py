@@ -179,13 +179,14 @@ def read_password_file(path: str) -> SecretStr:
         raise _password_file_error(f"{path} does not exist") from exc
     except OSError as exc:
         raise _password_file_error(f"cannot read {path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as fh:
+    try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise _password_file_error(f"{path} is not a regular file")
-        try:
-            data = fh.read(PASSWORD_FILE_MAX_BYTES + 1)
-        except OSError as exc:
-            raise _password_file_error(f"cannot read {path}: {exc.strerror}") from exc
+        data = _read_at_most(fd, PASSWORD_FILE_MAX_BYTES + 1)
+    except OSError as exc:
+        raise _password_file_error(f"cannot read {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
     if len(data) > PASSWORD_FILE_MAX_BYTES:
         raise _password_file_error(f"{path} is larger than {PASSWORD_FILE_MAX_BYTES} bytes")
     try:
@@ -197,6 +198,15 @@ def read_password_file(path: str) -> SecretStr:
     if not password:
         raise _password_file_error(f"{path} is empty")
     return SecretStr(password)
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit and (chunk := os.read(fd, limit - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _password_file_error(message: str) -> ConfigError:
