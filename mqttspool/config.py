@@ -39,7 +39,7 @@ from pydantic_settings import (
 from mqttspool.errors import ConfigError
 from mqttspool.reading import NAME_PATTERN
 from mqttspool.sensor_config import SENSOR_TYPES, SensorConfig, SimulatedConfig
-from mqttspool.validation import SECRET_MASK, Problem, problems_from
+from mqttspool.validation import SECRET_MASK, Problem, is_secret, problems_from
 
 __all__ = ["SECRET_MASK", "SENSOR_TYPES", "SensorConfig"]  # re-exported for callers of config
 
@@ -472,10 +472,23 @@ def effective_config(settings: Settings) -> dict[str, Any]:
     Unset optional values (None) are left out: TOML has no null, and leaving
     them out loads back to the same settings.
     """
-    data = settings.model_dump(mode="json", exclude_none=True)
-    password = settings.broker.password.get_secret_value()
-    data["broker"]["password"] = SECRET_MASK if password else ""
-    return data
+    return mask_secrets(settings.model_dump(mode="json", exclude_none=True))
+
+
+def mask_secrets(data: Mapping[str, Any], path: str = "") -> dict[str, Any]:
+    """``data`` with every non-empty secret (``password``, ``token``...) replaced by the mask."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else key
+        if isinstance(value, Mapping):
+            out[key] = mask_secrets(value, where)
+        elif isinstance(value, list):
+            out[key] = [mask_secrets(v, where) if isinstance(v, Mapping) else v for v in value]
+        elif is_secret(where):
+            out[key] = SECRET_MASK if value else ""
+        else:
+            out[key] = value
+    return out
 
 
 def to_toml(data: Mapping[str, Any]) -> str:

@@ -73,8 +73,12 @@ def _table_rule(err: ErrorDetails) -> bool:
 
 
 def is_secret(path: str) -> bool:
-    """True for fields whose values are never shown (passwords, tokens)."""
-    return any(part in SECRET_KEYS for part in path.split("."))
+    """True for fields whose values are never shown: ``password``, ``api_token``, ...
+
+    ``password_file`` is not one: it holds a path, and the path helps.
+    """
+    suffixes = tuple(f"_{key}" for key in SECRET_KEYS)
+    return any(part in SECRET_KEYS or part.endswith(suffixes) for part in path.split("."))
 
 
 def _shown(path: str, value: Any) -> str:

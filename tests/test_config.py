@@ -25,6 +25,7 @@ from mqttspool.config import (
     default_device_id,
     effective_config,
     load_config,
+    mask_secrets,
     to_toml,
 )
 from mqttspool.errors import ConfigError
@@ -453,3 +454,34 @@ def test_example_config_via_cli(tmp_path: Path) -> None:
     proc = _cli(tmp_path, "check-config", "--json", "-c", str(EXAMPLE))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == effective_config(load_config(None, {}))
+
+
+def test_every_secret_is_masked_in_the_effective_config() -> None:
+    data = {
+        "broker": {"password": SECRET, "password_file": "/run/secrets/pw", "username": "u"},
+        "extra": {"api_token": SECRET, "client_secret": "", "nested": [{"token": SECRET}]},
+    }
+    assert mask_secrets(data) == {
+        "broker": {"password": SECRET_MASK, "password_file": "/run/secrets/pw", "username": "u"},
+        "extra": {
+            "api_token": SECRET_MASK,
+            "client_secret": "",
+            "nested": [{"token": SECRET_MASK}],
+        },
+    }
+
+
+def test_check_config_masks_the_password_from_every_source(tmp_path: Path) -> None:
+    secret_file = _write(tmp_path, f"{SECRET}-file\n", name="pw")
+    path = _write(
+        tmp_path, f"[broker]\npassword = '{SECRET}-toml'\npassword_file = '{secret_file}'\n"
+    )
+    for fmt in ([], ["--json"]):
+        proc = _cli(
+            tmp_path, "check-config", *fmt, "-c", str(path), MQTTSPOOL_BROKER__PASSWORD=SECRET
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert SECRET not in proc.stdout + proc.stderr
+        doc = json.loads(proc.stdout) if fmt else tomllib.loads(proc.stdout)
+        assert doc["broker"]["password"] == SECRET_MASK
+        assert doc["broker"]["password_file"] == str(secret_file)

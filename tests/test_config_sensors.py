@@ -142,3 +142,22 @@ def test_one_place_turns_validation_errors_into_messages() -> None:
         if ".errors()" in path.read_text(encoding="utf-8")
     )
     assert users == ["mqttspool/validation.py"]
+
+
+def test_error_names_the_sensor_by_index_and_name(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[[sensors]]\ntype = "cpu_temp"\n'
+        '[[sensors]]\ntype = "bme280"\nname = "bme"\naddress = 0x50\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mqttspool", "check-config", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[1:] == [
+        '  sensors.1 (name "bme"): address: must be one of 0x76, 0x77 (got 0x50)'
+    ]
