@@ -176,12 +176,16 @@ def read_password_file(path: str) -> SecretStr:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError as exc:
-        raise _password_file_error(f"{path} does not exist") from exc
+        raise _password_file_error(
+            f'{path} does not exist (create it, or set it to "" to use broker.password)'
+        ) from exc
     except OSError as exc:
         raise _password_file_error(f"cannot read {path}: {exc.strerror}") from exc
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _password_file_error(f"{path} is not a regular file")
+            raise _password_file_error(
+                f"{path} is not a regular file (name the file holding the password)"
+            )
         data = _read_at_most(fd, PASSWORD_FILE_MAX_BYTES + 1)
     except OSError as exc:
         raise _password_file_error(f"cannot read {path}: {exc.strerror}") from exc
@@ -193,10 +197,10 @@ def read_password_file(path: str) -> SecretStr:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         # The decoder's message quotes the offending byte: part of the secret.
-        raise _password_file_error(f"{path} is not UTF-8 text") from None
+        raise _password_file_error(f"{path} is not UTF-8 text (save it as UTF-8)") from None
     password = text.rstrip("\r\n")
     if not password:
-        raise _password_file_error(f"{path} is empty")
+        raise _password_file_error(f"{path} is empty (write the broker password into it)")
     return SecretStr(password)
 
 
@@ -355,6 +359,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment (the mapping given to load_config) over the TOML file; no dotenv."""
         sources: list[PydanticBaseSettingsSource] = [init_settings, _MappingEnvSource(settings_cls)]
         path = _toml_path.get()
         if path is not None:
