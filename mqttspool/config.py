@@ -37,8 +37,7 @@ from pydantic_settings import (
 )
 
 from mqttspool.errors import ConfigError
-from mqttspool.reading import NAME_PATTERN
-from mqttspool.sensor_config import SENSOR_TYPES, SensorConfig, SimulatedConfig
+from mqttspool.sensor_config import SENSOR_TYPES, Name, SensorConfig, SimulatedConfig
 from mqttspool.validation import SECRET_MASK, Problem, is_secret, problems_from
 
 __all__ = ["SECRET_MASK", "SENSOR_TYPES", "SensorConfig"]  # re-exported for callers of config
@@ -63,7 +62,6 @@ def _zero_or_a_rate(rate: float) -> float:
     return rate
 
 
-Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Seconds = Annotated[float, Field(ge=0, le=MAX_DURATION_S)]
 PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_DURATION_S)]
 AgeSeconds = Annotated[float, Field(ge=0, le=MAX_AGE_S)]
