@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -27,7 +26,6 @@ from pydantic import (
 from mqttspool.errors import ReadingError
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-_NAME_RE = re.compile(NAME_PATTERN)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Name = Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
@@ -101,12 +99,6 @@ def format_ts(ts_us: int) -> str:
     return f"{base}.{frac:06d}Z"
 
 
-def is_valid_name(name: str) -> bool:
-    """True when ``name`` can be a device, sensor or metric name (a topic level)."""
-    # fullmatch: with re.match, "$" would also accept a trailing newline.
-    return bool(_NAME_RE.fullmatch(name))
-
-
 @dataclass(frozen=True, slots=True)
 class StoredReading:
     """A reading as it sits in the spool, identified by its ``seq``."""
@@ -149,7 +141,7 @@ def render_payload(row: StoredReading, epoch: str, replay: bool) -> bytes:
     Hand-assembled because it is the drain's hot path: names match
     ``[A-Za-z0-9_-]`` and the epoch is hex, so only ``unit`` needs JSON escaping;
     ``float.__repr__`` is exactly what ``json.dumps`` writes for a finite float.
-    Tests check the result against ``json.dumps`` of the same document.
+    tests/test_payload_fastpath.py checks it against ``json.dumps`` of the same document.
     """
     unit = "null" if row.unit is None else json.dumps(row.unit, ensure_ascii=False)
     return (
@@ -159,23 +151,6 @@ def render_payload(row: StoredReading, epoch: str, replay: bool) -> bytes:
         f'"time_synced":{"true" if row.time_synced else "false"},'
         f'"replay":{"true" if replay else "false"}}}'
     ).encode()
-
-
-def render_payload_reference(row: StoredReading, epoch: str, replay: bool) -> bytes:
-    """The same payload via ``json.dumps`` (the specification :func:`render_payload` meets)."""
-    doc = {
-        "id": reading_id(row.device, epoch, row.seq),
-        "seq": row.seq,
-        "device": row.device,
-        "sensor": row.sensor,
-        "metric": row.metric,
-        "value": row.value,
-        "unit": row.unit,
-        "ts": format_ts(row.ts_us),
-        "time_synced": row.time_synced,
-        "replay": replay,
-    }
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,8 +181,8 @@ def parse_payload(payload: bytes) -> WireMessage:
     if not isinstance(replay, bool):
         raise ReadingError("replay", "must be a boolean")
     reading = validate_reading(doc)
-    device, epoch, id_seq = msg_id.split(":")
-    if device != reading.device or id_seq != str(seq):
+    epoch = msg_id.split(":")[1]
+    if msg_id != reading_id(reading.device, epoch, seq):
         raise ReadingError("id", f"{msg_id!r} does not match device and seq")
     return WireMessage(id=msg_id, seq=seq, epoch=epoch, reading=reading, replay=replay)
 
