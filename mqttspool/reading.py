@@ -48,11 +48,17 @@ class Reading(BaseModel):
     @classmethod
     def _value_is_number(cls, v: Any) -> Any:
         # Strict on type (no "1.5" strings, no booleans), finite on value.
+        if isinstance(v, HugeInteger):
+            raise ValueError("must be a finite number")
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise ValueError("must be a number")
-        if not math.isfinite(v):
+        try:
+            number = float(v)
+        except OverflowError:
+            raise ValueError("must be a finite number (too large for a float)") from None
+        if not math.isfinite(number):
             raise ValueError("must be a finite number (NaN and infinity are rejected)")
-        return float(v)
+        return number
 
     @field_validator("ts", mode="before")
     @classmethod
@@ -68,12 +74,59 @@ class Reading(BaseModel):
     def _ts_is_aware(cls, v: datetime) -> datetime:
         if v.tzinfo is None or v.utcoffset() is None:
             raise ValueError("timestamp must include a timezone (e.g. 2026-11-26T00:40:00Z)")
-        return v.astimezone(UTC)
+        try:
+            return v.astimezone(UTC)
+        except OverflowError:
+            # e.g. 9999-12-31T23:59:59-01:00 is year 10000 in UTC.
+            raise ValueError("out of range: the time in UTC must lie in years 1..9999") from None
 
     @property
     def ts_us(self) -> int:
         """Timestamp as integer microseconds since the Unix epoch (UTC)."""
         return to_us(self.ts)
+
+
+class HugeInteger:
+    """A JSON integer with more digits than any finite float has, kept as its digit count.
+
+    :func:`load_json` puts one in place of such an integer, so a line with a
+    5,000-digit number is a validation error naming its field instead of
+    Python's int-string limit ``ValueError`` (or an ``OverflowError`` in
+    ``float()``) escaping from the parser.
+    """
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __str__(self) -> str:
+        return f"an integer of {self.digits} digits"
+
+
+MAX_INTEGER_DIGITS = 330  # float's maximum, 1.8e308, has 309 digits
+
+
+def _parse_int(text: str) -> int | HugeInteger:
+    digits = len(text) - text.startswith("-")
+    return HugeInteger(digits) if digits > MAX_INTEGER_DIGITS else int(text)
+
+
+def load_json(text: str | bytes) -> Any:
+    """``json.loads`` that fails only with :class:`ReadingError`, whatever the input.
+
+    Translated: syntax errors, invalid UTF-8 (bytes), nesting too deep for the
+    parser (``RecursionError``); integers too long for a float become
+    :class:`HugeInteger` so validation can name the field.
+    """
+    try:
+        return json.loads(text, parse_int=_parse_int)
+    except json.JSONDecodeError as exc:
+        raise ReadingError("", f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    except UnicodeDecodeError as exc:
+        raise ReadingError("", f"not valid UTF-8 (at byte {exc.start + 1})") from exc
+    except RecursionError as exc:
+        raise ReadingError("", "not valid JSON (nested too deeply)") from exc
 
 
 def to_us(ts: datetime) -> int:
@@ -167,9 +220,9 @@ class WireMessage:
 def parse_payload(payload: bytes) -> WireMessage:
     """Parse and validate a data payload; raises :class:`ReadingError` naming the field."""
     try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReadingError("", f"payload is not JSON: {exc}") from exc
+        doc = load_json(payload)
+    except ReadingError as exc:
+        raise ReadingError("", f"payload is {exc.message}") from exc
     if not isinstance(doc, dict):
         raise ReadingError("", "payload is not a JSON object")
     envelope = {k: doc.pop(k, None) for k in ("id", "seq", "replay")}
@@ -198,7 +251,7 @@ def validate_reading(doc: dict[str, Any]) -> Reading:
 def reading_error_from(exc: ValidationError) -> ReadingError:
     """Turn a pydantic error into a one-line :class:`ReadingError` (first problem)."""
     err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"])
+    field = ".".join(_field_name(p) for p in err["loc"])
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
         message = "field required"
@@ -209,6 +262,21 @@ def reading_error_from(exc: ValidationError) -> ReadingError:
     return ReadingError(field, message)
 
 
+def _field_name(part: str | int) -> str:
+    # An unknown key is the input's text: quote anything that is not a plain
+    # name, so a key holding a newline cannot forge a "line N:" report.
+    text = str(part)
+    return text if text.isascii() and text.isprintable() and len(text) <= 64 else _short(text)
+
+
 def _short(value: Any) -> str:
-    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    if isinstance(value, HugeInteger):
+        return str(value)
+    if isinstance(value, str):
+        text = repr(value[:60])
+    else:
+        try:
+            text = json.dumps(value, default=str)
+        except (ValueError, RecursionError):  # too deep, or an int past the digit limit
+            text = f"a {type(value).__name__}"
     return text if len(text) <= 60 else text[:57] + "..."
