@@ -112,6 +112,10 @@ def _parse_int(text: str) -> int | HugeInteger:
     return HugeInteger(digits) if digits > MAX_INTEGER_DIGITS else int(text)
 
 
+# One decoder for all: json.loads with keywords would build one per call.
+_DECODER = json.JSONDecoder(parse_int=_parse_int)
+
+
 def load_json(text: str | bytes) -> Any:
     """``json.loads`` that fails only with :class:`ReadingError`, whatever the input.
 
@@ -120,7 +124,7 @@ def load_json(text: str | bytes) -> Any:
     :class:`HugeInteger` so validation can name the field.
     """
     try:
-        return json.loads(text, parse_int=_parse_int)
+        return _DECODER.decode(text if isinstance(text, str) else text.decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise ReadingError("", f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
     except UnicodeDecodeError as exc:
