@@ -1,4 +1,4 @@
-"""enqueue stamps lines without ``ts`` with the sampler's clock-sync rule (issue 9 point 5)."""
+"""enqueue_lines in process: the sampler's clock-sync rule (issue 9.5), failures per line."""
 
 from __future__ import annotations
 
@@ -13,9 +13,16 @@ from fakes.clock import FakeClock, FakeClockSync
 
 from mqttspool import timekeeping
 from mqttspool.cli.app import main
-from mqttspool.cli.enqueue import BATCH_LINES, LineParser, enqueue_lines, input_lines
+from mqttspool.cli.enqueue import (
+    BATCH_LINES,
+    EnqueueResult,
+    LineParser,
+    enqueue_lines,
+    input_lines,
+)
 from mqttspool.config import SpoolConfig
-from mqttspool.reading import StoredReading
+from mqttspool.errors import SpoolError
+from mqttspool.reading import Reading, StoredReading
 from mqttspool.spool import open_spool
 from mqttspool.timekeeping import clock_is_synchronized
 
@@ -105,3 +112,39 @@ def test_black_box_matches_this_machines_clock_state(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert [r.time_synced for r in stored_rows(tmp_path / "spool.db")] == [expected]
+
+
+def test_an_unexpected_error_costs_only_its_line(tmp_path: Path) -> None:
+    """The safety net: a defect in validation is reported as that line's reason."""
+
+    class BrokenOnTwo(LineParser):
+        def parse(self, text: str) -> Reading:
+            if '"value":2' in text:
+                raise RuntimeError("a bug")
+            return super().parse(text)
+
+    clock = FakeClock()
+    spool = open_spool(SpoolConfig(path=str(tmp_path / "spool.db")), clock=clock)
+    errors = io.StringIO()
+    try:
+        parser = BrokenOnTwo("edge-01", clock, FakeClockSync(True))
+        data = NO_TS + WITH_TS + NO_TS
+        result = enqueue_lines(spool, input_lines(io.BytesIO(data)), parser, errors)
+        assert [r.value for r in spool.lease(10)] == [1.0, 1.0]
+    finally:
+        spool.close()
+    assert (result.stored, result.rejected, result.last_line) == (2, 1, 3)
+    assert errors.getvalue() == "line 2: rejected: unexpected RuntimeError\n"
+
+
+def test_a_failing_spool_stops_the_run_and_says_how_far_it_got(tmp_path: Path) -> None:
+    class FailingSpool:
+        def append(self, readings: list[Reading]) -> None:
+            raise SpoolError(tmp_path / "spool.db", "disk I/O error")
+
+    result = EnqueueResult()
+    parser = LineParser("edge-01", FakeClock(), FakeClockSync(True))
+    lines = input_lines(io.BytesIO(NO_TS * (BATCH_LINES + 5)))
+    with pytest.raises(SpoolError, match="disk I/O error"):
+        enqueue_lines(FailingSpool(), lines, parser, io.StringIO(), result)  # type: ignore[arg-type]
+    assert (result.stored, result.rejected, result.last_line) == (0, 0, BATCH_LINES)
