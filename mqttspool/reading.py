@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -28,7 +27,6 @@ from mqttspool.errors import ReadingError
 from mqttspool.validation import problems_from
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-_NAME_RE = re.compile(NAME_PATTERN)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Name = Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
@@ -51,11 +49,17 @@ class Reading(BaseModel):
     @classmethod
     def _value_is_number(cls, v: Any) -> Any:
         # Strict on type (no "1.5" strings, no booleans), finite on value.
+        if isinstance(v, HugeInteger):
+            raise ValueError("must be a finite number")
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise ValueError("must be a number")
-        if not math.isfinite(v):
+        try:
+            number = float(v)
+        except OverflowError:
+            raise ValueError("must be a finite number (too large for a float)") from None
+        if not math.isfinite(number):
             raise ValueError("must be a finite number (NaN and infinity are rejected)")
-        return float(v)
+        return number
 
     @field_validator("ts", mode="before")
     @classmethod
@@ -71,12 +75,63 @@ class Reading(BaseModel):
     def _ts_is_aware(cls, v: datetime) -> datetime:
         if v.tzinfo is None or v.utcoffset() is None:
             raise ValueError("timestamp must include a timezone (e.g. 2026-11-26T00:40:00Z)")
-        return v.astimezone(UTC)
+        try:
+            return v.astimezone(UTC)
+        except OverflowError:
+            # e.g. 9999-12-31T23:59:59-01:00 is year 10000 in UTC.
+            raise ValueError("out of range: the time in UTC must lie in years 1..9999") from None
 
     @property
     def ts_us(self) -> int:
         """Timestamp as integer microseconds since the Unix epoch (UTC)."""
         return to_us(self.ts)
+
+
+class HugeInteger:
+    """A JSON integer with more digits than any finite float has, kept as its digit count.
+
+    :func:`load_json` puts one in place of such an integer, so a line with a
+    5,000-digit number is a validation error naming its field instead of
+    Python's int-string limit ``ValueError`` (or an ``OverflowError`` in
+    ``float()``) escaping from the parser.
+    """
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __str__(self) -> str:
+        return f"an integer of {self.digits} digits"
+
+
+MAX_INTEGER_DIGITS = 330  # float's maximum, 1.8e308, has 309 digits
+
+
+def _parse_int(text: str) -> int | HugeInteger:
+    digits = len(text) - text.startswith("-")
+    return HugeInteger(digits) if digits > MAX_INTEGER_DIGITS else int(text)
+
+
+# One decoder for all: json.loads with keywords would build one per call.
+_DECODER = json.JSONDecoder(parse_int=_parse_int)
+
+
+def load_json(text: str | bytes) -> Any:
+    """``json.loads`` that fails only with :class:`ReadingError`, whatever the input.
+
+    Translated: syntax errors, invalid UTF-8 (bytes), nesting too deep for the
+    parser (``RecursionError``); integers too long for a float become
+    :class:`HugeInteger` so validation can name the field.
+    """
+    try:
+        return _DECODER.decode(text if isinstance(text, str) else text.decode("utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ReadingError("", f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    except UnicodeDecodeError as exc:
+        raise ReadingError("", f"not valid UTF-8 (at byte {exc.start + 1})") from exc
+    except RecursionError as exc:
+        raise ReadingError("", "not valid JSON (nested too deeply)") from exc
 
 
 def to_us(ts: datetime) -> int:
@@ -100,12 +155,6 @@ def format_ts(ts_us: int) -> str:
     if frac % 1000 == 0:
         return f"{base}.{frac // 1000:03d}Z"
     return f"{base}.{frac:06d}Z"
-
-
-def is_valid_name(name: str) -> bool:
-    """True when ``name`` can be a device, sensor or metric name (a topic level)."""
-    # fullmatch: with re.match, "$" would also accept a trailing newline.
-    return bool(_NAME_RE.fullmatch(name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +199,7 @@ def render_payload(row: StoredReading, epoch: str, replay: bool) -> bytes:
     Hand-assembled because it is the drain's hot path: names match
     ``[A-Za-z0-9_-]`` and the epoch is hex, so only ``unit`` needs JSON escaping;
     ``float.__repr__`` is exactly what ``json.dumps`` writes for a finite float.
-    Tests check the result against ``json.dumps`` of the same document.
+    tests/test_payload_fastpath.py checks it against ``json.dumps`` of the same document.
     """
     unit = "null" if row.unit is None else json.dumps(row.unit, ensure_ascii=False)
     return (
@@ -160,23 +209,6 @@ def render_payload(row: StoredReading, epoch: str, replay: bool) -> bytes:
         f'"time_synced":{"true" if row.time_synced else "false"},'
         f'"replay":{"true" if replay else "false"}}}'
     ).encode()
-
-
-def render_payload_reference(row: StoredReading, epoch: str, replay: bool) -> bytes:
-    """The same payload via ``json.dumps`` (the specification :func:`render_payload` meets)."""
-    doc = {
-        "id": reading_id(row.device, epoch, row.seq),
-        "seq": row.seq,
-        "device": row.device,
-        "sensor": row.sensor,
-        "metric": row.metric,
-        "value": row.value,
-        "unit": row.unit,
-        "ts": format_ts(row.ts_us),
-        "time_synced": row.time_synced,
-        "replay": replay,
-    }
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,9 +225,9 @@ class WireMessage:
 def parse_payload(payload: bytes) -> WireMessage:
     """Parse and validate a data payload; raises :class:`ReadingError` naming the field."""
     try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReadingError("", f"payload is not JSON: {exc}") from exc
+        doc = load_json(payload)
+    except ReadingError as exc:
+        raise ReadingError("", f"payload is {exc.message}") from exc
     if not isinstance(doc, dict):
         raise ReadingError("", "payload is not a JSON object")
     envelope = {k: doc.pop(k, None) for k in ("id", "seq", "replay")}
@@ -207,8 +239,8 @@ def parse_payload(payload: bytes) -> WireMessage:
     if not isinstance(replay, bool):
         raise ReadingError("replay", "must be a boolean")
     reading = validate_reading(doc)
-    device, epoch, id_seq = msg_id.split(":")
-    if device != reading.device or id_seq != str(seq):
+    epoch = msg_id.split(":")[1]
+    if msg_id != reading_id(reading.device, epoch, seq):
         raise ReadingError("id", f"{msg_id!r} does not match device and seq")
     return WireMessage(id=msg_id, seq=seq, epoch=epoch, reading=reading, replay=replay)
 

@@ -1,7 +1,11 @@
 """Clocks: wall time, monotonic time, boot identity and clock synchronisation.
 
-Everything that needs "now" receives a :class:`Clock` so tests can use a
-fake one. Only this module reads the system clocks.
+The timestamps that end up in readings and in the spool's age and clock
+correction logic come from a :class:`Clock` (tests pass a fake one); other
+modules read ``time.monotonic()`` directly for their own timers (rate
+limits, deadlines, the heartbeat). Whether the clock is synchronized is
+decided here, by :func:`clock_is_synchronized`, for the sampler and for
+``enqueue`` alike.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import ctypes.util
 import functools
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -98,21 +103,31 @@ def adjtimex_state() -> int | None:
     return None if state < 0 else state
 
 
-class SystemClockSync:
-    """The real check: systemd-timesyncd's marker file, else the kernel's STA_UNSYNC bit.
+def clock_is_synchronized(
+    marker: Path | None = None, kernel_state: Callable[[], int | None] | None = None
+) -> bool:
+    """THE clock-sync rule, shared by the sampler and ``enqueue``.
 
-    ``adjtimex`` returns TIME_ERROR while the kernel flags the clock as
-    unsynchronized, which is what chrony, ntpd and timesyncd clear once they
-    discipline the clock. Where neither source exists (not Linux) the clock
-    is assumed synchronized, since nothing better is known.
+    Synchronized when systemd-timesyncd's ``marker`` file exists, else unless
+    ``adjtimex(2)`` returns TIME_ERROR (the kernel's STA_UNSYNC bit, which
+    chrony, ntpd and timesyncd clear once they discipline the clock). Where
+    neither source exists (not Linux) the clock is assumed synchronized,
+    since nothing better is known. ``marker`` defaults to
+    :data:`SYNC_MARKER_PATH` and ``kernel_state`` to :func:`adjtimex_state`,
+    both looked up at call time.
     """
+    if (SYNC_MARKER_PATH if marker is None else marker).exists():
+        return True
+    state = (adjtimex_state if kernel_state is None else kernel_state)()
+    return state is None or state != _TIME_ERROR
 
-    def __init__(self, marker: Path = SYNC_MARKER_PATH) -> None:
+
+class SystemClockSync:
+    """The real :class:`ClockSync`: :func:`clock_is_synchronized` with a fixed marker path."""
+
+    def __init__(self, marker: Path | None = None) -> None:
         self.marker = marker
 
     def is_synchronized(self) -> bool:
         """True if the marker exists or the kernel does not report TIME_ERROR."""
-        if self.marker.exists():
-            return True
-        state = adjtimex_state()
-        return state is None or state != _TIME_ERROR
+        return clock_is_synchronized(self.marker)

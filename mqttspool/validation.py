@@ -41,7 +41,7 @@ def problems_from(
     """
     problems: list[Problem] = []
     for err in exc.errors():
-        path = ".".join(str(part) for part in err["loc"] if part not in tags)
+        path = ".".join(_field_name(part) for part in err["loc"] if part not in tags)
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             problems.append(_bad_tag(path, err))
             continue
@@ -67,6 +67,13 @@ def _bad_tag(path: str, err: ErrorDetails) -> Problem:
     return path, f"must be one of {expected} (got {_shown(path, ctx.get('tag'))})"
 
 
+def _field_name(part: str | int) -> str:
+    # An unknown key is the input's own text: quote anything that is not a plain
+    # name, so a key holding a newline cannot forge a "line N:" report.
+    text = str(part)
+    return text if text.isascii() and text.isprintable() and len(text) <= 64 else repr(text[:60])
+
+
 def _table_rule(err: ErrorDetails) -> bool:
     """A rule over a whole table names its fields itself; "(got a table)" adds nothing."""
     return isinstance(err.get("input"), dict) and err["type"] in ("value_error", "assertion_error")
@@ -90,8 +97,10 @@ def _shown(path: str, value: Any) -> str:
         return f"0x{value:02x}"
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)  # inf, nan: as written in TOML (JSON would say Infinity)
+    if not isinstance(value, str | int | float | list | tuple | type(None)):
+        return str(value)  # a stand-in such as reading.HugeInteger describes itself
     try:
         text = json.dumps(value, default=str, ensure_ascii=False)
-    except ValueError:  # e.g. an int too long to render
+    except (ValueError, RecursionError):  # an int past the digit limit, nesting too deep
         text = f"<{type(value).__name__}>"
     return text if len(text) <= 80 else text[:77] + "..."

@@ -1,13 +1,22 @@
 """``mqttspool watch``: print arriving readings, flag duplicates and seq gaps.
 
 :class:`WatchTracker` is the consumer-side logic every subscriber should have:
-dedupe on ``id`` and detect loss as a gap in ``seq`` within one
-``(device, epoch)``. Gaps may close later (``live_first`` sends fresh readings
-ahead of the backlog), so the summary reports what is still missing at the end.
+dedupe on ``id`` and detect loss as a gap in ``seq`` within one epoch. ``seq``
+is numbered per spool (one epoch), and one spool may carry several devices
+(``enqueue`` stores whatever device a line names), so gaps are judged over
+the epoch's whole seq sequence, never per device: interleaved devices are
+not gaps. Gaps may close later (``live_first`` sends fresh readings ahead of
+the backlog), so the summary reports what is still missing at the end.
+
+:func:`classify_topic` tells readings from control messages by the topic's
+shape below the configured prefix, never by a level's name alone, so a
+sensor called ``status`` or a metric called ``state`` is still a reading.
 """
 
 from __future__ import annotations
 
+import bisect
+import enum
 import json
 from dataclasses import dataclass, field
 
@@ -15,13 +24,78 @@ from mqttspool.errors import ReadingError
 from mqttspool.reading import WireMessage, parse_payload
 
 
-@dataclass
-class StreamState:
-    """What one ``(device, epoch)`` stream has delivered so far."""
+class TopicKind(enum.Enum):
+    """What a topic under ``{prefix}/`` carries, judged by its levels."""
 
-    seen: set[int] = field(default_factory=set)
+    READING = "reading"  # {device}/{sensor}/{metric}
+    STATUS = "status"  # {device}/status: online/offline
+    SPOOL = "spool"  # {device}/spool: the retained spool snapshot
+    STATE = "state"  # {device}/{sensor}/{metric}/state: Home Assistant's latest value
+    BATCH = "batch"  # {device}/batch: a zlib batch payload
+    OTHER = "other"  # any other shape below the prefix
+
+
+def classify_topic(topic: str, prefix: str) -> TopicKind:
+    """Classify ``topic`` by its depth and level positions below ``prefix``.
+
+    ``prefix`` may itself hold ``/`` (``plant/telemetry``). A topic outside
+    the prefix (``watch --topic`` elsewhere) is taken as a reading: the
+    payload decides.
+    """
+    rest = topic.removeprefix(f"{prefix}/")
+    if rest == topic:
+        return TopicKind.READING
+    levels = rest.split("/")
+    if len(levels) == 3:
+        return TopicKind.READING
+    if len(levels) == 2:
+        return _DEVICE_TOPICS.get(levels[1], TopicKind.OTHER)
+    if len(levels) == 4 and levels[3] == "state":
+        return TopicKind.STATE
+    return TopicKind.OTHER
+
+
+_DEVICE_TOPICS = {"status": TopicKind.STATUS, "spool": TopicKind.SPOOL, "batch": TopicKind.BATCH}
+
+
+class MissingSeqs:
+    """Missing seqs as sorted, disjoint ``[first, last]`` ranges.
+
+    Ranges, not a set of ints: one payload with ``seq`` 2**62 must not make
+    the watcher allocate a number for every seq it skipped.
+    """
+
+    def __init__(self) -> None:
+        self.ranges: list[list[int]] = []
+
+    def add_above(self, first: int, last: int) -> None:
+        """Record ``first..last`` missing; both lie above every range recorded so far."""
+        self.ranges.append([first, last])
+
+    def discard(self, seq: int) -> bool:
+        """Mark ``seq`` as arrived; True if it was missing."""
+        i = bisect.bisect_right(self.ranges, seq, key=lambda r: r[0]) - 1
+        if i < 0 or self.ranges[i][1] < seq:
+            return False
+        first, last = self.ranges[i]
+        pieces = [[a, b] for a, b in ((first, seq - 1), (seq + 1, last)) if a <= b]
+        self.ranges[i : i + 1] = pieces
+        return True
+
+    def count(self) -> int:
+        """How many seqs are still missing."""
+        return sum(last - first + 1 for first, last in self.ranges)
+
+
+@dataclass
+class EpochState:
+    """What one epoch (one spool, possibly several devices) has delivered so far."""
+
+    devices: set[str] = field(default_factory=set)
+    ids: set[str] = field(default_factory=set)
+    seqs: set[int] = field(default_factory=set)
     max_seq: int = 0
-    missing: set[int] = field(default_factory=set)
+    missing: MissingSeqs = field(default_factory=MissingSeqs)
 
 
 @dataclass(frozen=True)
@@ -36,9 +110,9 @@ class Observation:
 
 @dataclass
 class WatchTracker:
-    """Dedupes on id and detects seq gaps per (device, epoch)."""
+    """Dedupes on id and detects seq gaps per epoch (seq is numbered per spool)."""
 
-    streams: dict[tuple[str, str], StreamState] = field(default_factory=dict)
+    epochs: dict[str, EpochState] = field(default_factory=dict)
     received: int = 0
     duplicates: int = 0
     invalid: int = 0
@@ -51,47 +125,41 @@ class WatchTracker:
             self.invalid += 1
             raise
         self.received += 1
-        state = self.streams.setdefault((msg.reading.device, msg.epoch), StreamState())
-        if msg.seq in state.seen:
+        state = self.epochs.setdefault(msg.epoch, EpochState())
+        if msg.id in state.ids:
             self.duplicates += 1
             return Observation(msg, True, None, False)
-        state.seen.add(msg.seq)
+        state.ids.add(msg.id)
+        state.devices.add(msg.reading.device)
+        if msg.seq in state.seqs:  # same seq under another device: a bad producer, not a gap
+            return Observation(msg, False, None, False)
+        state.seqs.add(msg.seq)
         gap = None
-        filled = msg.seq in state.missing
-        state.missing.discard(msg.seq)
+        filled = state.missing.discard(msg.seq)
         if state.max_seq and msg.seq > state.max_seq + 1:
             gap = (state.max_seq + 1, msg.seq - 1)
-            state.missing.update(range(gap[0], gap[1] + 1))
+            state.missing.add_above(*gap)
         state.max_seq = max(state.max_seq, msg.seq)
         return Observation(msg, False, gap, filled)
 
     def summary(self) -> dict[str, object]:
-        """Totals and, per stream, unique count, seq range and still-missing seqs."""
-        streams = {}
-        for (device, epoch), st in sorted(self.streams.items()):
-            streams[f"{device}:{epoch}"] = {
-                "unique": len(st.seen),
-                "first_seq": min(st.seen) if st.seen else None,
+        """Totals and, per epoch, devices, unique count, seq range and still-missing seqs."""
+        epochs = {}
+        for epoch, st in sorted(self.epochs.items()):
+            epochs[epoch] = {
+                "devices": sorted(st.devices),
+                "unique": len(st.ids),
+                "first_seq": min(st.seqs) if st.seqs else None,
                 "last_seq": st.max_seq,
-                "missing": len(st.missing),
-                "missing_ranges": _ranges(sorted(st.missing))[:20],
+                "missing": st.missing.count(),
+                "missing_ranges": [list(r) for r in st.missing.ranges[:20]],
             }
         return {
             "received": self.received,
             "duplicates": self.duplicates,
             "invalid": self.invalid,
-            "streams": streams,
+            "epochs": epochs,
         }
-
-
-def _ranges(seqs: list[int]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for s in seqs:
-        if out and out[-1][1] == s - 1:
-            out[-1][1] = s
-        else:
-            out.append([s, s])
-    return out
 
 
 def format_observation(obs: Observation) -> str:

@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mqttspool.reading import StoredReading, render_payload, render_payload_reference
+from mqttspool.reading import StoredReading, format_ts, reading_id, render_payload
+
+
+def render_payload_reference(row: StoredReading, epoch: str, replay: bool) -> bytes:
+    """The documented payload via ``json.dumps``: the specification render_payload meets."""
+    doc = {
+        "id": reading_id(row.device, epoch, row.seq),
+        "seq": row.seq,
+        "device": row.device,
+        "sensor": row.sensor,
+        "metric": row.metric,
+        "value": row.value,
+        "unit": row.unit,
+        "ts": format_ts(row.ts_us),
+        "time_synced": row.time_synced,
+        "replay": replay,
+    }
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
 
 names = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
 

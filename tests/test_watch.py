@@ -1,4 +1,4 @@
-"""mqttspool watch: dedupe on id, seq gaps per (device, epoch), summary; and the real command."""
+"""mqttspool watch: dedupe on id, seq gaps per epoch, summary; and the real command."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from support.broker import MosquittoBroker
 
 from mqttspool.errors import ReadingError
 from mqttspool.reading import StoredReading, render_payload
-from mqttspool.watch import WatchTracker, format_observation
+from mqttspool.watch import TopicKind, WatchTracker, classify_topic, format_observation
 
 TS = 1_795_000_000_000_000
 
@@ -25,7 +25,7 @@ TS = 1_795_000_000_000_000
 def payload(
     seq: int, device: str = "edge-01", epoch: str = "aaaa0000", replay: bool = False
 ) -> bytes:
-    row = StoredReading(seq, device, "sim", "t", 20.0 + seq, "°C", TS + seq, True)
+    row = StoredReading(seq, device, "sim", "t", 20.0 + seq, "°C", TS + seq % 1000, True)
     return render_payload(row, epoch, replay)
 
 
@@ -39,15 +39,64 @@ def test_duplicates_and_gaps_per_stream() -> None:
     assert other.gap is None and not other.duplicate
     summary = tracker.summary()
     assert summary["received"] == 6 and summary["duplicates"] == 1
-    streams = summary["streams"]
-    assert isinstance(streams, dict)
-    assert streams["edge-01:aaaa0000"] == {
+    epochs = summary["epochs"]
+    assert isinstance(epochs, dict)
+    assert epochs["aaaa0000"] == {
+        "devices": ["edge-01"],
         "unique": 4,
         "first_seq": 1,
         "last_seq": 5,
         "missing": 1,
         "missing_ranges": [[4, 4]],
     }
+
+
+def test_interleaved_devices_of_one_spool_are_not_gaps() -> None:
+    """One spool (epoch), seq numbered across devices: only a truly missing seq is a gap."""
+    tracker = WatchTracker()
+    devices = ["edge-01", "edge-02", "edge-03"]
+    obs = [tracker.observe(payload(seq, devices[seq % 3])) for seq in range(1, 10)]
+    assert [o.gap for o in obs] == [None] * 9
+    assert not any(o.duplicate for o in obs)
+    late = tracker.observe(payload(12, "edge-02"))  # 10 and 11 never came
+    assert late.gap == (10, 11)
+    assert tracker.observe(payload(12, "edge-02")).duplicate  # the same id again
+    other = tracker.observe(payload(12, "edge-03"))  # same seq, another id: not a duplicate
+    assert (other.duplicate, other.gap) == (False, None)
+    summary = tracker.summary()
+    assert (summary["received"], summary["duplicates"]) == (12, 1)
+    assert summary["epochs"] == {
+        "aaaa0000": {
+            "devices": devices,
+            "unique": 11,
+            "first_seq": 1,
+            "last_seq": 12,
+            "missing": 2,
+            "missing_ranges": [[10, 11]],
+        }
+    }
+
+
+def test_a_huge_seq_jump_is_one_range_not_a_set_of_numbers() -> None:
+    tracker = WatchTracker()
+    tracker.observe(payload(1))
+    assert tracker.observe(payload(2**62)).gap == (2, 2**62 - 1)
+    assert tracker.observe(payload(1000)).filled_gap
+    epoch = tracker.summary()["epochs"]
+    assert isinstance(epoch, dict)
+    assert epoch["aaaa0000"]["missing"] == 2**62 - 3
+    assert epoch["aaaa0000"]["missing_ranges"] == [[2, 999], [1001, 2**62 - 1]]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"[" * 60_000, b'{"seq":' + b"1" * 5001 + b"}", b"\xff\xfe", b'{"value":' + b"9" * 400 + b"}"],
+)
+def test_hostile_payloads_are_invalid_not_crashes(bad: bytes) -> None:
+    tracker = WatchTracker()
+    with pytest.raises(ReadingError):
+        tracker.observe(bad)
+    assert tracker.summary()["invalid"] == 1
 
 
 def test_line_format_flags() -> None:
@@ -114,4 +163,33 @@ def test_watch_command_against_real_broker(tmp_path: Path, broker: MosquittoBrok
     ]
     summary = json.loads(out.strip().splitlines()[-1])["summary"]
     assert summary["duplicates"] == 1
-    assert summary["streams"]["edge-01:aaaa0000"]["missing_ranges"] == [[3, 5]]
+    assert summary["epochs"]["aaaa0000"]["missing_ranges"] == [[3, 5]]
+
+
+@pytest.mark.parametrize(
+    ("topic", "kind"),
+    [
+        ("mqttspool/edge-01/status", TopicKind.STATUS),
+        ("mqttspool/edge-01/spool", TopicKind.SPOOL),
+        ("mqttspool/edge-01/batch", TopicKind.BATCH),
+        ("mqttspool/edge-01/bme280/temperature", TopicKind.READING),
+        ("mqttspool/edge-01/status/state", TopicKind.READING),  # sensor "status", metric "state"
+        ("mqttspool/edge-01/spool/status", TopicKind.READING),
+        ("mqttspool/status/spool/state", TopicKind.READING),  # device "status", sensor "spool"
+        ("mqttspool/edge-01/bme280/temperature/state", TopicKind.STATE),
+        ("mqttspool/edge-01/bme280/temperature/other", TopicKind.OTHER),
+        ("mqttspool/edge-01/state", TopicKind.OTHER),
+        ("mqttspool/edge-01", TopicKind.OTHER),
+        ("mqttspool/a/b/c/d/e", TopicKind.OTHER),
+        ("elsewhere/edge-01/status", TopicKind.READING),  # outside the prefix: the payload decides
+    ],
+)
+def test_topics_are_classified_by_depth_and_position(topic: str, kind: TopicKind) -> None:
+    assert classify_topic(topic, "mqttspool") is kind
+    assert classify_topic(f"plant/telemetry/{topic}", "plant/telemetry/mqttspool") is kind
+
+
+def test_a_prefix_with_slashes_is_stripped_whole() -> None:
+    assert classify_topic("plant/telemetry/edge-01/status", "plant/telemetry") is TopicKind.STATUS
+    # Under the shorter prefix "plant", the same topic is device telemetry's reading.
+    assert classify_topic("plant/telemetry/edge-01/status", "plant") is TopicKind.READING

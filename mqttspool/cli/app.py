@@ -11,19 +11,18 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from mqttspool.cli import runtime
-from mqttspool.errors import ConfigError, MqttspoolError, ReadingError, SpoolFullError
+from mqttspool.errors import ConfigError, MqttspoolError
 from mqttspool.health import fast_health
 from mqttspool.logsetup import setup_logging
 
 if TYPE_CHECKING:
     from mqttspool.config import Settings
-    from mqttspool.reading import Reading
     from mqttspool.spool import Spool
 
 # Start-up cost: this module imports only the standard library and light
@@ -36,7 +35,6 @@ logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_CONFIG = 2
-ENQUEUE_BATCH = 2000
 
 Handler = Callable[[argparse.Namespace, "Settings"], int]
 
@@ -141,94 +139,31 @@ def _environ() -> dict[str, str]:
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    """Validate JSON lines and store the good ones; exit 1 if any line was rejected."""
-    from mqttspool.spool import open_spool  # noqa: PLC0415 - see top
+    """Validate JSON lines and store the good ones; exit 1 if any line was rejected.
+
+    The input rules and limits are in :mod:`mqttspool.cli.enqueue`.
+    """
+    from mqttspool.cli import enqueue  # noqa: PLC0415 - see top
+    from mqttspool.spool import open_spool  # noqa: PLC0415
+    from mqttspool.timekeeping import SystemClock, SystemClockSync  # noqa: PLC0415
 
     spool = open_spool(settings.spool)
+    result = enqueue.EnqueueResult()
     try:
-        with _open_input(args.file) as stream:
-            stored, rejected = enqueue_lines(spool, settings.device.id, stream, sys.stderr)
+        with enqueue.open_input(args.file) as stream:
+            parser = enqueue.LineParser(settings.device.id, SystemClock(), SystemClockSync())
+            enqueue.enqueue_lines(spool, enqueue.input_lines(stream), parser, sys.stderr, result)
+    except MqttspoolError:
+        print(
+            f"stopped after line {result.last_line}: stored {result.stored} reading(s),"
+            f" rejected {result.rejected} line(s); later lines were not read",
+            file=sys.stderr,
+        )
+        raise
     finally:
         spool.close()
-    print(f"stored {stored} reading(s), rejected {rejected} line(s)", file=sys.stderr)
-    return EXIT_OK if rejected == 0 else EXIT_FAIL
-
-
-class _open_input:  # noqa: N801 - a context manager used like open()
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.fh: IO[str] | None = None
-
-    def __enter__(self) -> Iterable[str]:
-        if self.name == "-":
-            return sys.stdin
-        try:
-            self.fh = Path(self.name).open(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            raise MqttspoolError(f"cannot read {self.name}: {exc.strerror}") from exc
-        return self.fh
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fh is not None:
-            self.fh.close()
-
-
-def enqueue_lines(
-    spool: Spool, device: str, lines: Iterable[str], errors: IO[str]
-) -> tuple[int, int]:
-    """Parse, validate and store ``lines`` in batches; returns ``(stored, rejected)``."""
-    stored = rejected = 0
-    batch: list[tuple[int, Reading]] = []
-    for lineno, reading_or_error in _parse_lines(lines, device):
-        if isinstance(reading_or_error, ReadingError):
-            print(f"line {lineno}: {reading_or_error}", file=errors)
-            rejected += 1
-            continue
-        batch.append((lineno, reading_or_error))
-        if len(batch) >= ENQUEUE_BATCH:
-            ok, bad = _store(spool, batch, errors)
-            stored, rejected, batch = stored + ok, rejected + bad, []
-    if batch:
-        ok, bad = _store(spool, batch, errors)
-        stored, rejected = stored + ok, rejected + bad
-    return stored, rejected
-
-
-def _parse_lines(lines: Iterable[str], device: str) -> Iterator[tuple[int, Reading | ReadingError]]:
-    from mqttspool.reading import validate_reading  # noqa: PLC0415 - see top
-
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield lineno, ReadingError("", f"not valid JSON ({exc.msg} at column {exc.colno})")
-            continue
-        if not isinstance(doc, dict):
-            yield lineno, ReadingError("", "must be a JSON object")
-            continue
-        doc.setdefault("device", device)
-        if "ts" not in doc:
-            doc["ts"] = datetime.now(UTC)
-        try:
-            yield lineno, validate_reading(doc)
-        except ReadingError as exc:
-            yield lineno, exc
-
-
-def _store(spool: Spool, batch: list[tuple[int, Reading]], errors: IO[str]) -> tuple[int, int]:
-    try:
-        result = spool.append([r for _, r in batch])
-    except SpoolFullError as exc:
-        print(f"lines {batch[0][0]}-{batch[-1][0]}: not stored: {exc}", file=errors)
-        return 0, len(batch)
-    lost = len(batch) - len(result.seqs)
-    if lost:
-        # drop_newest: the last lines of the batch did not fit.
-        for lineno, _ in batch[len(result.seqs) :]:
-            print(f"line {lineno}: not stored: spool bound reached ({result.dropped})", file=errors)
-    return len(result.seqs), lost
+    print(f"stored {result.stored} reading(s), rejected {result.rejected} line(s)", file=sys.stderr)
+    return EXIT_OK if result.rejected == 0 else EXIT_FAIL
 
 
 # ------------------------------------------------------------------- status

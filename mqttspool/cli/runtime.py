@@ -98,19 +98,28 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
                 msg = sub.messages.get(timeout=0.2)
             except queue.Empty:
                 continue
-            _print_message(msg, tracker, args.json)
+            _print_message(msg, settings.topics.prefix, tracker, args.json)
     finally:
         sub.stop()
     _print_summary(tracker.summary(), args.json)
     return 0
 
 
-def _print_message(msg: Received, tracker: WatchTracker, as_json: bool) -> None:
+def _print_message(msg: Received, prefix: str, tracker: WatchTracker, as_json: bool) -> None:
     from mqttspool.errors import ReadingError  # noqa: PLC0415
-    from mqttspool.watch import format_observation, observation_json  # noqa: PLC0415
+    from mqttspool.watch import (  # noqa: PLC0415
+        TopicKind,
+        classify_topic,
+        format_observation,
+        observation_json,
+    )
 
-    if msg.topic.endswith(("/status", "/spool", "/state")):
-        print(f"# {msg.topic}: {msg.payload.decode(errors='replace')}", flush=True)
+    kind = classify_topic(msg.topic, prefix)
+    if kind is TopicKind.BATCH:
+        print(f"# {msg.topic}: batch of {len(msg.payload)} bytes (not decoded)", flush=True)
+        return
+    if kind is not TopicKind.READING:
+        print(f"# {msg.topic}: {msg.payload[:500].decode(errors='replace')}", flush=True)
         return
     try:
         obs = tracker.observe(msg.payload)
@@ -137,9 +146,10 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         f" {summary['invalid']} invalid",
         file=sys.stderr,
     )
-    for stream, st in summary["streams"].items():
+    for epoch, st in summary["epochs"].items():
         print(
-            f"#   {stream}: {st['unique']} unique, seq {st['first_seq']}..{st['last_seq']},"
+            f"#   epoch {epoch} ({', '.join(st['devices'])}): {st['unique']} unique,"
+            f" seq {st['first_seq']}..{st['last_seq']},"
             f" {st['missing']} missing {st['missing_ranges'] or ''}",
             file=sys.stderr,
         )

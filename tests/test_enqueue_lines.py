@@ -1,0 +1,150 @@
+"""enqueue_lines in process: the sampler's clock-sync rule (issue 9.5), failures per line."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fakes.clock import FakeClock, FakeClockSync
+
+from mqttspool import timekeeping
+from mqttspool.cli.app import main
+from mqttspool.cli.enqueue import (
+    BATCH_LINES,
+    EnqueueResult,
+    LineParser,
+    enqueue_lines,
+    input_lines,
+)
+from mqttspool.config import SpoolConfig
+from mqttspool.errors import SpoolError
+from mqttspool.reading import Reading, StoredReading
+from mqttspool.spool import open_spool
+from mqttspool.timekeeping import clock_is_synchronized
+
+NO_TS = b'{"sensor":"s","metric":"t","value":1}\n'
+WITH_TS = b'{"sensor":"s","metric":"t","value":2,"ts":"2026-11-26T00:40:00Z"}\n'
+
+
+def stored_rows(path: Path) -> list[StoredReading]:
+    spool = open_spool(SpoolConfig(path=str(path)))
+    try:
+        return spool.lease(100_000)
+    finally:
+        spool.close()
+
+
+def enqueue_with(tmp_path: Path, data: bytes, sync: FakeClockSync) -> list[StoredReading]:
+    clock = FakeClock()
+    spool = open_spool(SpoolConfig(path=str(tmp_path / "spool.db")), clock=clock)
+    try:
+        parser = LineParser("edge-01", clock, sync)
+        result = enqueue_lines(spool, input_lines(io.BytesIO(data)), parser, io.StringIO())
+        assert result.rejected == 0
+        return spool.lease(100_000)
+    finally:
+        spool.close()
+
+
+def test_unsynced_clock_stamps_time_synced_false(tmp_path: Path) -> None:
+    rows = enqueue_with(tmp_path, NO_TS + WITH_TS, FakeClockSync(False))
+    assert [(r.value, r.time_synced) for r in rows] == [(1.0, False), (2.0, True)]
+    assert rows[0].ts_us == FakeClock().wall  # stamped with the injected clock
+
+
+def test_synced_clock_stamps_time_synced_true(tmp_path: Path) -> None:
+    rows = enqueue_with(tmp_path, NO_TS, FakeClockSync(True))
+    assert [(r.value, r.time_synced) for r in rows] == [(1.0, True)]
+
+
+def test_explicit_time_synced_is_kept(tmp_path: Path) -> None:
+    line = b'{"sensor":"s","metric":"t","value":3,"time_synced":true}\n'
+    rows = enqueue_with(tmp_path, line, FakeClockSync(False))
+    assert [(r.value, r.time_synced) for r in rows] == [(3.0, True)]
+
+
+def test_sync_state_is_read_again_for_each_batch(tmp_path: Path) -> None:
+    class SyncsAfterFirstCheck(FakeClockSync):
+        def is_synchronized(self) -> bool:
+            synced = self.calls > 0
+            self.calls += 1
+            return synced
+
+    rows = enqueue_with(tmp_path, NO_TS * (BATCH_LINES + 1), SyncsAfterFirstCheck())
+    assert [r.time_synced for r in rows] == [False] * BATCH_LINES + [True]
+
+
+def test_cli_uses_the_shared_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real command, in process, with the kernel saying TIME_ERROR and no marker file."""
+    monkeypatch.setattr(timekeeping, "adjtimex_state", lambda: 5)
+    monkeypatch.setattr(timekeeping, "SYNC_MARKER_PATH", tmp_path / "synchronized")
+    for key in [k for k in os.environ if k.startswith("MQTTSPOOL_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("MQTTSPOOL_SPOOL__PATH", str(tmp_path / "spool.db"))
+    stdin = io.TextIOWrapper(io.BytesIO(NO_TS))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert main(["enqueue", "-"]) == 0
+    (tmp_path / "synchronized").touch()  # timesyncd's marker: synchronized
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(NO_TS)))
+    assert main(["enqueue", "-"]) == 0
+    assert "stored 1 reading(s), rejected 0 line(s)" in capsys.readouterr().err
+    assert [r.time_synced for r in stored_rows(tmp_path / "spool.db")] == [False, True]
+
+
+def test_black_box_matches_this_machines_clock_state(tmp_path: Path) -> None:
+    """A subprocess stamps what the sampler's rule says here (unsynced in most containers)."""
+    expected = clock_is_synchronized()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MQTTSPOOL_")}
+    env["MQTTSPOOL_SPOOL__PATH"] = str(tmp_path / "spool.db")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mqttspool", "enqueue", "-"],
+        input=NO_TS,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [r.time_synced for r in stored_rows(tmp_path / "spool.db")] == [expected]
+
+
+def test_an_unexpected_error_costs_only_its_line(tmp_path: Path) -> None:
+    """The safety net: a defect in validation is reported as that line's reason."""
+
+    class BrokenOnTwo(LineParser):
+        def parse(self, text: str) -> Reading:
+            if '"value":2' in text:
+                raise RuntimeError("a bug")
+            return super().parse(text)
+
+    clock = FakeClock()
+    spool = open_spool(SpoolConfig(path=str(tmp_path / "spool.db")), clock=clock)
+    errors = io.StringIO()
+    try:
+        parser = BrokenOnTwo("edge-01", clock, FakeClockSync(True))
+        data = NO_TS + WITH_TS + NO_TS
+        result = enqueue_lines(spool, input_lines(io.BytesIO(data)), parser, errors)
+        assert [r.value for r in spool.lease(10)] == [1.0, 1.0]
+    finally:
+        spool.close()
+    assert (result.stored, result.rejected, result.last_line) == (2, 1, 3)
+    assert errors.getvalue() == "line 2: rejected: unexpected RuntimeError\n"
+
+
+def test_a_failing_spool_stops_the_run_and_says_how_far_it_got(tmp_path: Path) -> None:
+    class FailingSpool:
+        def append(self, readings: list[Reading]) -> None:
+            raise SpoolError(tmp_path / "spool.db", "disk I/O error")
+
+    result = EnqueueResult()
+    parser = LineParser("edge-01", FakeClock(), FakeClockSync(True))
+    lines = input_lines(io.BytesIO(NO_TS * (BATCH_LINES + 5)))
+    with pytest.raises(SpoolError, match="disk I/O error"):
+        enqueue_lines(FailingSpool(), lines, parser, io.StringIO(), result)  # type: ignore[arg-type]
+    assert (result.stored, result.rejected, result.last_line) == (0, 0, BATCH_LINES)
