@@ -2,8 +2,9 @@
 
 Threads of ``run``:
 
-* main thread: signals, heartbeat (every :data:`HEARTBEAT_S` into the spool's
-  meta table), supervision (restarts the components after spool corruption);
+* main thread: signals, heartbeat (every :data:`~mqttspool.health.HEARTBEAT_S`
+  into ``<spool>.health``, see :mod:`mqttspool.health`; never into the spool),
+  supervision (restarts the components after spool corruption);
 * ``sampler``: reads sensors, one spool transaction per round;
 * ``bridge``: drains the spool to the broker (:class:`~mqttspool.bridge.Bridge`);
 * paho's network thread per connection (callbacks only enqueue events);
@@ -16,14 +17,12 @@ Shutdown (SIGTERM/SIGINT): stop sampling, let the bridge wait up to
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -31,21 +30,24 @@ from mqttspool.bridge import Bridge, BridgeThread, Companion, will_for
 from mqttspool.config import Settings
 from mqttspool.counters import Counters
 from mqttspool.errors import SpoolCorruptError
-from mqttspool.health import HEARTBEAT_KEY, HEARTBEAT_S, Health, judge_heartbeat
+from mqttspool.health import (
+    HEARTBEAT_S,
+    UNACKED_DEFAULT_LIMIT_S,
+    Heartbeat,
+    heartbeat_path,
+    sampler_stuck_limit,
+    write_heartbeat,
+)
+from mqttspool.logthrottle import LogThrottle
 from mqttspool.mqtt import MqttPublisher, client_id_for
 from mqttspool.sampler import SamplerThread, build_sampler
-from mqttspool.spool import (
-    Spool,
-    classify_file,
-    open_spool,
-    recover_spool,
-)
-from mqttspool.spool.readonly import read_meta_if_ours
+from mqttspool.spool import Spool, open_spool, recover_spool
 from mqttspool.timekeeping import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
 
 SUPERVISE_S = 0.5  # how often the main thread checks its threads
+HEARTBEAT_WARN_S = 300.0  # at most one "cannot write the heartbeat" warning per 5 min
 
 EXIT_OK, EXIT_FAIL = 0, 1
 
@@ -84,6 +86,8 @@ class Service:
         self.bridge: Bridge | None = None
         self._metrics: Any = None
         self.recoveries = 0
+        self.heartbeat_file = heartbeat_path(settings.spool.path)
+        self._heartbeat_log = LogThrottle(HEARTBEAT_WARN_S)
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """Signal handler: begin a graceful shutdown."""
@@ -175,17 +179,34 @@ class Service:
     def _heartbeat(self, state: str) -> None:
         if self.spool is None:
             return
-        doc = {
-            "state": state,
-            "pid": os.getpid(),
-            "wall_us": self.clock.wall_us(),
-            "threads": self._threads_alive(),
-            "connected": bool(self.bridge and self.bridge.connected),
-        }
+        now = time.monotonic()
+        sampler = self.sampler_thread
+        beat = Heartbeat(
+            state=state,
+            pid=os.getpid(),
+            wall_us=self.clock.wall_us(),
+            threads=self._threads_alive(),
+            connected=bool(self.bridge and self.bridge.connected),
+            sampler_idle_s=None if sampler is None else now - sampler.last_round_mono,
+            sampler_limit_s=None if sampler is None else _sampler_limit(sampler),
+            unacked_for_s=unacked_for(self.bridge, now),
+            unacked_limit_s=self._unacked_limit_s(),
+        )
         try:
-            self.spool.write_meta(HEARTBEAT_KEY, json.dumps(doc))
-        except Exception:  # a missed heartbeat must not stop the daemon
-            logger.warning("could not write the heartbeat to the spool", exc_info=True)
+            write_heartbeat(self.heartbeat_file, beat)
+        except OSError as exc:  # a missed heartbeat must not stop the daemon
+            failures = self._heartbeat_log.note()
+            if failures:
+                logger.warning(
+                    "cannot write the heartbeat %s (%d time(s) since the last message): %s",
+                    self.heartbeat_file,
+                    failures,
+                    exc,
+                )
+
+    def _unacked_limit_s(self) -> float:
+        ack_timeout = getattr(self.settings.bridge, "ack_timeout", None)
+        return UNACKED_DEFAULT_LIMIT_S if ack_timeout is None else 3.0 * float(ack_timeout)
 
     def _start_metrics(self) -> None:
         if not self.settings.metrics.enabled:
@@ -197,6 +218,18 @@ class Service:
 
     def _stats_source(self) -> Any:
         return self.spool.stats() if self.spool is not None else None
+
+
+def _sampler_limit(thread: SamplerThread) -> float:
+    return sampler_stuck_limit([sensor.interval for sensor in thread.sampler.sensors])
+
+
+def unacked_for(bridge: Bridge | None, now: float) -> float | None:
+    """Seconds the oldest in-flight message has waited for its PUBACK; None if none waits."""
+    # Bridge.unacked_since() comes with the bridge's ack timeout; older bridges lack it.
+    unacked_since = getattr(bridge, "unacked_since", None)
+    since = None if unacked_since is None else unacked_since()
+    return None if since is None else max(0.0, now - float(since))
 
 
 def _version() -> str:
@@ -251,24 +284,3 @@ def drain(settings: Settings, timeout: float | None, clock: Clock | None = None)
     finally:
         publisher.close()
         spool.close()
-
-
-# ----------------------------------------------------------------- health
-
-
-def check_health(settings: Settings, now_us: int | None = None) -> Health:
-    """Healthy while a daemon runs: heartbeat fresh, state running, threads alive.
-
-    The rules live in :func:`mqttspool.health.judge_heartbeat`, shared with
-    the fast path the CLI takes for ``mqttspool health``.
-    """
-    path = Path(settings.spool.path)
-    if classify_file(path) != "ours":
-        return Health(False, f"no mqttspool spool at {path}")
-    raw = _read_heartbeat(path)
-    now_us = now_us if now_us is not None else time.time_ns() // 1000
-    return judge_heartbeat(raw, now_us)
-
-
-def _read_heartbeat(path: Path) -> str | None:
-    return read_meta_if_ours(path, HEARTBEAT_KEY)

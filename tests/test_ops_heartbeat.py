@@ -1,0 +1,100 @@
+"""The heartbeat lives in ``<spool>.health``, outside the spool, and ``health`` judges it."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon import Daemon, mqttspool_env, run_cli, wait_until
+
+from mqttspool import service as service_module
+from mqttspool.config import SensorConfig, Settings, load_config
+from mqttspool.health import heartbeat_path, read_heartbeat
+from mqttspool.service import Service
+
+
+def unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def idle_settings(tmp_path: Path) -> Settings:
+    cfg = load_config(None, environ={})
+    cfg.spool.path = str(tmp_path / "spool.db")
+    cfg.broker.host, cfg.broker.port = "127.0.0.1", unused_port()  # no broker: spool only
+    cfg.sensors = [SensorConfig(type="simulated", name="sim", interval=3600)]
+    return cfg
+
+
+@pytest.fixture
+def running_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
+    """An in-process ``run`` with a 50 ms heartbeat, idle after its first sampling round."""
+    monkeypatch.setattr(service_module, "HEARTBEAT_S", 0.05)
+    service = Service(idle_settings(tmp_path))
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(service.run()))
+    runner.start()
+    try:
+        yield service
+    finally:
+        service.request_stop()
+        runner.join(30)
+    assert codes == [0]
+
+
+def _files(spool: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of the spool and its WAL."""
+    out = {}
+    for path in (spool, Path(f"{spool}-wal")):
+        st = path.stat()
+        out[path.name] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def test_idle_heartbeats_do_not_write_the_spool(running_service: Service) -> None:
+    spool = Path(running_service.settings.spool.path)
+    beat_file = heartbeat_path(spool)
+    wait_until(
+        lambda: (
+            running_service.sampler_thread is not None
+            and running_service.sampler_thread.sampler.rounds >= 1
+        ),
+        10,
+        "the first sampling round",
+    )
+    wait_until(beat_file.exists, 10, "the first heartbeat")
+    before = _files(spool)
+    seen: set[int] = set()
+
+    def beats_seen() -> bool:
+        seen.add(read_heartbeat(beat_file).wall_us)
+        return len(seen) >= 4
+
+    wait_until(beats_seen, 10, "three more heartbeats")
+    assert _files(spool) == before
+    assert read_heartbeat(beat_file).state == "running"
+
+
+def test_health_is_0_while_run_runs_and_1_after_sigterm(tmp_path: Path) -> None:
+    env = mqttspool_env(tmp_path / "spool.db", unused_port())
+    never = run_cli(["health"], env)
+    assert never.returncode == 1
+    assert never.stdout == (
+        f"unhealthy: no heartbeat: no daemon has run with spool {tmp_path / 'spool.db'}"
+        f" ({tmp_path / 'spool.db'}.health)\n"
+    )
+    daemon = Daemon(env)
+    try:
+        wait_until(lambda: run_cli(["health"], env).returncode == 0, 20, "health 0")
+        assert run_cli(["health"], env).stdout.startswith("healthy: running, heartbeat ")
+        daemon.terminate()
+        assert daemon.wait(20) == 0
+    finally:
+        daemon.stop()
+    after = run_cli(["health"], env)
+    assert after.returncode == 1
+    assert after.stdout.startswith("unhealthy: daemon is stopped (since ")
