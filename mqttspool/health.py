@@ -260,7 +260,7 @@ def _over(value: float | None, limit: float | None) -> str:
     """Describe ``value`` and ``limit`` when the value exceeds the limit; empty otherwise."""
     if value is None or limit is None or value <= limit:
         return ""
-    return f"{value:.0f} s (limit {limit:.0f} s)"
+    return f"{value:.0f} s (limit {limit:g} s)"
 
 
 def fast_health(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
