@@ -98,3 +98,36 @@ def test_health_is_0_while_run_runs_and_1_after_sigterm(tmp_path: Path) -> None:
     after = run_cli(["health"], env)
     assert after.returncode == 1
     assert after.stdout.startswith("unhealthy: daemon is stopped (since ")
+
+
+class _FakeBridge:
+    """Only what the heartbeat asks a bridge: when its oldest unacknowledged message went out."""
+
+    connected = False
+
+    def __init__(self, since: float | None) -> None:
+        self.since = since
+
+    def unacked_since(self) -> float | None:
+        return self.since
+
+
+def test_unacked_for_is_the_age_of_the_oldest_unacknowledged_message() -> None:
+    assert service_module.unacked_for(_FakeBridge(None), 100.0) is None  # type: ignore[arg-type]
+    assert service_module.unacked_for(_FakeBridge(40.0), 100.0) == 60.0  # type: ignore[arg-type]
+    assert service_module.unacked_for(None, 100.0) is None
+
+
+def test_heartbeat_carries_the_bridge_window_age_and_its_limit(
+    running_service: Service,
+) -> None:
+    beat_file = heartbeat_path(running_service.settings.spool.path)
+    wait_until(lambda: running_service.bridge is not None, 10, "the bridge")
+    running_service.bridge = _FakeBridge(0.0)  # type: ignore[assignment]
+    wait_until(
+        lambda: read_heartbeat(beat_file).unacked_for_s is not None, 10, "a heartbeat with it"
+    )
+    beat = read_heartbeat(beat_file)
+    assert beat.unacked_for_s is not None and beat.unacked_for_s > 0
+    ack_timeout = getattr(running_service.settings.bridge, "ack_timeout", None)
+    assert beat.unacked_limit_s == (90.0 if ack_timeout is None else 3 * ack_timeout)
