@@ -28,8 +28,8 @@ Add = Callable[[str, Handler, str], argparse.ArgumentParser]
 
 def register(add: Add) -> None:
     """Add the runtime subcommands to the parser."""
-    add("run", cmd_run, "sample sensors and forward the spool until SIGTERM")
-    p = add("drain", cmd_drain, "publish the backlog and exit when the spool is empty")
+    add("run", exclusive(cmd_run), "sample sensors and forward the spool until SIGTERM")
+    p = add("drain", exclusive(cmd_drain), "publish the backlog and exit when the spool is empty")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S s")
     p = add("watch", cmd_watch, "subscribe and print readings, flagging duplicates and gaps")
     p.add_argument("--topic", default=None, metavar="T", help="filter (default: {prefix}/#)")
@@ -39,6 +39,18 @@ def register(add: Add) -> None:
     from mqttspool.sensors import cli as sensors_cli  # noqa: PLC0415
 
     sensors_cli.register(add)
+
+
+def exclusive(handler: Handler) -> Handler:
+    """``handler`` run while holding the spool's single-instance lock (``run``, ``drain``)."""
+
+    def locked(args: argparse.Namespace, settings: Settings) -> int:
+        from mqttspool.service import SpoolLock  # noqa: PLC0415
+
+        with SpoolLock(settings.spool.path):
+            return handler(args, settings)
+
+    return locked
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
