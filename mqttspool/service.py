@@ -10,7 +10,7 @@ Threads of ``run``:
 * paho's network thread per connection (callbacks only enqueue events);
 * optionally the Prometheus HTTP server.
 
-Shutdown (SIGTERM/SIGINT): stop sampling, let the bridge wait up to
+Shutdown (SIGTERM, SIGINT or SIGHUP): stop sampling, let the bridge wait up to
 ``bridge.shutdown_timeout`` for in-flight acks and publish ``offline``, write a
 ``stopped`` heartbeat, close the spool, exit 0.
 """
@@ -53,6 +53,9 @@ SUPERVISE_S = 0.5  # how often the main thread checks its threads
 HEARTBEAT_WARN_S = 300.0  # at most one "cannot write the heartbeat" warning per 5 min
 
 EXIT_OK, EXIT_FAIL = 0, 1
+# SIGHUP too: a closed terminal or `kill -HUP` must not kill the daemon with 129
+# (and skip the graceful shutdown); there is nothing to reload.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class SpoolLock:
@@ -154,8 +157,8 @@ class Service:
     def run(self) -> int:
         """Run until stopped; returns the exit code."""
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self.request_stop)
-            signal.signal(signal.SIGINT, self.request_stop)
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, self.request_stop)
         self.spool = open_spool(self.settings.spool, self.clock, integrity_check=True)
         logger.info(
             "mqttspool %s starting: device %s, spool %s (epoch %s, %d queued), broker %s",

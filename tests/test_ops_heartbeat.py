@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -131,3 +132,18 @@ def test_heartbeat_carries_the_bridge_window_age_and_its_limit(
     assert beat.unacked_for_s is not None and beat.unacked_for_s > 0
     ack_timeout = getattr(running_service.settings.bridge, "ack_timeout", None)
     assert beat.unacked_limit_s == (90.0 if ack_timeout is None else 3 * ack_timeout)
+
+
+def test_sighup_stops_the_daemon_gracefully(tmp_path: Path) -> None:
+    env = mqttspool_env(tmp_path / "spool.db", unused_port())
+    daemon = Daemon(env)
+    try:
+        wait_until(lambda: run_cli(["health"], env).returncode == 0, 20, "health 0")
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert daemon.wait(20) == 0  # not 129
+        daemon.wait_log(r"received SIGHUP: shutting down", 1)
+        daemon.wait_log(r"stopped cleanly", 1)
+    finally:
+        daemon.stop()
+    after = run_cli(["health"], env)
+    assert (after.returncode, after.stdout[:28]) == (1, "unhealthy: daemon is stopped")
