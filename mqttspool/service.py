@@ -4,7 +4,9 @@ Threads of ``run``:
 
 * main thread: signals, heartbeat (every :data:`~mqttspool.health.HEARTBEAT_S`
   into ``<spool>.health``, see :mod:`mqttspool.health`; never into the spool),
-  supervision (restarts the components after spool corruption);
+  supervision (restarts the components after spool corruption; any other
+  error that stops a component, e.g. a spool file deleted under the daemon,
+  is logged and ends ``run`` with exit 1);
 * ``sampler``: reads sensors, one spool transaction per round;
 * ``bridge``: drains the spool to the broker (:class:`~mqttspool.bridge.Bridge`);
 * paho's network thread per connection (callbacks only enqueue events);
@@ -171,16 +173,18 @@ class Service:
         )
         self._start_metrics()
         self._start_components()
+        code = EXIT_FAIL
         try:
-            self._supervise()
+            code = self._supervise()
         finally:
             left = self._stop_components()
-            self._heartbeat("stopped")
+            self._heartbeat("stopped" if code == EXIT_OK else "failed")
             self.spool.close()
             if self._metrics is not None:
                 self._metrics.stop()
-        logger.info("stopped cleanly; %d reading(s) left unacknowledged stay spooled", left)
-        return EXIT_OK
+        if code == EXIT_OK:
+            logger.info("stopped cleanly; %d reading(s) left unacknowledged stay spooled", left)
+        return code
 
     # ----------------------------------------------------------- internals
 
@@ -204,21 +208,28 @@ class Service:
             left = self.bridge_thread.left_unacked
         return left
 
-    def _supervise(self) -> None:
+    def _supervise(self) -> int:
+        """Heartbeat and watch the components until a stop signal (0) or a fatal error (1)."""
         self._heartbeat("running")
         next_beat = time.monotonic() + HEARTBEAT_S
         while not self.stop_event.wait(SUPERVISE_S):
-            errors = [
-                self.bridge_thread.error if self.bridge_thread else None,
-                self.sampler_thread.error if self.sampler_thread else None,
-            ]
-            if any(isinstance(e, SpoolCorruptError) for e in errors):
+            error = self._component_error()
+            if isinstance(error, SpoolCorruptError):
                 self._recover_from_corruption()
-            elif errors[0] is not None:
-                raise errors[0]
+            elif error is not None:
+                _log_fatal(error)
+                return EXIT_FAIL
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + HEARTBEAT_S
                 self._heartbeat("running")
+        return EXIT_OK
+
+    def _component_error(self) -> BaseException | None:
+        """The error that stopped the bridge or the sampler thread, if one did."""
+        for thread in (self.bridge_thread, self.sampler_thread):
+            if thread is not None and thread.error is not None:
+                return thread.error
+        return None
 
     def _recover_from_corruption(self) -> None:
         assert self.spool is not None
@@ -277,6 +288,16 @@ class Service:
 
     def _stats_source(self) -> Any:
         return self.spool.stats() if self.spool is not None else None
+
+
+def _log_fatal(error: BaseException) -> None:
+    if isinstance(error, SpoolError):
+        # e.g. the spool file was deleted or replaced under the daemon: writing on
+        # would lose every reading from now on, so stop loudly and let the
+        # supervisor (systemd, Docker) restart us on the file that is there now.
+        logger.error("spool %s can no longer be used (%s); stopping with exit 1", error.path, error)
+    else:
+        logger.error("stopping with exit 1 after an unexpected error: %r", error)
 
 
 def _sampler_limit(thread: SamplerThread) -> float:
