@@ -2,7 +2,9 @@
 
 Threads of ``run``:
 
-* main thread: signals, heartbeat (every :data:`~mqttspool.health.HEARTBEAT_S`
+* main thread: sleeps until a signal, a component thread ending (a watcher
+  thread per component joins it and wakes the main thread) or the heartbeat
+  timer; signals, heartbeat (every :data:`~mqttspool.health.HEARTBEAT_S`
   into ``<spool>.health``, see :mod:`mqttspool.health`; never into the spool),
   supervision (restarts the components after spool corruption; any other
   error that stops a component, e.g. a spool file deleted under the daemon,
@@ -51,7 +53,6 @@ from mqttspool.timekeeping import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
 
-SUPERVISE_S = 0.5  # how often the main thread checks its threads
 HEARTBEAT_WARN_S = 300.0  # at most one "cannot write the heartbeat" warning per 5 min
 
 EXIT_OK, EXIT_FAIL = 0, 1
@@ -141,6 +142,9 @@ class Service:
         self.clock = clock or SystemClock()
         self.counters = Counters()
         self.stop_event = threading.Event()
+        # Set by a stop request and by a watcher when a component thread ends: the
+        # main thread sleeps on it (and the heartbeat timer) instead of polling.
+        self._wake = threading.Event()
         self.spool: Spool | None = None
         self.bridge_thread: BridgeThread | None = None
         self.sampler_thread: SamplerThread | None = None
@@ -155,6 +159,7 @@ class Service:
         if signum is not None:
             logger.info("received %s: shutting down", signal.Signals(signum).name)
         self.stop_event.set()
+        self._wake.set()
 
     def run(self) -> int:
         """Run until stopped; returns the exit code."""
@@ -196,6 +201,17 @@ class Service:
         self.sampler_thread = SamplerThread(sampler)
         self.bridge_thread.start()
         self.sampler_thread.start()
+        for component in (self.bridge_thread, self.sampler_thread):
+            self._watch(component)
+
+    def _watch(self, component: BridgeThread | SamplerThread) -> None:
+        """Wake the main thread when ``component``'s thread ends (a join, not a poll)."""
+
+        def watch() -> None:
+            component.join()
+            self._wake.set()
+
+        threading.Thread(target=watch, name="mqttspool-watch", daemon=True).start()
 
     def _stop_components(self) -> int:
         if self.sampler_thread is not None:
@@ -212,7 +228,11 @@ class Service:
         """Heartbeat and watch the components until a stop signal (0) or a fatal error (1)."""
         self._heartbeat("running")
         next_beat = time.monotonic() + HEARTBEAT_S
-        while not self.stop_event.wait(SUPERVISE_S):
+        while True:
+            self._wake.wait(max(0.0, next_beat - time.monotonic()))
+            self._wake.clear()
+            if self.stop_event.is_set():
+                return EXIT_OK
             error = self._component_error()
             if isinstance(error, SpoolCorruptError):
                 self._recover_from_corruption()
@@ -222,13 +242,14 @@ class Service:
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + HEARTBEAT_S
                 self._heartbeat("running")
-        return EXIT_OK
 
     def _component_error(self) -> BaseException | None:
         """The error that stopped the bridge or the sampler thread, if one did."""
-        for thread in (self.bridge_thread, self.sampler_thread):
+        for name, thread in (("bridge", self.bridge_thread), ("sampler", self.sampler_thread)):
             if thread is not None and thread.error is not None:
                 return thread.error
+            if thread is not None and not thread.is_alive():
+                return RuntimeError(f"the {name} thread ended without reporting an error")
         return None
 
     def _recover_from_corruption(self) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mqttspool import service as service_module
 from mqttspool.bridge import Bridge
 from mqttspool.config import SensorConfig, load_config
 from mqttspool.errors import SpoolError
@@ -43,6 +44,7 @@ def test_a_spool_error_in_a_component_stops_run_with_exit_1_naming_the_file(
         return real_step(self, now)
 
     monkeypatch.setattr(Bridge, "step", failing_step)
+    monkeypatch.setattr(service_module, "HEARTBEAT_S", 3600.0)  # woken by the failure itself
     service = Service(cfg)
     codes: list[int] = []
     runner = threading.Thread(target=lambda: codes.append(service.run()))
@@ -57,3 +59,28 @@ def test_a_spool_error_in_a_component_stops_run_with_exit_1_naming_the_file(
     ]
     assert read_heartbeat(heartbeat_path(cfg.spool.path)).state == "failed"
     assert check_health(cfg.spool.path).reason.startswith("daemon is failed (since ")
+
+
+def test_an_idle_supervisor_does_not_poll(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(None, environ={})
+    cfg.spool.path = str(tmp_path / "spool.db")
+    cfg.broker.host, cfg.broker.port = "127.0.0.1", unused_port()
+    monkeypatch.setattr(service_module, "HEARTBEAT_S", 3600.0)
+    checks = {"n": 0}
+    real_check = Service._component_error
+
+    def counting_check(self: Service) -> BaseException | None:
+        checks["n"] += 1
+        return real_check(self)
+
+    monkeypatch.setattr(Service, "_component_error", counting_check)
+    service = Service(cfg)
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    try:
+        runner.join(1.0)  # an idle second: no heartbeat due, no component ended
+        assert checks["n"] == 0
+    finally:
+        service.request_stop()
+        runner.join(30)
+    assert not runner.is_alive()
