@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +17,7 @@ from daemon import Daemon, mqttspool_env, run_cli, wait_until
 
 from mqttspool import service as service_module
 from mqttspool.config import SensorConfig, Settings, load_config
-from mqttspool.health import heartbeat_path, read_heartbeat
+from mqttspool.health import check_health, heartbeat_path, read_heartbeat
 from mqttspool.service import Service
 
 
@@ -147,3 +151,62 @@ def test_sighup_stops_the_daemon_gracefully(tmp_path: Path) -> None:
         daemon.stop()
     after = run_cli(["health"], env)
     assert (after.returncode, after.stdout[:28]) == (1, "unhealthy: daemon is stopped")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (needs root, as the spool's disk-full tests do)."""
+    root = tmp_path / "small"
+    root.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a tmpfs in CI: {proc.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.strip()}")
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+
+
+def _fill(directory: Path) -> None:
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+def test_health_keeps_working_while_the_disk_is_full(
+    small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_module, "HEARTBEAT_S", 0.05)
+    cfg = idle_settings(small_disk)
+    cfg.sensors = [SensorConfig(type="simulated", name="sim", interval=0.05)]
+    spool = cfg.spool.path
+    service = Service(cfg)
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    try:
+        wait_until(lambda: check_health(spool).ok, 10, "health 0")
+        _fill(small_disk)
+        filled_us = time.time_ns() // 1000
+        wait_until(
+            lambda: read_heartbeat(heartbeat_path(spool)).wall_us > filled_us,
+            10,
+            "a heartbeat written on the full disk",
+        )
+        assert check_health(spool).ok
+    finally:
+        service.request_stop()
+        runner.join(30)
+    assert check_health(spool).reason.startswith("daemon is stopped (since ")
+    (small_disk / "filler").unlink()
