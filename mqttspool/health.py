@@ -1,40 +1,60 @@
-"""``mqttspool health``: the heartbeat rules, and a fast path for Docker's HEALTHCHECK.
+"""``mqttspool health``: the heartbeat file, its rules, and a fast path for Docker's HEALTHCHECK.
 
-Docker runs ``mqttspool health`` every few seconds on a Raspberry Pi, where
-importing pydantic, pydantic-settings, peewee and paho costs ~300 ms of CPU.
-This module imports only the standard library.
+The daemon (``mqttspool run``) writes a small JSON document, the heartbeat,
+to ``<spool>.health`` every :data:`HEARTBEAT_S` seconds and a ``stopped``
+one on a clean shutdown (:func:`write_heartbeat`). It is not a spool
+transaction and is never fsync'd: a lost heartbeat only makes the daemon look
+unhealthy for a moment, and an idle daemon must not write its SD card through
+SQLite every few seconds. The file is replaced atomically (temp file +
+``os.replace``); when the disk is full and no new file can be written, the
+existing file (always :data:`HEARTBEAT_BYTES` long) is overwritten in place,
+so ``health`` keeps working on a full disk.
 
-:func:`fast_health` answers the common case, "the daemon is healthy", without
-building the settings tree: it finds the spool path with the same rules as
+:func:`judge_heartbeat` is the one set of rules: healthy while the state is
+``running``, the heartbeat fresh, every thread alive, the sampler has
+finished a round recently and no message has waited too long for its
+acknowledgement. The daemon writes the limits it judged by into the
+heartbeat, so ``health`` needs no sensor or bridge settings.
+
+This module imports only the standard library: Docker runs ``mqttspool
+health`` every few seconds on a Raspberry Pi, where importing pydantic,
+pydantic-settings, peewee and paho costs ~300 ms of CPU. :func:`fast_health`
+answers the common case, "the daemon is healthy", without building the
+settings tree: it finds the spool path with the same rules as
 :func:`mqttspool.config.load_config` (``-c`` wins over ``MQTTSPOOL_CONFIG``;
 ``MQTTSPOOL_SPOOL__PATH`` in any letter case wins over ``[spool] path``; else
-``mqttspool.db``), reads the heartbeat read-only and judges it with
-:func:`judge_heartbeat`, the function ``check_health`` uses too. Whenever the
-answer is anything but "healthy", or the input is unusual (other options, a
-config file that is not valid TOML, a key or ``MQTTSPOOL_*`` variable that
-names no setting, a spool path that is not a string), it returns None and the
-normal command line runs and produces the answer, message and exit code,
-including exit 2 for a bad configuration. Setting *values* other than
+``mqttspool.db``). Whenever the answer is anything but "healthy", or the
+input is unusual (other options, a config file that is not valid TOML, a key
+or ``MQTTSPOOL_*`` variable that names no setting, a spool path that is not a
+string), it returns None and the normal command line runs
+(:func:`check_health`) and produces the answer, message and exit code,
+including exit 1 for a bad configuration. Setting *values* other than
 ``spool.path`` are not re-validated on a healthy answer: the daemon validated
 them when it started.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 import time
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mqttspool.spool.readonly import read_meta_if_ours
-
-HEARTBEAT_S = 5.0
-HEARTBEAT_KEY = "heartbeat"
+HEARTBEAT_S = 5.0  # how often the daemon writes the heartbeat
 HEARTBEAT_STALE_S = 3 * HEARTBEAT_S + 5
+HEARTBEAT_SUFFIX = ".health"  # the heartbeat file is <spool path>.health
+HEARTBEAT_BYTES = 1024  # fixed size, so a full disk can overwrite it in place
+READ_ATTEMPTS = 3  # an in-place overwrite can be read half-written: read again
+SAMPLER_STUCK_FACTOR = 3.0  # a sampler idle this many sensor intervals is stuck...
+SAMPLER_STUCK_MIN_S = 30.0  # ...and never sooner than this
+SAMPLER_MAX_WAIT_S = 60.0  # the sampler wakes at least this often (sampler.IDLE_WAIT_S)
+UNACKED_DEFAULT_LIMIT_S = 90.0  # without bridge.ack_timeout: 3 x 30 s
 CONFIG_ENV = "MQTTSPOOL_CONFIG"
 SPOOL_PATH_ENV = "mqttspool_spool__path"
 DEFAULT_SPOOL_PATH = "mqttspool.db"
@@ -104,21 +124,143 @@ class Health:
     reason: str
 
 
-def judge_heartbeat(raw: str | None, now_us: int) -> Health:
-    """Healthy while the heartbeat is fresh, the state ``running`` and every thread alive."""
-    if raw is None:
-        return Health(False, "no heartbeat: the daemon has not run with this spool")
-    doc = json.loads(raw)
-    age = (now_us - int(doc["wall_us"])) / 1e6
-    if doc.get("state") != "running":
-        return Health(False, f"daemon is {doc.get('state')} (since {age:.0f} s)")
+@dataclass(frozen=True)
+class Heartbeat:
+    """What ``<spool>.health`` holds: the daemon's state and the limits it is judged by.
+
+    ``sampler_idle_s`` is the time since the sampler last finished a round,
+    ``unacked_for_s`` how long the oldest in-flight message has waited for its
+    PUBACK (None: nothing in flight); each is judged against its ``*_limit_s``.
+    """
+
+    state: str
+    pid: int
+    wall_us: int
+    threads: dict[str, bool] = field(default_factory=dict)
+    connected: bool = False
+    sampler_idle_s: float | None = None
+    sampler_limit_s: float | None = None
+    unacked_for_s: float | None = None
+    unacked_limit_s: float | None = None
+
+    def to_json(self) -> str:
+        """Compact JSON."""
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str) -> Heartbeat:
+        """Parse a heartbeat; raises ValueError if it is not one (unknown keys are ignored)."""
+        doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        known = {f.name for f in fields(cls)}
+        try:
+            beat = cls(**{k: v for k, v in doc.items() if k in known})
+        except TypeError as exc:
+            raise ValueError(f"not a heartbeat: {exc}") from exc
+        if not isinstance(beat.state, str) or not isinstance(beat.wall_us, int):
+            raise ValueError("not a heartbeat: state or wall_us has the wrong type")
+        return beat
+
+
+def heartbeat_path(spool_path: str | Path) -> Path:
+    """The heartbeat file of the spool at ``spool_path``: ``<spool_path>.health``."""
+    return Path(f"{spool_path}{HEARTBEAT_SUFFIX}")
+
+
+def sampler_stuck_limit(intervals: Sequence[float]) -> float:
+    """Seconds without a finished sampling round after which the sampler counts as stuck."""
+    # The sampler wakes when a sensor is due, and at least every SAMPLER_MAX_WAIT_S.
+    cadence = min([*intervals, SAMPLER_MAX_WAIT_S])
+    return max(SAMPLER_STUCK_FACTOR * cadence, SAMPLER_STUCK_MIN_S)
+
+
+def write_heartbeat(path: Path, beat: Heartbeat) -> None:
+    """Replace ``path`` with ``beat`` (temp file + rename, no fsync); raises OSError.
+
+    On a full disk (ENOSPC, EDQUOT) the existing file is overwritten in place
+    instead, which needs no new blocks since every heartbeat has the same size.
+    """
+    data = beat.to_json().encode()
+    if len(data) >= HEARTBEAT_BYTES:
+        raise ValueError(f"heartbeat longer than {HEARTBEAT_BYTES} bytes: {data[:80]!r}...")
+    data = data.ljust(HEARTBEAT_BYTES - 1) + b"\n"
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        tmp.unlink(missing_ok=True)
+        _overwrite_in_place(path, data, exc)
+
+
+def _overwrite_in_place(path: Path, data: bytes, full: OSError) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        raise full from None  # nothing to overwrite: the disk was full from the start
+    try:
+        if os.fstat(fd).st_size != len(data):
+            raise full
+        os.pwrite(fd, data, 0)
+    finally:
+        os.close(fd)
+
+
+def read_heartbeat(path: Path) -> Heartbeat:
+    """The heartbeat in ``path``; raises FileNotFoundError, OSError or ValueError."""
+    for attempt in range(READ_ATTEMPTS):
+        raw = path.read_bytes()
+        try:
+            return Heartbeat.from_json(raw.decode())
+        except ValueError:
+            if attempt + 1 == READ_ATTEMPTS:
+                raise
+            time.sleep(0.01)  # a torn read of an in-place overwrite: the writer is done soon
+    raise AssertionError("unreachable")
+
+
+def check_health(spool_path: str | Path, now_us: int | None = None) -> Health:
+    """The answer of ``mqttspool health`` for the spool at ``spool_path``."""
+    path = heartbeat_path(spool_path)
+    try:
+        beat = read_heartbeat(path)
+    except FileNotFoundError:
+        return Health(False, f"no heartbeat: no daemon has run with spool {spool_path} ({path})")
+    except OSError as exc:
+        return Health(False, f"cannot read the heartbeat {path}: {exc.strerror}")
+    except ValueError as exc:
+        return Health(False, f"cannot read the heartbeat {path}: {exc}")
+    return judge_heartbeat(beat, time.time_ns() // 1000 if now_us is None else now_us)
+
+
+def judge_heartbeat(beat: Heartbeat, now_us: int) -> Health:
+    """Healthy while running with a fresh heartbeat, live threads, no stuck sampler or window."""
+    age = (now_us - beat.wall_us) / 1e6
+    if beat.state != "running":
+        return Health(False, f"daemon is {beat.state} (since {age:.0f} s)")
     if age > HEARTBEAT_STALE_S:
-        return Health(False, f"heartbeat is stale ({age:.0f} s old)")
-    dead = [name for name, alive in doc.get("threads", {}).items() if not alive]
+        return Health(False, f"heartbeat is stale ({age:.0f} s old; PID {beat.pid})")
+    dead = [name for name, alive in beat.threads.items() if not alive]
     if dead:
         return Health(False, f"thread(s) not running: {', '.join(dead)}")
-    link = "connected" if doc.get("connected") else "not connected (spooling)"
+    stuck = _over(beat.sampler_idle_s, beat.sampler_limit_s)
+    if stuck:
+        return Health(False, f"sampler stuck: no sampling round finished for {stuck}")
+    stalled = _over(beat.unacked_for_s, beat.unacked_limit_s)
+    if stalled:
+        return Health(False, f"bridge stalled: a message has been unacknowledged for {stalled}")
+    link = "connected" if beat.connected else "not connected (spooling)"
     return Health(True, f"running, heartbeat {age:.1f} s old, broker {link}")
+
+
+def _over(value: float | None, limit: float | None) -> str:
+    """Describe ``value`` and ``limit`` when the value exceeds the limit; empty otherwise."""
+    if value is None or limit is None or value <= limit:
+        return ""
+    return f"{value:.0f} s (limit {limit:g} s)"
 
 
 def fast_health(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
@@ -132,13 +274,7 @@ def fast_health(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
     spool_path = _spool_path(config or environ.get(CONFIG_ENV) or None, environ)
     if spool_path is None:
         return None
-    raw = _read_heartbeat_if_ours(Path(spool_path))
-    if raw is None:
-        return None
-    try:
-        health = judge_heartbeat(raw, time.time_ns() // 1000)
-    except (ValueError, KeyError, TypeError):
-        return None
+    health = check_health(spool_path)
     if not health.ok:
         return None
     sys.stdout.write(f"healthy: {health.reason}\n")
@@ -211,8 +347,3 @@ def _keys_known(doc: Mapping[str, Any]) -> bool:
             elif f"{section}.{key}" not in KNOWN_SETTINGS:
                 return False
     return True
-
-
-def _read_heartbeat_if_ours(path: Path) -> str | None:
-    """The heartbeat of an mqttspool spool (read-only, no locks, nothing created)."""
-    return read_meta_if_ours(path, HEARTBEAT_KEY)

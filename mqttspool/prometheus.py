@@ -4,7 +4,20 @@ Values are read at scrape time by a custom collector: the spool's depth, age,
 dead letters and drop counters come from ``stats_source()`` (a
 :class:`~mqttspool.spool.SpoolStats`, or None while the spool is closed); the
 process counters come from :class:`~mqttspool.counters.Counters`. Nothing is
-kept twice, so a scrape never disagrees with ``mqttspool status``.
+kept twice, so a scrape never disagrees with ``mqttspool status`` by more
+than :data:`STATS_TTL_S`.
+
+The endpoint is bounded, because anything on the network can talk to it:
+
+* spool statistics are computed by ONE thread (one SQLite connection for the
+  life of the server) and shared by every scrape within :data:`STATS_TTL_S`,
+  so a burst of scrapes costs one query, not one connection and one table
+  scan each (:class:`SharedStats`);
+* at most :data:`MAX_CLIENTS` requests are served at once; further
+  connections get ``503`` at once and are closed;
+* every socket read or write times out after :data:`REQUEST_TIMEOUT_S`, and a
+  request still open :data:`REQUEST_DEADLINE_S` after it was accepted is cut,
+  however slowly its bytes trickle in (:class:`BoundedWSGIServer`).
 
 Exported (``mqttspool_`` prefix):
 
@@ -20,18 +33,22 @@ Exported (``mqttspool_`` prefix):
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from mqttspool.counters import BROKER_CONNECTED, MESSAGES_PUBLISHED, SENSOR_READS, Counters
 from mqttspool.errors import ConfigError
+from mqttspool.logthrottle import LogThrottle
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from mqttspool.config import Settings
     from mqttspool.spool import SpoolStats
 
@@ -39,6 +56,14 @@ logger = logging.getLogger(__name__)
 
 StatsSource = Callable[[], "SpoolStats | None"]
 INSTALL_HINT = "pip install 'mqttspool[metrics]'"
+STATS_TTL_S = 1.0  # scrapes within this share one spool query
+STATS_WAIT_S = 10.0  # a scrape waits this long for the statistics, then omits them
+MAX_CLIENTS = 8  # requests served at once; more get 503
+REQUEST_TIMEOUT_S = 5.0  # per socket read or write
+REQUEST_DEADLINE_S = 15.0  # a whole request, from accept to close
+POLL_S = 0.5  # how often the server cuts requests past their deadline
+WARN_INTERVAL_S = 300.0
+REFUSED = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n"
 
 
 def _import_prometheus() -> Any:
@@ -71,6 +96,7 @@ class SpoolCollector:
         self.stats_source = stats_source
         self.version = version
         self.clock = clock
+        self._warnings = LogThrottle(WARN_INTERVAL_S)
 
     def describe(self) -> list[Any]:
         """Nothing up front: the registry then does not call :meth:`collect` at registration."""
@@ -138,12 +164,129 @@ class SpoolCollector:
         try:
             return self.stats_source()
         except Exception:  # a failed read (spool closing) must not fail the other metrics
-            logger.warning("metrics: cannot read the spool statistics", exc_info=True)
+            failures = self._warnings.note()
+            if failures:
+                logger.warning(
+                    "metrics: cannot read the spool statistics (%d time(s) since the last message)",
+                    failures,
+                    exc_info=True,
+                )
             return None
 
 
+class SharedStats:
+    """Spool statistics computed by one worker thread, shared by scrapes within ``ttl`` s.
+
+    The worker is the only thread that reads the spool for the endpoint, so the
+    spool keeps one SQLite connection for it however many scrapes come and go.
+    """
+
+    def __init__(
+        self,
+        source: StatsSource,
+        ttl: float = STATS_TTL_S,
+        wait: float = STATS_WAIT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._source = source
+        self._ttl = ttl
+        self._wait = wait
+        self._clock = clock
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="mqttspool-metrics-stats")
+        self._lock = threading.Lock()
+        self._future: Future[SpoolStats | None] | None = None
+        self._started = 0.0
+
+    def __call__(self) -> SpoolStats | None:
+        """The statistics of the last ``ttl`` s, or fresh ones; raises what the source raised."""
+        with self._lock:
+            future = self._future
+            stale = future is None or (future.done() and self._clock() - self._started >= self._ttl)
+            if stale:
+                self._started = self._clock()
+                future = self._future = self._worker.submit(self._source)
+        assert future is not None
+        return future.result(self._wait)
+
+    def close(self) -> None:
+        """Stop the worker (its thread, and with it its spool connection, ends)."""
+        self._worker.shutdown(wait=False, cancel_futures=True)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """A WSGI request handler that logs nothing per request (subclassed with a timeout)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Nothing: one line per scrape would flood the log."""
+
+
+class BoundedWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    """A threading WSGI server with a cap on concurrent requests and a deadline on each."""
+
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128  # a burst is accepted (and refused at once) instead of stalling
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        max_clients: int = MAX_CLIENTS,
+        request_timeout: float = REQUEST_TIMEOUT_S,
+        deadline: float = REQUEST_DEADLINE_S,
+    ) -> None:
+        self.address_family = socket.getaddrinfo(*address, type=socket.SOCK_STREAM)[0][0]
+        self.deadline = deadline
+        self._slots = threading.BoundedSemaphore(max_clients)
+        self._active: dict[socket.socket, float] = {}
+        self._active_lock = threading.Lock()
+        handler = type("_TimedHandler", (_QuietHandler,), {"timeout": request_timeout})
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve in a new thread if a slot is free; otherwise answer 503 and close."""
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.setblocking(False)
+                request.send(REFUSED)
+            self.shutdown_request(request)
+            return
+        with self._active_lock:
+            self._active[request] = time.monotonic() + self.deadline
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._done(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Serve one request, then free its slot."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._done(request)
+
+    def service_actions(self) -> None:
+        """Cut requests past their deadline (runs in the serving loop every poll)."""
+        now = time.monotonic()
+        with self._active_lock:
+            late = [sock for sock, deadline in self._active.items() if deadline <= now]
+        for sock in late:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A broken or hostile client is not worth more than a debug line."""
+        logger.debug("metrics: request from %s failed", client_address, exc_info=True)
+
+    def _done(self, request: Any) -> None:
+        with self._active_lock:
+            if self._active.pop(request, None) is None:
+                return
+        self._slots.release()
+
+
 class MetricsServer:
-    """Serves Prometheus text on ``[metrics] host:port`` from a daemon thread."""
+    """Serves Prometheus text on ``[metrics] host:port`` from a daemon thread (bounded)."""
 
     def __init__(
         self,
@@ -151,16 +294,19 @@ class MetricsServer:
         counters: Counters,
         stats_source: StatsSource,
         clock: Callable[[], float] = time.time,
+        limits: tuple[int, float, float] = (MAX_CLIENTS, REQUEST_TIMEOUT_S, REQUEST_DEADLINE_S),
     ) -> None:
         self.host = settings.metrics.host
         self.port = settings.metrics.port
+        self.limits = limits  # (max clients, per-read timeout, per-request deadline)
         self._prom = _import_prometheus()
         from mqttspool import __version__  # noqa: PLC0415 - the package imports lazily
 
         self.registry = self._prom.CollectorRegistry(auto_describe=False)
-        self.collector = SpoolCollector(counters, stats_source, __version__, clock)
+        self.stats = SharedStats(stats_source)
+        self.collector = SpoolCollector(counters, self.stats, __version__, clock)
         self.registry.register(self.collector)
-        self._server: WSGIServer | None = None
+        self._server: BoundedWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -173,21 +319,25 @@ class MetricsServer:
     def start(self) -> None:
         """Bind and serve; raises :class:`ConfigError` if the address cannot be bound."""
         try:
-            server, thread = self._prom.start_http_server(
-                self.port, addr=self.host, registry=self.registry
-            )
+            server = BoundedWSGIServer((self.host, self.port), *self.limits)
         except OSError as exc:
             raise ConfigError(
                 "metrics",
                 [("metrics.port", f"cannot listen on {self.host}:{self.port}: {exc.strerror}")],
             ) from exc
+        server.set_app(self._prom.make_wsgi_app(self.registry))
+        thread = threading.Thread(
+            target=server.serve_forever, args=(POLL_S,), name="mqttspool-metrics", daemon=True
+        )
+        thread.start()
         self._server, self._thread = server, thread
         logger.info("prometheus metrics on http://%s:%d/metrics", self.host, self.bound_port)
 
     def stop(self) -> None:
-        """Stop serving and free the port."""
+        """Stop serving, free the port and end the statistics worker."""
         server, thread = self._server, self._thread
         self._server = self._thread = None
+        self.stats.close()
         if server is None:
             return
         server.shutdown()

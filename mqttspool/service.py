@@ -2,21 +2,27 @@
 
 Threads of ``run``:
 
-* main thread: signals, heartbeat (every :data:`HEARTBEAT_S` into the spool's
-  meta table), supervision (restarts the components after spool corruption);
+* main thread: sleeps until a signal, a component thread ending (a watcher
+  thread per component joins it and wakes the main thread) or the heartbeat
+  timer; signals, heartbeat (every :data:`~mqttspool.health.HEARTBEAT_S`
+  into ``<spool>.health``, see :mod:`mqttspool.health`; never into the spool),
+  supervision (restarts the components after spool corruption; any other
+  error that stops a component, e.g. a spool file deleted under the daemon,
+  is logged and ends ``run`` with exit 1);
 * ``sampler``: reads sensors, one spool transaction per round;
 * ``bridge``: drains the spool to the broker (:class:`~mqttspool.bridge.Bridge`);
 * paho's network thread per connection (callbacks only enqueue events);
 * optionally the Prometheus HTTP server.
 
-Shutdown (SIGTERM/SIGINT): stop sampling, let the bridge wait up to
+Shutdown (SIGTERM, SIGINT or SIGHUP): stop sampling, let the bridge wait up to
 ``bridge.shutdown_timeout`` for in-flight acks and publish ``offline``, write a
 ``stopped`` heartbeat, close the spool, exit 0.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -30,24 +36,82 @@ from typing import Any
 from mqttspool.bridge import Bridge, BridgeThread, Companion, will_for
 from mqttspool.config import Settings
 from mqttspool.counters import Counters
-from mqttspool.errors import SpoolCorruptError
-from mqttspool.health import HEARTBEAT_KEY, HEARTBEAT_S, Health, judge_heartbeat
+from mqttspool.errors import SpoolCorruptError, SpoolError
+from mqttspool.health import (
+    HEARTBEAT_S,
+    UNACKED_DEFAULT_LIMIT_S,
+    Heartbeat,
+    heartbeat_path,
+    sampler_stuck_limit,
+    write_heartbeat,
+)
+from mqttspool.logthrottle import LogThrottle
 from mqttspool.mqtt import MqttPublisher, client_id_for
 from mqttspool.sampler import SamplerThread, build_sampler
-from mqttspool.spool import (
-    Spool,
-    classify_file,
-    open_spool,
-    recover_spool,
-)
-from mqttspool.spool.readonly import read_meta_if_ours
+from mqttspool.spool import Spool, open_spool, recover_spool
 from mqttspool.timekeeping import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
 
-SUPERVISE_S = 0.5  # how often the main thread checks its threads
+HEARTBEAT_WARN_S = 300.0  # at most one "cannot write the heartbeat" warning per 5 min
 
 EXIT_OK, EXIT_FAIL = 0, 1
+# SIGHUP too: a closed terminal or `kill -HUP` must not kill the daemon with 129
+# (and skip the graceful shutdown); there is nothing to reload.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class SpoolLock:
+    """One ``run`` or ``drain`` per spool: an exclusive ``flock`` on ``<spool>.lock``.
+
+    The file holds the owner's PID for the refusal message. The kernel drops
+    the lock when the owner exits however it ends (kill -9 included), so a
+    stale lock file never blocks a restart. ``enqueue``, ``status`` and
+    ``dead-letters`` do not take it: SQLite serialises their writes.
+    """
+
+    def __init__(self, spool_path: str | Path) -> None:
+        self.spool_path = Path(spool_path)
+        self.path = Path(f"{spool_path}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`SpoolError` naming the holder's PID."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise SpoolError(
+                self.spool_path, f"cannot open the lock file {self.path}: {exc.strerror}"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise SpoolError(
+                self.spool_path,
+                f"in use by another mqttspool run or drain (PID {holder}, lock {self.path});"
+                " stop that process first, or give this one its own spool.path",
+            ) from None
+        with contextlib.suppress(OSError):  # the PID is for messages only (the disk may be full)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Give the lock up (the file stays: deleting it would race with the next owner)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> SpoolLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def make_companions(settings: Settings) -> list[Companion]:
@@ -78,24 +142,30 @@ class Service:
         self.clock = clock or SystemClock()
         self.counters = Counters()
         self.stop_event = threading.Event()
+        # Set by a stop request and by a watcher when a component thread ends: the
+        # main thread sleeps on it (and the heartbeat timer) instead of polling.
+        self._wake = threading.Event()
         self.spool: Spool | None = None
         self.bridge_thread: BridgeThread | None = None
         self.sampler_thread: SamplerThread | None = None
         self.bridge: Bridge | None = None
         self._metrics: Any = None
         self.recoveries = 0
+        self.heartbeat_file = heartbeat_path(settings.spool.path)
+        self._heartbeat_log = LogThrottle(HEARTBEAT_WARN_S)
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """Signal handler: begin a graceful shutdown."""
         if signum is not None:
             logger.info("received %s: shutting down", signal.Signals(signum).name)
         self.stop_event.set()
+        self._wake.set()
 
     def run(self) -> int:
         """Run until stopped; returns the exit code."""
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self.request_stop)
-            signal.signal(signal.SIGINT, self.request_stop)
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, self.request_stop)
         self.spool = open_spool(self.settings.spool, self.clock, integrity_check=True)
         logger.info(
             "mqttspool %s starting: device %s, spool %s (epoch %s, %d queued), broker %s",
@@ -108,16 +178,18 @@ class Service:
         )
         self._start_metrics()
         self._start_components()
+        code = EXIT_FAIL
         try:
-            self._supervise()
+            code = self._supervise()
         finally:
             left = self._stop_components()
-            self._heartbeat("stopped")
+            self._heartbeat("stopped" if code == EXIT_OK else "failed")
             self.spool.close()
             if self._metrics is not None:
                 self._metrics.stop()
-        logger.info("stopped cleanly; %d reading(s) left unacknowledged stay spooled", left)
-        return EXIT_OK
+        if code == EXIT_OK:
+            logger.info("stopped cleanly; %d reading(s) left unacknowledged stay spooled", left)
+        return code
 
     # ----------------------------------------------------------- internals
 
@@ -129,6 +201,17 @@ class Service:
         self.sampler_thread = SamplerThread(sampler)
         self.bridge_thread.start()
         self.sampler_thread.start()
+        for component in (self.bridge_thread, self.sampler_thread):
+            self._watch(component)
+
+    def _watch(self, component: BridgeThread | SamplerThread) -> None:
+        """Wake the main thread when ``component``'s thread ends (a join, not a poll)."""
+
+        def watch() -> None:
+            component.join()
+            self._wake.set()
+
+        threading.Thread(target=watch, name="mqttspool-watch", daemon=True).start()
 
     def _stop_components(self) -> int:
         if self.sampler_thread is not None:
@@ -141,21 +224,33 @@ class Service:
             left = self.bridge_thread.left_unacked
         return left
 
-    def _supervise(self) -> None:
+    def _supervise(self) -> int:
+        """Heartbeat and watch the components until a stop signal (0) or a fatal error (1)."""
         self._heartbeat("running")
         next_beat = time.monotonic() + HEARTBEAT_S
-        while not self.stop_event.wait(SUPERVISE_S):
-            errors = [
-                self.bridge_thread.error if self.bridge_thread else None,
-                self.sampler_thread.error if self.sampler_thread else None,
-            ]
-            if any(isinstance(e, SpoolCorruptError) for e in errors):
+        while True:
+            self._wake.wait(max(0.0, next_beat - time.monotonic()))
+            self._wake.clear()
+            if self.stop_event.is_set():
+                return EXIT_OK
+            error = self._component_error()
+            if isinstance(error, SpoolCorruptError):
                 self._recover_from_corruption()
-            elif errors[0] is not None:
-                raise errors[0]
+            elif error is not None:
+                _log_fatal(error)
+                return EXIT_FAIL
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + HEARTBEAT_S
                 self._heartbeat("running")
+
+    def _component_error(self) -> BaseException | None:
+        """The error that stopped the bridge or the sampler thread, if one did."""
+        for name, thread in (("bridge", self.bridge_thread), ("sampler", self.sampler_thread)):
+            if thread is not None and thread.error is not None:
+                return thread.error
+            if thread is not None and not thread.is_alive():
+                return RuntimeError(f"the {name} thread ended without reporting an error")
+        return None
 
     def _recover_from_corruption(self) -> None:
         assert self.spool is not None
@@ -175,17 +270,34 @@ class Service:
     def _heartbeat(self, state: str) -> None:
         if self.spool is None:
             return
-        doc = {
-            "state": state,
-            "pid": os.getpid(),
-            "wall_us": self.clock.wall_us(),
-            "threads": self._threads_alive(),
-            "connected": bool(self.bridge and self.bridge.connected),
-        }
+        now = time.monotonic()
+        sampler = self.sampler_thread
+        beat = Heartbeat(
+            state=state,
+            pid=os.getpid(),
+            wall_us=self.clock.wall_us(),
+            threads=self._threads_alive(),
+            connected=bool(self.bridge and self.bridge.connected),
+            sampler_idle_s=None if sampler is None else now - sampler.last_round_mono,
+            sampler_limit_s=None if sampler is None else _sampler_limit(sampler),
+            unacked_for_s=unacked_for(self.bridge, now),
+            unacked_limit_s=self._unacked_limit_s(),
+        )
         try:
-            self.spool.write_meta(HEARTBEAT_KEY, json.dumps(doc))
-        except Exception:  # a missed heartbeat must not stop the daemon
-            logger.warning("could not write the heartbeat to the spool", exc_info=True)
+            write_heartbeat(self.heartbeat_file, beat)
+        except OSError as exc:  # a missed heartbeat must not stop the daemon
+            failures = self._heartbeat_log.note()
+            if failures:
+                logger.warning(
+                    "cannot write the heartbeat %s (%d time(s) since the last message): %s",
+                    self.heartbeat_file,
+                    failures,
+                    exc,
+                )
+
+    def _unacked_limit_s(self) -> float:
+        ack_timeout = getattr(self.settings.bridge, "ack_timeout", None)
+        return UNACKED_DEFAULT_LIMIT_S if ack_timeout is None else 3.0 * float(ack_timeout)
 
     def _start_metrics(self) -> None:
         if not self.settings.metrics.enabled:
@@ -197,6 +309,28 @@ class Service:
 
     def _stats_source(self) -> Any:
         return self.spool.stats() if self.spool is not None else None
+
+
+def _log_fatal(error: BaseException) -> None:
+    if isinstance(error, SpoolError):
+        # e.g. the spool file was deleted or replaced under the daemon: writing on
+        # would lose every reading from now on, so stop loudly and let the
+        # supervisor (systemd, Docker) restart us on the file that is there now.
+        logger.error("spool %s can no longer be used (%s); stopping with exit 1", error.path, error)
+    else:
+        logger.error("stopping with exit 1 after an unexpected error: %r", error)
+
+
+def _sampler_limit(thread: SamplerThread) -> float:
+    return sampler_stuck_limit([sensor.interval for sensor in thread.sampler.sensors])
+
+
+def unacked_for(bridge: Bridge | None, now: float) -> float | None:
+    """Seconds the oldest in-flight message has waited for its PUBACK; None if none waits."""
+    # Bridge.unacked_since() comes with the bridge's ack timeout; older bridges lack it.
+    unacked_since = getattr(bridge, "unacked_since", None)
+    since = None if unacked_since is None else unacked_since()
+    return None if since is None else max(0.0, now - float(since))
 
 
 def _version() -> str:
@@ -251,24 +385,3 @@ def drain(settings: Settings, timeout: float | None, clock: Clock | None = None)
     finally:
         publisher.close()
         spool.close()
-
-
-# ----------------------------------------------------------------- health
-
-
-def check_health(settings: Settings, now_us: int | None = None) -> Health:
-    """Healthy while a daemon runs: heartbeat fresh, state running, threads alive.
-
-    The rules live in :func:`mqttspool.health.judge_heartbeat`, shared with
-    the fast path the CLI takes for ``mqttspool health``.
-    """
-    path = Path(settings.spool.path)
-    if classify_file(path) != "ours":
-        return Health(False, f"no mqttspool spool at {path}")
-    raw = _read_heartbeat(path)
-    now_us = now_us if now_us is not None else time.time_ns() // 1000
-    return judge_heartbeat(raw, now_us)
-
-
-def _read_heartbeat(path: Path) -> str | None:
-    return read_meta_if_ours(path, HEARTBEAT_KEY)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -15,8 +16,16 @@ from pydantic import BaseModel
 from mqttspool import health
 from mqttspool.cli import main
 from mqttspool.config import Settings, config_path_from, load_config
-from mqttspool.health import HEARTBEAT_KEY, fast_health
-from mqttspool.spool import open_spool
+from mqttspool.health import (
+    HEARTBEAT_BYTES,
+    Heartbeat,
+    check_health,
+    fast_health,
+    heartbeat_path,
+    read_heartbeat,
+    sampler_stuck_limit,
+    write_heartbeat,
+)
 
 
 def _leaves(model: type[BaseModel], prefix: str = "") -> set[str]:
@@ -34,18 +43,20 @@ def test_known_settings_match_the_model_tree() -> None:
     assert _leaves(Settings) == health.KNOWN_SETTINGS
 
 
-def _spool_with_heartbeat(path: Path, state: str = "running", age_s: float = 0.0) -> None:
-    settings = load_config(None, {"MQTTSPOOL_SPOOL__PATH": str(path)})
-    spool = open_spool(settings.spool)
-    doc = {
+def _beat(state: str = "running", age_s: float = 0.0, **extra: object) -> Heartbeat:
+    doc: dict[str, object] = {
         "state": state,
         "pid": 1,
         "wall_us": time.time_ns() // 1000 - int(age_s * 1e6),
         "threads": {"sampler": True, "bridge": True},
         "connected": True,
+        **extra,
     }
-    spool.write_meta(HEARTBEAT_KEY, json.dumps(doc))
-    spool.close()
+    return Heartbeat(**doc)  # type: ignore[arg-type]
+
+
+def _spool_with_heartbeat(path: Path, state: str = "running", age_s: float = 0.0) -> None:
+    write_heartbeat(heartbeat_path(path), _beat(state, age_s))
 
 
 CASES = [
@@ -134,7 +145,9 @@ def test_full_path_answers_match(
     db = tmp_path / "s.db"
     monkeypatch.setenv("MQTTSPOOL_SPOOL__PATH", str(db))
     assert main(["health"]) == 1
-    assert capsys.readouterr().out == f"unhealthy: no mqttspool spool at {db}\n"
+    assert capsys.readouterr().out == (
+        f"unhealthy: no heartbeat: no daemon has run with spool {db} ({db}.health)\n"
+    )
     _spool_with_heartbeat(db, state="stopped", age_s=3)
     assert main(["health"]) == 1
     assert capsys.readouterr().out == "unhealthy: daemon is stopped (since 3 s)\n"
@@ -159,3 +172,117 @@ def test_healthy_answer_imports_no_heavy_library(tmp_path: Path) -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     ).stdout
     assert out.splitlines()[-1] == "0 []"
+
+
+# ------------------------------------------------------------ the judgement
+
+
+def _judge(tmp_path: Path, beat: Heartbeat) -> str:
+    """Write ``beat`` as the daemon does and return health's answer line."""
+    spool = tmp_path / "s.db"
+    write_heartbeat(heartbeat_path(spool), beat)
+    health = check_health(str(spool))
+    return ("healthy: " if health.ok else "unhealthy: ") + health.reason
+
+
+@pytest.mark.parametrize(
+    ("extra", "answer"),
+    [
+        pytest.param({}, "healthy: running, heartbeat 0.0 s old, broker connected", id="plain"),
+        pytest.param(
+            {"sampler_idle_s": 29.0, "sampler_limit_s": 30.0},
+            "healthy: running, heartbeat 0.0 s old, broker connected",
+            id="sampler-within-limit",
+        ),
+        pytest.param(
+            {"sampler_idle_s": 31.0, "sampler_limit_s": 30.0},
+            "unhealthy: sampler stuck: no sampling round finished for 31 s (limit 30 s)",
+            id="sampler-stuck",
+        ),
+        pytest.param(
+            {"unacked_for_s": None, "unacked_limit_s": 90.0},
+            "healthy: running, heartbeat 0.0 s old, broker connected",
+            id="nothing-in-flight",
+        ),
+        pytest.param(
+            {"unacked_for_s": 89.0, "unacked_limit_s": 90.0},
+            "healthy: running, heartbeat 0.0 s old, broker connected",
+            id="window-within-limit",
+        ),
+        pytest.param(
+            {"unacked_for_s": 95.0, "unacked_limit_s": 90.0},
+            "unhealthy: bridge stalled: a message has been unacknowledged for 95 s (limit 90 s)",
+            id="window-stalled",
+        ),
+        pytest.param(
+            {"threads": {"sampler": True, "bridge": False}},
+            "unhealthy: thread(s) not running: bridge",
+            id="dead-thread",
+        ),
+    ],
+)
+def test_judgement_of_synthetic_heartbeats(
+    tmp_path: Path, extra: dict[str, Any], answer: str
+) -> None:
+    beat = _beat(**extra)
+    now_us = beat.wall_us
+    spool = tmp_path / "s.db"
+    write_heartbeat(heartbeat_path(spool), beat)
+    health = check_health(str(spool), now_us=now_us)
+    assert ("healthy: " if health.ok else "unhealthy: ") + health.reason == answer
+
+
+def test_stopped_stale_and_missing_heartbeats(tmp_path: Path) -> None:
+    assert _judge(tmp_path, _beat("stopped", age_s=3)) == "unhealthy: daemon is stopped (since 3 s)"
+    assert _judge(tmp_path, _beat(age_s=60)) == "unhealthy: heartbeat is stale (60 s old; PID 1)"
+    heartbeat_path(tmp_path / "s.db").write_text("{not json")
+    assert _judge_existing(tmp_path).startswith("unhealthy: cannot read the heartbeat ")
+    assert check_health(str(tmp_path / "none.db")).reason == (
+        f"no heartbeat: no daemon has run with spool {tmp_path / 'none.db'}"
+        f" ({tmp_path / 'none.db'}.health)"
+    )
+
+
+def _judge_existing(tmp_path: Path) -> str:
+    health = check_health(str(tmp_path / "s.db"))
+    return ("healthy: " if health.ok else "unhealthy: ") + health.reason
+
+
+def test_sampler_limit_is_a_few_of_the_shortest_intervals() -> None:
+    assert sampler_stuck_limit([1.0, 10.0]) == 30.0  # never below 30 s
+    assert sampler_stuck_limit([20.0, 60.0]) == 60.0
+    assert sampler_stuck_limit([3600.0]) == 180.0  # the sampler wakes at least once a minute
+
+
+def test_heartbeat_file_has_a_fixed_size_and_is_replaced(tmp_path: Path) -> None:
+    path = heartbeat_path(tmp_path / "s.db")
+    write_heartbeat(path, _beat())
+    inode = path.stat().st_ino
+    write_heartbeat(path, _beat("stopped"))
+    assert path.stat().st_size == HEARTBEAT_BYTES
+    assert path.stat().st_ino != inode  # a new file renamed over the old one
+    assert read_heartbeat(path).state == "stopped"
+    assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+def test_heartbeat_is_written_in_place_when_the_disk_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = heartbeat_path(tmp_path / "s.db")
+    write_heartbeat(path, _beat(age_s=10))
+    real_write_bytes = Path.write_bytes
+
+    def full_disk(self: Path, data: bytes) -> int:
+        if self.name.endswith(".tmp"):
+            real_write_bytes(self, b"")  # created, then no block for the data
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    fresh = _beat()
+    write_heartbeat(path, fresh)
+    assert read_heartbeat(path) == fresh
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    path.unlink()  # no file to overwrite: the error is the caller's (logged, rate-limited)
+    with pytest.raises(OSError, match="No space left"):
+        write_heartbeat(path, fresh)

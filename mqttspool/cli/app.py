@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mqttspool",
         description="Store-and-forward telemetry bridge: sensors -> SQLite spool -> MQTT.",
+        formatter_class=_one_line_help,
     )
     from mqttspool import __version__  # noqa: PLC0415 - importlib.metadata is slow to import
 
@@ -73,15 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
+    _add_spool_commands(add)
+    runtime.register(add)  # commands that talk to a broker, sensors or the daemon
+    return parser
+
+
+def _one_line_help(prog: str) -> argparse.HelpFormatter:
+    """Help column close to the command names, so each command's help fits on one line."""
+    return argparse.HelpFormatter(prog, max_help_position=18)
+
+
+def _add_spool_commands(add: Callable[[str, Handler, str], argparse.ArgumentParser]) -> None:
+    """Commands that only read or write the spool file."""
     p = add("enqueue", cmd_enqueue, "store JSON-lines readings from FILE or stdin")
     p.add_argument("file", nargs="?", default="-", help="input file, '-' for stdin (default)")
-
     p = add("status", cmd_status, "show the spool's depth, age, dead letters and drops")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-
     p = add("check-config", cmd_check_config, "validate and print the effective configuration")
     p.add_argument("--json", action="store_true", help="print JSON instead of TOML")
-
     p = add("dead-letters", cmd_dead_letters, "inspect and recover readings the broker rejected")
     dl = p.add_subparsers(dest="dl_action", metavar="ACTION", required=True)
     dl_list = dl.add_parser("list", help="list rejected readings")
@@ -93,14 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
         a = dl.add_parser(action, help=text)
         a.add_argument("--all", action="store_true", help="every dead letter")
         a.add_argument("seqs", nargs="*", type=int, metavar="SEQ")
-
-    _add_runtime_commands(add)
-    return parser
-
-
-def _add_runtime_commands(add: Callable[[str, Handler, str], argparse.ArgumentParser]) -> None:
-    """Commands that talk to a broker or to sensors (imported lazily to keep start-up fast)."""
-    runtime.register(add)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,17 +28,29 @@ Add = Callable[[str, Handler, str], argparse.ArgumentParser]
 
 def register(add: Add) -> None:
     """Add the runtime subcommands to the parser."""
-    add("run", cmd_run, "sample sensors and forward the spool to the broker until SIGTERM")
-    p = add("drain", cmd_drain, "publish the backlog and exit when the spool is empty")
+    add("run", exclusive(cmd_run), "sample sensors and forward the spool until SIGTERM")
+    p = add("drain", exclusive(cmd_drain), "publish the backlog and exit when the spool is empty")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S s")
     p = add("watch", cmd_watch, "subscribe and print readings, flagging duplicates and gaps")
     p.add_argument("--topic", default=None, metavar="T", help="filter (default: {prefix}/#)")
     p.add_argument("--json", action="store_true", help="one JSON object per reading")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S s")
-    add("health", cmd_health, "exit 0 while the daemon runs with a fresh heartbeat")
+    add("health", cmd_health, "exit 0 while the daemon runs and is healthy")
     from mqttspool.sensors import cli as sensors_cli  # noqa: PLC0415
 
     sensors_cli.register(add)
+
+
+def exclusive(handler: Handler) -> Handler:
+    """``handler`` run while holding the spool's single-instance lock (``run``, ``drain``)."""
+
+    def locked(args: argparse.Namespace, settings: Settings) -> int:
+        from mqttspool.service import SpoolLock  # noqa: PLC0415
+
+        with SpoolLock(settings.spool.path):
+            return handler(args, settings)
+
+    return locked
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -66,10 +78,10 @@ def cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
-    """``mqttspool health``: 0 healthy, 1 not."""
-    from mqttspool.service import check_health  # noqa: PLC0415
+    """``mqttspool health``: 0 healthy, 1 not (the rules: :mod:`mqttspool.health`)."""
+    from mqttspool.health import check_health  # noqa: PLC0415
 
-    health = check_health(settings)
+    health = check_health(settings.spool.path)
     print(("healthy: " if health.ok else "unhealthy: ") + health.reason)
     return 0 if health.ok else 1
 
