@@ -16,8 +16,9 @@ import pytest
 from daemon import Daemon, mqttspool_env, run_cli, wait_until
 
 from mqttspool import service as service_module
-from mqttspool.config import SensorConfig, Settings, load_config
+from mqttspool.config import Settings, load_config
 from mqttspool.health import check_health, heartbeat_path, read_heartbeat
+from mqttspool.sensor_config import SimulatedConfig
 from mqttspool.service import Service
 
 
@@ -31,7 +32,7 @@ def idle_settings(tmp_path: Path) -> Settings:
     cfg = load_config(None, environ={})
     cfg.spool.path = str(tmp_path / "spool.db")
     cfg.broker.host, cfg.broker.port = "127.0.0.1", unused_port()  # no broker: spool only
-    cfg.sensors = [SensorConfig(type="simulated", name="sim", interval=3600)]
+    cfg.sensors = [SimulatedConfig(name="sim", interval=3600)]
     return cfg
 
 
@@ -130,7 +131,9 @@ def test_heartbeat_carries_the_bridge_window_age_and_its_limit(
     wait_until(lambda: running_service.bridge is not None, 10, "the bridge")
     running_service.bridge = _FakeBridge(0.0)  # type: ignore[assignment]
     wait_until(
-        lambda: read_heartbeat(beat_file).unacked_for_s is not None, 10, "a heartbeat with it"
+        lambda: beat_file.exists() and read_heartbeat(beat_file).unacked_for_s is not None,
+        10,
+        "a heartbeat with it",
     )
     beat = read_heartbeat(beat_file)
     assert beat.unacked_for_s is not None and beat.unacked_for_s > 0
@@ -190,7 +193,7 @@ def test_health_keeps_working_while_the_disk_is_full(
 ) -> None:
     monkeypatch.setattr(service_module, "HEARTBEAT_S", 0.05)
     cfg = idle_settings(small_disk)
-    cfg.sensors = [SensorConfig(type="simulated", name="sim", interval=0.05)]
+    cfg.sensors = [SimulatedConfig(name="sim", interval=0.05)]
     spool = cfg.spool.path
     service = Service(cfg)
     runner = threading.Thread(target=service.run)

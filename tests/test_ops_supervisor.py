@@ -11,9 +11,10 @@ import pytest
 
 from mqttspool import service as service_module
 from mqttspool.bridge import Bridge
-from mqttspool.config import SensorConfig, load_config
+from mqttspool.config import load_config
 from mqttspool.errors import SpoolError
 from mqttspool.health import check_health, heartbeat_path, read_heartbeat
+from mqttspool.sensor_config import SimulatedConfig
 from mqttspool.service import Service
 
 
@@ -33,7 +34,7 @@ def test_a_spool_error_in_a_component_stops_run_with_exit_1_naming_the_file(
     cfg = load_config(None, environ={})
     cfg.spool.path = str(tmp_path / "spool.db")
     cfg.broker.host, cfg.broker.port = "127.0.0.1", unused_port()
-    cfg.sensors = [SensorConfig(type="simulated", name="sim", interval=0.05)]
+    cfg.sensors = [SimulatedConfig(name="sim", interval=0.05)]
     steps = {"n": 0}
     real_step = Bridge.step
 
