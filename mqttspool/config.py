@@ -40,8 +40,6 @@ from mqttspool.errors import ConfigError
 from mqttspool.sensor_config import SENSOR_TYPES, Name, SensorConfig, SimulatedConfig
 from mqttspool.validation import SECRET_MASK, Problem, is_secret, problems_from
 
-__all__ = ["SECRET_MASK", "SENSOR_TYPES", "SensorConfig"]  # re-exported for callers of config
-
 ENV_PREFIX = "MQTTSPOOL_"
 CONFIG_ENV = "MQTTSPOOL_CONFIG"
 
