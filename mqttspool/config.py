@@ -40,8 +40,6 @@ from mqttspool.errors import ConfigError
 from mqttspool.sensor_config import SENSOR_TYPES, Name, SensorConfig, SimulatedConfig
 from mqttspool.validation import SECRET_MASK, Problem, is_secret, problems_from
 
-__all__ = ["SECRET_MASK", "SENSOR_TYPES", "SensorConfig"]  # re-exported for callers of config
-
 ENV_PREFIX = "MQTTSPOOL_"
 CONFIG_ENV = "MQTTSPOOL_CONFIG"
 
@@ -51,7 +49,7 @@ MAX_AGE_S = 365 * DAY_S  # how old a queued reading may get: a year of outage is
 MIN_RATE = 1e-6  # one message per ~11.6 days; slower rates are typos (0 means unlimited)
 MAX_RATE = 1_000_000.0
 MAX_ROWS = 1_000_000_000
-MAX_FREE_BYTES = 1 << 40  # 1 TiB
+MAX_FREE_BYTES = 1 << 60  # 1 EiB: any real disk; keeps every size well inside SQLite int64
 MAX_TOPIC_PREFIX_BYTES = 1024
 PASSWORD_FILE_MAX_BYTES = 64 * 1024
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from mqttspool.config import (
-    SECRET_MASK,
     BridgeConfig,
     BrokerConfig,
     HomeAssistantConfig,
@@ -30,6 +29,7 @@ from mqttspool.config import (
 )
 from mqttspool.errors import ConfigError
 from mqttspool.sensor_config import BoschConfig, SimulatedConfig
+from mqttspool.validation import SECRET_MASK
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config" / "mqttspool.toml"

@@ -62,7 +62,7 @@ REJECTED = [
     ("spool.max_rows", "0", "greater than or equal to 1"),
     ("spool.max_rows", "1000000001", "less than or equal to 1000000000"),
     ("spool.min_free_bytes", "-1", "greater than or equal to 0"),
-    ("spool.min_free_bytes", str((1 << 40) + 1), f"less than or equal to {1 << 40}"),
+    ("spool.min_free_bytes", str((1 << 60) + 1), f"less than or equal to {1 << 60}"),
     ("bridge.max_inflight", "65536", "less than or equal to 65535"),
     # ports and the keepalive
     ("broker.port", "0", "greater than or equal to 1"),
@@ -141,7 +141,7 @@ ACCEPTED: dict[str, tuple[str, Any]] = {
     "MQTTSPOOL_BRIDGE__MAX_INFLIGHT": ("65535", 65535),
     "MQTTSPOOL_SPOOL__MAX_AGE": (str(365 * DAY), 365 * DAY),
     "MQTTSPOOL_SPOOL__MAX_ROWS": ("1000000000", 1_000_000_000),
-    "MQTTSPOOL_SPOOL__MIN_FREE_BYTES": (str(1 << 40), 1 << 40),
+    "MQTTSPOOL_SPOOL__MIN_FREE_BYTES": (str(1 << 60), 1 << 60),
     "MQTTSPOOL_BROKER__PORT": ("65535", 65535),
     "MQTTSPOOL_METRICS__PORT": ("1", 1),
     "MQTTSPOOL_TOPICS__PREFIX": ("site 1/büro/mqtt$", "site 1/büro/mqtt$"),
