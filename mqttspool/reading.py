@@ -170,18 +170,6 @@ class StoredReading:
     ts_us: int
     time_synced: bool
 
-    def to_reading(self) -> Reading:
-        """Rebuild the validated :class:`Reading` (without the seq)."""
-        return Reading(
-            device=self.device,
-            sensor=self.sensor,
-            metric=self.metric,
-            value=self.value,
-            unit=self.unit,
-            ts=from_us(self.ts_us),
-            time_synced=self.time_synced,
-        )
-
 
 def reading_id(device: str, epoch: str, seq: int) -> str:
     """The stable message id a consumer dedupes on."""

@@ -250,3 +250,19 @@ def test_input_lines_limit_counts_bytes_without_the_line_ending(
     assert [n for n, _ in got] == [n for n, _ in expected]
     for (_, text), (_, want) in zip(got, expected, strict=True):
         assert text == want or text.startswith(f"line {want}")
+
+
+def test_an_unreadable_input_is_an_error_naming_it(tmp_path: Path) -> None:
+    proc = enqueue(tmp_path, b"", str(tmp_path))
+    assert proc.returncode == 1
+    last = proc.stderr.splitlines()[-1]
+    assert last == f"mqttspool: error: cannot read {tmp_path}: Is a directory"
+
+
+def test_a_read_failing_midway_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    proc = enqueue(tmp_path, b"", "/proc/self/mem")  # reading offset 0 fails with EIO
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == (
+        "mqttspool: error: cannot read /proc/self/mem: Input/output error"
+    )
+    assert "Traceback" not in proc.stderr

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fakes.clock import FakeClock, FakeClockSync
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mqttspool import timekeeping
 from mqttspool.cli.app import main
@@ -23,7 +27,7 @@ from mqttspool.cli.enqueue import (
 from mqttspool.config import SpoolConfig
 from mqttspool.errors import SpoolError
 from mqttspool.reading import Reading, StoredReading
-from mqttspool.spool import open_spool
+from mqttspool.spool import Spool, open_spool
 from mqttspool.timekeeping import clock_is_synchronized
 
 NO_TS = b'{"sensor":"s","metric":"t","value":1}\n'
@@ -148,3 +152,59 @@ def test_a_failing_spool_stops_the_run_and_says_how_far_it_got(tmp_path: Path) -
     with pytest.raises(SpoolError, match="disk I/O error"):
         enqueue_lines(FailingSpool(), lines, parser, io.StringIO(), result)  # type: ignore[arg-type]
     assert (result.stored, result.rejected, result.last_line) == (0, 0, BATCH_LINES)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
+    | st.sampled_from(["9" * 400, "2026-11-26T00:40:00Z", "9999-12-31T23:59:59-01:00"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=10,
+)
+docs = st.fixed_dictionaries(
+    {"sensor": st.sampled_from(["s", "+", ""]) | st.text(max_size=4)},
+    optional={
+        "metric": st.sampled_from(["t", "a/b"]),
+        "value": json_values,
+        "ts": json_values,
+        "unit": json_values,
+        "device": json_values,
+        "time_synced": json_values,
+    },
+)
+lines = (
+    st.binary(max_size=80).map(lambda b: b.replace(b"\n", b""))
+    | docs.map(lambda d: json.dumps(d, allow_nan=True).encode())
+    | st.just(b"[" * 5000)
+)
+
+
+@pytest.fixture
+def shared_spool(tmp_path: Path) -> Iterator[Spool]:
+    """One spool for every example (creating one per example costs fsyncs)."""
+    config = SpoolConfig(path=str(tmp_path / "spool.db"), synchronous="normal")
+    spool = open_spool(config, clock=FakeClock())
+    yield spool
+    spool.close()
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(data=st.lists(lines, max_size=12))
+def test_every_line_is_stored_or_reported(shared_spool: Spool, data: list[bytes]) -> None:
+    """Whatever the bytes: no exception, and each non-blank line is counted exactly once."""
+    before = shared_spool.depth()
+    errors = io.StringIO()
+    parser = LineParser("edge-01", FakeClock(), FakeClockSync(False))
+    result = enqueue_lines(shared_spool, input_lines(io.BytesIO(b"\n".join(data))), parser, errors)
+    assert shared_spool.depth() - before == result.stored
+    non_blank = [n for n, line in enumerate(data, 1) if line.strip() not in (b"", b"\r")]
+    reported = [int(x.split(":")[0].removeprefix("line ")) for x in errors.getvalue().splitlines()]
+    assert result.stored + result.rejected == len(non_blank)
+    assert len(reported) == result.rejected and set(reported) <= set(non_blank)

@@ -8,7 +8,7 @@ import pytest
 from fakes.clock import FakeClockSync
 
 from mqttspool import timekeeping
-from mqttspool.timekeeping import SystemClockSync, adjtimex_state
+from mqttspool.timekeeping import SystemClockSync, adjtimex_state, clock_is_synchronized
 
 
 def test_adjtimex_reports_a_kernel_state() -> None:
@@ -44,3 +44,27 @@ def test_fake_clock_sync_flips() -> None:
     sync.synced = True
     assert sync.is_synchronized() is True
     assert sync.calls == 2
+
+
+@pytest.mark.parametrize(
+    ("marker_exists", "state", "synced"),
+    [(False, 5, False), (False, 0, True), (False, None, True), (True, 5, True)],
+)
+def test_the_one_rule_takes_its_sources_as_parameters(
+    tmp_path: Path, marker_exists: bool, state: int | None, synced: bool
+) -> None:
+    marker = tmp_path / "synchronized"
+    if marker_exists:
+        marker.touch()
+    assert clock_is_synchronized(marker, kernel_state=lambda: state) is synced
+
+
+def test_system_clock_sync_and_the_rule_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sampler's SystemClockSync and enqueue's default call read the same sources."""
+    monkeypatch.setattr(timekeeping, "SYNC_MARKER_PATH", tmp_path / "synchronized")
+    monkeypatch.setattr(timekeeping, "adjtimex_state", lambda: 5)
+    assert SystemClockSync().is_synchronized() is clock_is_synchronized() is False
+    (tmp_path / "synchronized").touch()
+    assert SystemClockSync().is_synchronized() is clock_is_synchronized() is True

@@ -193,3 +193,16 @@ def test_a_prefix_with_slashes_is_stripped_whole() -> None:
     assert classify_topic("plant/telemetry/edge-01/status", "plant/telemetry") is TopicKind.STATUS
     # Under the shorter prefix "plant", the same topic is device telemetry's reading.
     assert classify_topic("plant/telemetry/edge-01/status", "plant") is TopicKind.READING
+
+
+def test_text_summary_lists_each_epoch_with_its_devices(capsys: pytest.CaptureFixture[str]) -> None:
+    from mqttspool.cli.runtime import _print_summary  # noqa: PLC0415 - the CLI's printer
+
+    tracker = WatchTracker()
+    for seq, device in [(1, "edge-01"), (2, "edge-02"), (4, "edge-01"), (4, "edge-01")]:
+        tracker.observe(payload(seq, device))
+    _print_summary(tracker.summary(), as_json=False)
+    assert capsys.readouterr().err.splitlines() == [
+        "# summary: 4 received, 1 duplicate(s), 0 invalid",
+        "#   epoch aaaa0000 (edge-01, edge-02): 3 unique, seq 1..4, 1 missing [[3, 3]]",
+    ]

@@ -22,6 +22,7 @@ from mqttspool.health import fast_health
 from mqttspool.logsetup import setup_logging
 
 if TYPE_CHECKING:
+    from mqttspool.cli.enqueue import EnqueueResult
     from mqttspool.config import Settings
     from mqttspool.spool import Spool
 
@@ -155,17 +156,25 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         with enqueue.open_input(args.file) as stream:
             parser = enqueue.LineParser(settings.device.id, SystemClock(), SystemClockSync())
             enqueue.enqueue_lines(spool, enqueue.input_lines(stream), parser, sys.stderr, result)
+    except OSError as exc:  # a read failing midway: EIO, a vanished network mount
+        _report_early_stop(result)
+        raise MqttspoolError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
     except MqttspoolError:
-        print(
-            f"stopped after line {result.last_line}: stored {result.stored} reading(s),"
-            f" rejected {result.rejected} line(s); later lines were not read",
-            file=sys.stderr,
-        )
+        _report_early_stop(result)
         raise
     finally:
         spool.close()
     print(f"stored {result.stored} reading(s), rejected {result.rejected} line(s)", file=sys.stderr)
     return EXIT_OK if result.rejected == 0 else EXIT_FAIL
+
+
+def _report_early_stop(result: EnqueueResult) -> None:
+    if result.last_line:
+        print(
+            f"stopped after line {result.last_line}: stored {result.stored} reading(s),"
+            f" rejected {result.rejected} line(s); later lines were not read",
+            file=sys.stderr,
+        )
 
 
 # ------------------------------------------------------------------- status
