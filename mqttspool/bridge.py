@@ -45,6 +45,7 @@ ACK_FLUSH_S = 0.05
 IDLE_POLL_S = 0.25
 FAILURE_LOG_INTERVAL_S = 30.0
 PUBACK_FAILURE = 0x80
+MAX_DOUBLINGS = 64  # 2**64 × reconnect_min is beyond any sane reconnect_max
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,10 @@ class Backoff:
     def next_delay(self) -> float:
         """The delay before the next attempt; grows ×2 per failure up to ``high``."""
         cap = min(self.high, self.low * (2**self._attempt))
-        self._attempt += 1
+        # Stop doubling once the cap is reached: ``low * 2**attempt`` overflows a float
+        # after ~1025 failures, i.e. an outage of a few hours must not crash the bridge.
+        if cap < self.high and self._attempt < MAX_DOUBLINGS:
+            self._attempt += 1
         return self._rng.uniform(self.low, max(self.low, cap))
 
     def reset(self) -> None:
@@ -104,11 +108,16 @@ class Backoff:
 
 
 class TokenBucket:
-    """``rate`` tokens per second, bursts up to ``rate`` (0 = unlimited)."""
+    """``rate`` tokens per second, bursts up to ``max(rate, 1)`` (0 = unlimited).
+
+    The burst is at least one token: with a rate below 1/s a burst of ``rate``
+    would never hold the whole token a message needs.
+    """
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
-        self._tokens = rate
+        self.burst = max(1.0, rate)
+        self._tokens = self.burst
         self._at: float | None = None
 
     def take(self, wanted: int, now: float) -> int:
@@ -116,7 +125,7 @@ class TokenBucket:
         if self.rate <= 0:
             return wanted
         if self._at is not None:
-            self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
         granted = min(wanted, int(self._tokens))
         self._tokens -= granted

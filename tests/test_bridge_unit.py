@@ -483,3 +483,65 @@ def test_every_accepted_seq_is_delivered_dead_lettered_or_dropped(
     if not stats.dropped:
         assert unaccounted == set()
     spool.close()
+
+
+# ------------------------------------------------------------ rate, backoff
+
+
+def test_rate_below_one_per_second_publishes_at_that_rate(tmp_path: Path, clock: FakeClock) -> None:
+    bridge, pub, spool = make_bridge(tmp_path, clock, max_rate=0.2, max_inflight=100)
+    fill(spool, clock, 100)
+    connect(bridge, pub, 0.0)
+    t = 0.0
+    while t < 100.0:
+        pub.ack_all_data()
+        t = round(t + 0.25, 2)
+        bridge.step(t)
+    assert 19 <= len(pub.data()) <= 21  # 0.2/s × 100 s
+
+
+def test_high_rate_is_unchanged_by_the_minimum_burst(tmp_path: Path, clock: FakeClock) -> None:
+    bridge, pub, spool = make_bridge(tmp_path, clock, max_rate=1000, max_inflight=5000)
+    fill(spool, clock, 3000)
+    connect(bridge, pub, 0.0)
+    assert len(pub.data()) == 1000  # initial burst = one second's worth
+    pub.ack_all_data()
+    bridge.step(0.5)
+    pub.ack_all_data()
+    bridge.step(1.0)
+    assert len(pub.data()) == 2000
+
+
+def test_token_bucket_below_one_token_per_second() -> None:
+    bucket = TokenBucket(0.5)
+    assert bucket.take(10, 0.0) == 1  # burst of one whole token
+    assert bucket.take(10, 1.0) == 0
+    assert bucket.wait_for_one() == pytest.approx(1.0)
+    assert bucket.take(10, 2.0) == 1
+
+
+def test_backoff_survives_thousands_of_failures_with_float_minimum() -> None:
+    b = Backoff(0.5, 60.0, random.Random(3))
+    delays = [b.next_delay() for _ in range(5000)]
+    assert all(0.5 <= d <= 60.0 for d in delays)
+
+
+def test_a_month_of_outage_costs_nothing_but_disk(tmp_path: Path, clock: FakeClock) -> None:
+    bridge, pub, spool = make_bridge(tmp_path, clock, reconnect_min=0.5, reconnect_max=120.0)
+    month = 30 * 86400.0
+    now, attempts, stored, next_round = 0.0, 0, 0, 0.0
+    gaps: list[float] = []
+    while now < month:
+        if now >= next_round:  # the sampler keeps storing: one round per simulated hour
+            stored += len(fill(spool, clock, 1))
+            next_round += 3600.0
+        bridge.step(now)
+        attempts += 1
+        pub.pending.append(ConnectFailed(pub.generation, "connection refused"))
+        bridge.step(now)
+        gaps.append(bridge.next_attempt - now)
+        now = bridge.next_attempt
+    assert attempts > 1025 * 10
+    assert all(0.5 <= g <= 120.0 for g in gaps)
+    assert spool.depth() == stored == 720
+    assert pub.sent == []
