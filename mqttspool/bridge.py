@@ -25,14 +25,17 @@ from typing import Protocol
 from mqttspool.config import Settings
 from mqttspool.counters import BROKER_CONNECTED, MESSAGES_PUBLISHED, Counters
 from mqttspool.errors import SpoolCorruptError, SpoolError
+from mqttspool.logthrottle import LogThrottle
 from mqttspool.mqtt import (
     Acked,
     Connected,
     ConnectFailed,
     Disconnected,
     Event,
+    FailureKind,
     Publisher,
     Will,
+    client_id_for,
 )
 from mqttspool.reading import StoredReading, render_payload, render_topic
 from mqttspool.spool import Rejection, Spool, read_stats_json
@@ -182,10 +185,9 @@ class Bridge:
         self._rejected: list[Rejection] = []
         self._first_pending_at: float | None = None
         self._next_snapshot = 0.0
-        self._last_failure_log = -1e18
-        self._failures_unlogged = 0
-        self._last_failure = ""
-        self._last_settle_log = -1e18
+        self._now = 0.0  # the time of the current step, for the log throttle
+        # One line per kind of trouble per interval, carrying how often it happened.
+        self._log_throttle = LogThrottle(FAILURE_LOG_INTERVAL_S, clock=lambda: self._now)
         self._ack_batch = max(32, min(256, self.cfg.max_inflight // 2))
 
     # ------------------------------------------------------------- queries
@@ -209,6 +211,7 @@ class Bridge:
 
     def step(self, now: float) -> float:
         """Do one round of work; returns how long the caller may wait before the next."""
+        self._now = now
         for event in self.publisher.events():
             self._handle(event, now)
         if self.conn is None:
@@ -217,7 +220,9 @@ class Bridge:
             return max(0.0, self.next_attempt - now) if self.conn is None else IDLE_POLL_S
         if not self.conn.connected:
             if now - self.conn.started > _attempt_timeout(self.settings):
-                self._attempt_failed(now, "no CONNACK within the connect timeout")
+                self._attempt_failed(
+                    now, FailureKind.TIMEOUT, "no CONNACK within the connect timeout"
+                )
             return IDLE_POLL_S
         self._maybe_settle(now)
         if now >= self._next_snapshot:
@@ -244,12 +249,13 @@ class Bridge:
         elif isinstance(event, Connected):
             self._on_connected(conn, event, now)
         elif isinstance(event, ConnectFailed):
-            self._attempt_failed(now, event.reason)
+            self._attempt_failed(now, event.kind, event.reason)
         elif isinstance(event, Disconnected):
             if conn.connected:
                 self._on_disconnected(event, now)
             else:
-                self._attempt_failed(now, f"connection closed before CONNACK ({event.reason})")
+                reason = f"connection closed before CONNACK ({event.reason})"
+                self._attempt_failed(now, event.kind, reason)
 
     def _on_ack(self, conn: _Connection, event: Acked, now: float) -> None:
         seq = conn.inflight.pop(event.mid, None)
@@ -271,17 +277,7 @@ class Bridge:
         self.spool.release_leases()
         self.drained = False
         self.counters.set(BROKER_CONNECTED, 1)
-        limit = "" if receive_max is None else f", broker Receive Maximum {receive_max}"
-        logger.info(
-            "connected to broker %s (MQTT %s); window %d (bridge.max_inflight %d%s)",
-            self.publisher.broker,
-            self.settings.broker.protocol,
-            conn.window,
-            self.cfg.max_inflight,
-            limit,
-        )
-        if self._failures_unlogged:
-            self._failures_unlogged = 0
+        self._log_connected(conn, receive_max)
         self._send_control(OutMessage(status_topic(self.prefix, self.device), b"online"))
         for companion in self.companions:
             for msg in companion.on_connect():
@@ -290,19 +286,12 @@ class Bridge:
 
     def _on_disconnected(self, event: Disconnected, now: float) -> None:
         self._settle()
-        lost = self.inflight
-        logger.warning(
-            "lost connection to broker %s: %s; %d reading(s) in flight stay spooled and will be"
-            " resent",
-            self.publisher.broker,
-            event.reason,
-            lost,
-        )
+        self._log_disconnect(event.kind, event.reason)
         self._drop_connection(now, self.backoff.next_delay())
 
-    def _attempt_failed(self, now: float, reason: str) -> None:
+    def _attempt_failed(self, now: float, kind: FailureKind, reason: str) -> None:
         delay = self.backoff.next_delay()
-        self._log_failure(now, reason, delay)
+        self._log_failure(kind, reason, delay)
         self._drop_connection(now, delay)
 
     def _drop_connection(self, now: float, delay: float) -> None:
@@ -312,23 +301,67 @@ class Bridge:
         self.counters.set(BROKER_CONNECTED, 0)
         self.next_attempt = now + delay
 
-    def _log_failure(self, now: float, reason: str, delay: float) -> None:
-        self._failures_unlogged += 1
-        kind = _failure_kind(reason)
-        if kind == self._last_failure and now - self._last_failure_log < FAILURE_LOG_INTERVAL_S:
+    # ----------------------------------------------------------------- log
+
+    def _log_connected(self, conn: _Connection, receive_max: int | None) -> None:
+        count = self._log_throttle.note("connected")
+        if not count:
+            return  # a flapping link: the disconnect lines carry the counts
+        limit = "" if receive_max is None else f", broker Receive Maximum {receive_max}"
+        logger.info(
+            "connected to broker %s (MQTT %s); window %d (bridge.max_inflight %d%s)%s",
+            self.publisher.broker,
+            self.settings.broker.protocol,
+            conn.window,
+            self.cfg.max_inflight,
+            limit,
+            _times(count, "connects"),
+        )
+
+    def _log_failure(self, kind: FailureKind, reason: str, delay: float) -> None:
+        count = self._log_throttle.note(("unreachable", kind))
+        if not count:
             return
-        depth = self.spool.depth()
-        extra = f" ({self._failures_unlogged} attempts)" if self._failures_unlogged > 1 else ""
-        logger.warning(
-            "broker %s unreachable: %s%s; %d reading(s) spooled; retrying in %.1f s",
+        logger.log(
+            logging.ERROR if kind.configuration else logging.WARNING,
+            "broker %s unreachable: %s%s; %d reading(s) spooled; retrying in %.1f s%s",
             self.publisher.broker,
             reason,
-            extra,
-            depth,
+            _times(count, "attempts"),
+            self.spool.depth(),
             delay,
+            _hint(kind),
         )
-        self._last_failure, self._last_failure_log = kind, now
-        self._failures_unlogged = 0
+
+    def _log_disconnect(self, kind: FailureKind, reason: str) -> None:
+        count = self._log_throttle.note(("lost", kind))
+        if not count:
+            return
+        if kind is FailureKind.SESSION_TAKEN_OVER:
+            self._log_session_taken_over(reason, count)
+            return
+        logger.log(
+            logging.ERROR if kind.configuration else logging.WARNING,
+            "lost connection to broker %s: %s%s; %d reading(s) in flight stay spooled and will"
+            " be resent%s",
+            self.publisher.broker,
+            reason,
+            _times(count, "disconnects"),
+            self.inflight,
+            _hint(kind),
+        )
+
+    def _log_session_taken_over(self, reason: str, count: int) -> None:
+        logger.error(
+            "broker %s took the session of client id %r over (%s)%s: another client connected"
+            " with the same client id, e.g. a second device left on the same device.id or a"
+            " second mqttspool on this spool. Give every device its own broker.client_id (or"
+            " device.id); until then the two keep disconnecting each other",
+            self.publisher.broker,
+            client_id_for(self.settings.broker, self.device),
+            reason,
+            _times(count, "times"),
+        )
 
     def _start_attempt(self, now: float) -> None:
         gen = self.publisher.connect()
@@ -361,7 +394,8 @@ class Bridge:
             mid = self.publisher.publish(topic, render_payload(row, epoch, replay), 1, False)
             if mid is None:
                 # paho lost the connection under us: stop now, resend after reconnect.
-                self._on_disconnected(Disconnected(conn.generation, "publish refused"), now)
+                lost = Disconnected(conn.generation, FailureKind.NETWORK, "publish refused")
+                self._on_disconnected(lost, now)
                 return
             conn.inflight[mid] = row.seq
             for companion in self.companions:
@@ -423,13 +457,13 @@ class Bridge:
         self.counters.inc(MESSAGES_PUBLISHED, n=len(acked))
 
     def _log_settle_failure(self, exc: SpoolError) -> None:
-        now = time.monotonic()
-        if now - self._last_settle_log >= FAILURE_LOG_INTERVAL_S:
-            self._last_settle_log = now
+        count = self._log_throttle.note("settle")
+        if count:
             logger.error(
-                "cannot delete %d acknowledged reading(s): %s; publishing pauses until it works",
+                "cannot delete %d acknowledged reading(s): %s%s; publishing pauses until it works",
                 len(self._acked) + len(self._rejected),
                 exc,
+                _times(count, "attempts"),
             )
 
     # ------------------------------------------------------------ shutdown
@@ -473,17 +507,13 @@ class Bridge:
                     self.conn.control_mids.discard(event.mid)
 
 
-def _failure_kind(reason: str) -> str:
-    """Group failure texts so the log is rate-limited per kind, not per wording.
+def _times(count: int, what: str) -> str:
+    """`` (N what)`` for a throttled log line that stands for ``count`` events."""
+    return f" ({count} {what})" if count > 1 else ""
 
-    A refused TCP connect shows up as "Connection reset by peer" or "connection
-    closed before CONNACK" depending on timing; both are the same outage.
-    """
-    if reason.startswith("connection refused:"):
-        return reason  # the broker said why (bad password, not authorized...)
-    if reason.startswith("TLS"):
-        return "tls"
-    return "network"
+
+def _hint(kind: FailureKind) -> str:
+    return f"; {kind.hint}" if kind.hint else ""
 
 
 def _attempt_timeout(settings: Settings) -> float:

@@ -5,86 +5,23 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import random
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fakes.clock import FakeClock
+from fakes.publisher import FakePublisher
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mqttspool.bridge import Backoff, Bridge, TokenBucket
 from mqttspool.config import Settings, load_config
-from mqttspool.mqtt import Acked, Connected, ConnectFailed, Disconnected, Event
+from mqttspool.mqtt import Acked, FailureKind
 from mqttspool.reading import Reading, from_us
 from mqttspool.spool import Spool, open_spool
-
-
-@dataclass
-class Sent:
-    mid: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-
-    def doc(self) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(self.payload)
-        return result
-
-
-@dataclass
-class FakePublisher:
-    """Records what the bridge does; the test decides what the broker answers."""
-
-    generation: int = 0
-    sent: list[Sent] = field(default_factory=list)
-    pending: list[Event] = field(default_factory=list)
-    connected: bool = False
-    closes: int = 0
-    next_mid: int = 0
-    refuse_publish: bool = False
-
-    @property
-    def broker(self) -> str:
-        return "fake:1883"
-
-    def connect(self) -> int:
-        self.generation += 1
-        return self.generation
-
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> int | None:
-        if self.refuse_publish:
-            return None
-        self.next_mid += 1
-        self.sent.append(Sent(self.next_mid, topic, payload, qos, retain))
-        return self.next_mid
-
-    def events(self) -> list[Event]:
-        out, self.pending = self.pending, []
-        return out
-
-    def wait(self, timeout: float) -> None:
-        return None
-
-    def close(self) -> None:
-        self.closes += 1
-
-    # -- test helpers --
-
-    def accept(self, receive_maximum: int | None = 65535) -> None:
-        self.pending.append(Connected(self.generation, receive_maximum))
-
-    def data(self) -> list[Sent]:
-        return [s for s in self.sent if s.payload.startswith(b'{"id"')]
-
-    def ack(self, mids: list[int], code: int = 0, reason: str = "Success") -> None:
-        self.pending.extend(Acked(self.generation, m, code, reason) for m in mids)
-
-    def ack_all_data(self, code: int = 0) -> None:
-        self.ack([s.mid for s in self.data()], code)
 
 
 def make_settings(tmp_path: Path, **bridge: Any) -> Settings:
@@ -221,7 +158,7 @@ def test_disconnect_resends_unacked_from_oldest_with_backoff(
     connect(bridge, pub, 0.0)
     first = pub.data()
     pub.ack([first[0].mid, first[1].mid])
-    pub.pending.append(Disconnected(pub.generation, "Unspecified error", 128))
+    pub.drop(FailureKind.NETWORK, "Unspecified error", 128)
     bridge.step(0.01)
     assert not bridge.connected
     assert pub.closes == 1
@@ -241,7 +178,7 @@ def test_stale_events_of_an_old_connection_are_ignored(tmp_path: Path, clock: Fa
     connect(bridge, pub, 0.0)
     old_gen = pub.generation
     old_mids = [s.mid for s in pub.data()]
-    pub.pending.append(Disconnected(old_gen, "cut", 128))
+    pub.drop()
     bridge.step(0.0)
     connect(bridge, pub, bridge.next_attempt)
     pub.pending.extend(Acked(old_gen, m, 0, "Success") for m in old_mids)
@@ -267,7 +204,7 @@ def test_connect_failures_back_off_and_keep_rows(tmp_path: Path, clock: FakeCloc
     for _ in range(6):
         bridge.step(now)
         attempts.append(now)
-        pub.pending.append(ConnectFailed(pub.generation, "connection refused"))
+        pub.fail(FailureKind.NETWORK, "connection refused")
         bridge.step(now)
         now = bridge.next_attempt
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
@@ -463,7 +400,7 @@ def test_every_accepted_seq_is_delivered_dead_lettered_or_dropped(
                 acked.add(by_mid[mid])
             pub.ack([mid], arg, "reason")
         elif op == "cut" and bridge.connected:
-            pub.pending.append(Disconnected(pub.generation, "cut", 128))
+            pub.drop()
         pump()
     for _ in range(200):  # drain everything, acknowledging with success
         if bridge.conn is not None:
@@ -537,7 +474,7 @@ def test_a_month_of_outage_costs_nothing_but_disk(tmp_path: Path, clock: FakeClo
             next_round += 3600.0
         bridge.step(now)
         attempts += 1
-        pub.pending.append(ConnectFailed(pub.generation, "connection refused"))
+        pub.fail(FailureKind.NETWORK, "connection refused")
         bridge.step(now)
         gaps.append(bridge.next_attempt - now)
         now = bridge.next_attempt
@@ -545,3 +482,94 @@ def test_a_month_of_outage_costs_nothing_but_disk(tmp_path: Path, clock: FakeClo
     assert all(0.5 <= g <= 120.0 for g in gaps)
     assert spool.depth() == stored == 720
     assert pub.sent == []
+
+
+# --------------------------------------------------- failure kinds, log throttle
+
+
+def bridge_lines(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "mqttspool.bridge" and text in r.getMessage()]
+
+
+def test_flapping_link_logs_a_bounded_number_of_lines_carrying_counts(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    bridge, pub, spool = make_bridge(tmp_path, clock, reconnect_min=0.1, reconnect_max=0.5)
+    fill(spool, clock, 3)
+    now = 0.0
+    with caplog.at_level(logging.INFO, logger="mqttspool.bridge"):
+        for _ in range(100):
+            connect(bridge, pub, now)
+            pub.drop(FailureKind.NETWORK, "Unspecified error", 0x80)
+            bridge.step(now + 0.05)
+            now = bridge.next_attempt
+    assert now < 60.0  # 100 flaps within a minute
+    lost = bridge_lines(caplog, "lost connection to broker fake:1883")
+    connected = bridge_lines(caplog, "connected to broker fake:1883")
+    assert 1 <= len(lost) <= 3 and 1 <= len(connected) <= 3
+    counts = [
+        int(m.group(1)) if (m := re.search(r"\((\d+) disconnects\)", r.getMessage())) else 1
+        for r in lost
+    ]
+    assert counts[0] == 1 and all(c > 1 for c in counts[1:])
+    assert sum(counts) + bridge._log_throttle.flush(("lost", FailureKind.NETWORK)) == 100
+
+
+def test_connect_failures_are_throttled_per_kind(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    bridge, pub, _ = make_bridge(tmp_path, clock, reconnect_min=0.1, reconnect_max=0.2)
+    now = 0.0
+    with caplog.at_level(logging.INFO, logger="mqttspool.bridge"):
+        i = 0
+        while now < 31.0:  # just past one throttle interval
+            i += 1
+            bridge.step(now)
+            if i % 2:
+                pub.fail(FailureKind.NETWORK, "connection refused")
+            else:
+                pub.fail(FailureKind.TIMEOUT, "connection timed out")
+            bridge.step(now)
+            now = bridge.next_attempt
+    lines = [r.getMessage() for r in bridge_lines(caplog, "unreachable")]
+    assert i > 100
+    assert [line.split(": ")[1].split(";")[0] for line in lines[:2]] == [
+        "connection refused",
+        "connection timed out",
+    ]
+    assert len(lines) == 4  # two kinds, one line each per 30 s
+    assert all(re.search(r" \(\d+ attempts\);", line) for line in lines[2:])
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason", "level", "hint"),
+    [
+        (FailureKind.NOT_AUTHORIZED, "connection refused: Not authorized", "ERROR", "username"),
+        (FailureKind.TLS, "TLS certificate check failed", "ERROR", "broker.tls"),
+        (FailureKind.NETWORK, "connection refused", "WARNING", None),
+        (FailureKind.REFUSED, "connection refused: Server busy", "WARNING", None),
+    ],
+)
+def test_every_failure_kind_is_retried_configuration_ones_logged_as_errors(
+    tmp_path: Path,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    kind: FailureKind,
+    reason: str,
+    level: str,
+    hint: str | None,
+) -> None:
+    bridge, pub, spool = make_bridge(tmp_path, clock, reconnect_min=1.0, reconnect_max=4.0)
+    fill(spool, clock, 2)
+    with caplog.at_level(logging.INFO, logger="mqttspool.bridge"):
+        bridge.step(0.0)
+        pub.fail(kind, reason, 0x87 if kind is FailureKind.NOT_AUTHORIZED else None)
+        bridge.step(0.0)
+    (line,) = bridge_lines(caplog, "unreachable")
+    assert line.levelname == level
+    assert f"broker fake:1883 unreachable: {reason}; 2 reading(s) spooled" in line.getMessage()
+    if hint:
+        assert hint in line.getMessage()
+    assert bridge.conn is None and 1.0 <= bridge.next_attempt <= 4.0
+    bridge.step(bridge.next_attempt)
+    assert pub.generation == 2  # retried, never fatal
