@@ -68,8 +68,8 @@ class FakePublisher:
         return self.generation
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> int | None:
-        """Record the message; in ``auto`` mode PUBACK it."""
-        if self.refuse_publish:
+        """Record the message (None when not connected); in ``auto`` mode PUBACK it."""
+        if self.refuse_publish or not self._open:
             return None
         self.next_mid += 1
         self.sent.append(Sent(self.next_mid, topic, payload, qos, retain))
