@@ -18,6 +18,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -147,8 +148,11 @@ class _Connection:
     started: float
     connected: bool = False
     window: int = 0
-    inflight: dict[int, int] = field(default_factory=dict)  # mid -> seq
-    control_mids: set[int] = field(default_factory=set)
+    inflight: dict[int, int] = field(default_factory=dict)  # mid -> seq, readings only
+    # mid -> when it was published, for EVERY unacknowledged QoS 1 message (readings and
+    # control messages): the broker's Receive Maximum counts them all. Insertion order is
+    # publish order, so the first entry is the oldest unacknowledged message.
+    sent_at: dict[int, float] = field(default_factory=dict)
 
 
 class Bridge:
@@ -176,6 +180,8 @@ class Bridge:
         self.backoff = Backoff(self.cfg.reconnect_min, self.cfg.reconnect_max, rng)
         self.bucket = TokenBucket(self.cfg.max_rate)
         self.conn: _Connection | None = None
+        # Control messages (status, snapshot, Home Assistant) waiting for window space.
+        self._outbox: deque[OutMessage] = deque()
         self.next_attempt = 0.0
         self.stopping = False
         self.drained = False  # last lease found nothing and nothing is in flight
@@ -204,8 +210,15 @@ class Bridge:
 
     @property
     def unsettled(self) -> int:
-        """Readings in flight plus acknowledged ones not yet deleted (the window's load)."""
+        """Readings in flight plus acknowledged ones not yet deleted."""
         return self.inflight + len(self._acked) + len(self._rejected)
+
+    @property
+    def window_load(self) -> int:
+        """What counts against the window: every unacknowledged QoS 1 message (readings
+        and control messages) plus readings acknowledged but not yet deleted."""
+        in_flight = 0 if self.conn is None else len(self.conn.sent_at)
+        return in_flight + len(self._acked) + len(self._rejected)
 
     # ---------------------------------------------------------------- step
 
@@ -258,10 +271,10 @@ class Bridge:
                 self._attempt_failed(now, event.kind, reason)
 
     def _on_ack(self, conn: _Connection, event: Acked, now: float) -> None:
+        conn.sent_at.pop(event.mid, None)
         seq = conn.inflight.pop(event.mid, None)
         if seq is None:
-            conn.control_mids.discard(event.mid)
-            return
+            return  # a control message
         if self._first_pending_at is None:
             self._first_pending_at = now
         if event.reason_code < PUBACK_FAILURE:
@@ -278,11 +291,15 @@ class Bridge:
         self.drained = False
         self.counters.set(BROKER_CONNECTED, 1)
         self._log_connected(conn, receive_max)
+        # Connect messages go first; whatever the last connection left unsent follows.
+        left_over = list(self._outbox)
+        self._outbox.clear()
         self._send_control(OutMessage(status_topic(self.prefix, self.device), b"online"))
         for companion in self.companions:
             for msg in companion.on_connect():
                 self._send_control(msg)
         self._publish_snapshot(now)
+        self._outbox.extend(left_over)
 
     def _on_disconnected(self, event: Disconnected, now: float) -> None:
         self._settle()
@@ -372,7 +389,9 @@ class Bridge:
     def _fill_window(self, now: float) -> None:
         conn = self.conn
         assert conn is not None
-        room = conn.window - self.unsettled
+        if not self._flush_outbox(conn, now):
+            return  # control messages first; readings wait for the window
+        room = conn.window - self.window_load
         if room <= 0:
             return
         room = self.bucket.take(room, now)
@@ -380,7 +399,7 @@ class Bridge:
             return
         rows = self.spool.lease(room, live_first=self.cfg.live_first)
         if not rows:
-            if not conn.inflight and not self._acked and not self._rejected:
+            if not conn.sent_at and not self._acked and not self._rejected:
                 self.drained = True
                 self.spool.release_leases()  # pick up rows requeued behind the cursor
             return
@@ -393,19 +412,37 @@ class Bridge:
             topic = render_topic(self.prefix, row.device, row.sensor, row.metric)
             mid = self.publisher.publish(topic, render_payload(row, epoch, replay), 1, False)
             if mid is None:
-                # paho lost the connection under us: stop now, resend after reconnect.
-                lost = Disconnected(conn.generation, FailureKind.NETWORK, "publish refused")
-                self._on_disconnected(lost, now)
+                self._publish_refused(conn, now)
                 return
             conn.inflight[mid] = row.seq
+            conn.sent_at[mid] = now
             for companion in self.companions:
                 for msg in companion.on_reading(row, replay):
                     self._send_control(msg)
 
+    def _publish_refused(self, conn: _Connection, now: float) -> None:
+        # paho lost the connection under us: stop now, resend after reconnect.
+        lost = Disconnected(conn.generation, FailureKind.NETWORK, "publish refused")
+        self._on_disconnected(lost, now)
+
     def _send_control(self, msg: OutMessage) -> None:
-        mid = self.publisher.publish(msg.topic, msg.payload, msg.qos, msg.retain)
-        if mid is not None and self.conn is not None and msg.qos > 0:
-            self.conn.control_mids.add(mid)
+        """Queue a control message; it goes out when the window has room for it."""
+        self._outbox.append(msg)
+
+    def _flush_outbox(self, conn: _Connection, now: float) -> bool:
+        """Publish queued control messages while the window has room; True when all went."""
+        while self._outbox:
+            msg = self._outbox[0]
+            if msg.qos > 0 and self.window_load >= conn.window:
+                return False
+            mid = self.publisher.publish(msg.topic, msg.payload, msg.qos, msg.retain)
+            if mid is None:
+                self._publish_refused(conn, now)
+                return False
+            self._outbox.popleft()
+            if msg.qos > 0:
+                conn.sent_at[mid] = now
+        return True
 
     def _publish_snapshot(self, now: float) -> None:
         self._next_snapshot = now + SNAPSHOT_INTERVAL_S
@@ -432,7 +469,7 @@ class Bridge:
         # cost a transaction per PUBACK: wait for a quarter of the window.
         window_full = (
             conn is not None
-            and self.unsettled >= conn.window
+            and self.window_load >= conn.window
             and pending >= max(1, min(self._ack_batch, conn.window // 4))
         )
         due = self._first_pending_at is not None and now - self._first_pending_at >= ACK_FLUSH_S
@@ -494,17 +531,22 @@ class Bridge:
     def _say_offline(
         self, deadline: float, now: Callable[[], float], wait: Callable[[float], None]
     ) -> None:
+        conn = self.conn
+        if conn is None or self.window_load >= conn.window:
+            # A strict broker would disconnect us for exceeding its Receive Maximum.
+            logger.warning("window still full at shutdown: not publishing 'offline'")
+            return
         topic = status_topic(self.prefix, self.device)
         mid = self.publisher.publish(topic, b"offline", 1, True)
-        if mid is None or self.conn is None:
+        if mid is None:
             return
-        self.conn.control_mids.add(mid)
+        conn.sent_at[mid] = now()
         end = max(deadline, now() + 1.0)
-        while mid in self.conn.control_mids and now() < end:
+        while mid in conn.sent_at and now() < end:
             wait(ACK_FLUSH_S)
             for event in self.publisher.events():
                 if isinstance(event, Acked):
-                    self.conn.control_mids.discard(event.mid)
+                    conn.sent_at.pop(event.mid, None)
 
 
 def _times(count: int, what: str) -> str:

@@ -122,6 +122,14 @@ class FakePublisher:
         """PUBACK ``mids`` with ``code``."""
         self.pending.extend(Acked(self.generation, m, code, reason) for m in mids)
 
+    def control(self) -> list[Sent]:
+        """Everything sent that is not a reading (status, snapshot, Home Assistant)."""
+        return [s for s in self.sent if not s.payload.startswith(b'{"id"')]
+
+    def ack_control(self) -> None:
+        """PUBACK every control message sent so far (the bridge ignores repeats)."""
+        self.ack([s.mid for s in self.control() if s.qos > 0])
+
     def ack_all_data(self, code: int = 0) -> None:
         """PUBACK every reading sent so far."""
         self.ack([s.mid for s in self.data()], code)
