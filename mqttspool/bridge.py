@@ -192,6 +192,7 @@ class Bridge:
         self._first_pending_at: float | None = None
         self._next_snapshot = 0.0
         self._now = 0.0  # the time of the current step, for the log throttle
+        self._unacked_since: float | None = None
         # One line per kind of trouble per interval, carrying how often it happened.
         self._log_throttle = LogThrottle(FAILURE_LOG_INTERVAL_S, clock=lambda: self._now)
         self._ack_batch = max(32, min(256, self.cfg.max_inflight // 2))
@@ -222,9 +223,21 @@ class Bridge:
 
     # ---------------------------------------------------------------- step
 
+    def unacked_since(self) -> float | None:
+        """When the oldest unacknowledged QoS 1 message was published (the ``now`` given
+        to :meth:`step`, i.e. ``time.monotonic()`` in the daemon); None when nothing is
+        in flight. Safe to call from another thread (e.g. the heartbeat)."""
+        return self._unacked_since
+
     def step(self, now: float) -> float:
         """Do one round of work; returns how long the caller may wait before the next."""
         self._now = now
+        delay = self._step(now)
+        conn = self.conn
+        self._unacked_since = next(iter(conn.sent_at.values()), None) if conn else None
+        return delay
+
+    def _step(self, now: float) -> float:
         for event in self.publisher.events():
             self._handle(event, now)
         if self.conn is None:
@@ -236,6 +249,8 @@ class Bridge:
                 self._attempt_failed(
                     now, FailureKind.TIMEOUT, "no CONNACK within the connect timeout"
                 )
+            return IDLE_POLL_S
+        if self._ack_overdue(self.conn, now):
             return IDLE_POLL_S
         self._maybe_settle(now)
         if now >= self._next_snapshot:
@@ -305,6 +320,29 @@ class Bridge:
         self._settle()
         self._log_disconnect(event.kind, event.reason)
         self._drop_connection(now, self.backoff.next_delay())
+
+    def _ack_overdue(self, conn: _Connection, now: float) -> bool:
+        """A broker that stops acknowledging must not stall the bridge silently:
+        after ``bridge.ack_timeout`` drop the connection and resend after reconnecting."""
+        oldest = next(iter(conn.sent_at.values()), None)
+        if oldest is None or now - oldest <= self.cfg.ack_timeout:
+            return False
+        self._settle()
+        count = self._log_throttle.note("ack_timeout")
+        if count:
+            logger.warning(
+                "broker %s has not acknowledged %d message(s) for %.1f s (bridge.ack_timeout"
+                " %g s)%s: dropping the connection; the %d reading(s) among them stay spooled"
+                " and will be resent after reconnecting",
+                self.publisher.broker,
+                len(conn.sent_at),
+                now - oldest,
+                self.cfg.ack_timeout,
+                _times(count, "times"),
+                len(conn.inflight),
+            )
+        self._drop_connection(now, self.backoff.next_delay())
+        return True
 
     def _attempt_failed(self, now: float, kind: FailureKind, reason: str) -> None:
         delay = self.backoff.next_delay()

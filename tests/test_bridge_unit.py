@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from mqttspool.bridge import Backoff, Bridge, TokenBucket
 from mqttspool.config import Settings, load_config
+from mqttspool.errors import ConfigError
 from mqttspool.mqtt import Acked, FailureKind
 from mqttspool.reading import Reading, from_us
 from mqttspool.spool import Spool, open_spool
@@ -245,7 +246,7 @@ def test_payload_and_topic(tmp_path: Path, clock: FakeClock) -> None:
 
 
 def test_status_and_snapshot_on_connect_and_every_minute(tmp_path: Path, clock: FakeClock) -> None:
-    bridge, pub, spool = make_bridge(tmp_path, clock)
+    bridge, pub, spool = make_bridge(tmp_path, clock, ack_timeout=3600)
     fill(spool, clock, 2)
     connect(bridge, pub, 100.0)
     control = [(s.topic, s.retain) for s in pub.sent if not s.payload.startswith(b'{"id"')]
@@ -579,7 +580,7 @@ def test_every_failure_kind_is_retried_configuration_ones_logged_as_errors(
 
 
 def test_control_messages_count_against_the_window(tmp_path: Path, clock: FakeClock) -> None:
-    bridge, pub, spool = make_bridge(tmp_path, clock, max_inflight=100)
+    bridge, pub, spool = make_bridge(tmp_path, clock, max_inflight=100, ack_timeout=3600)
     fill(spool, clock, 10)
     bridge.step(0.0)
     pub.accept(4)  # the broker's Receive Maximum
@@ -597,3 +598,41 @@ def test_control_messages_count_against_the_window(tmp_path: Path, clock: FakeCl
     bridge.step(60.1)
     assert pub.sent[-1].topic.endswith("/spool")
     assert bridge.window_load == 4
+
+
+# ----------------------------------------------------------------- ack timeout
+
+
+def test_unacknowledged_messages_time_out_reconnect_and_resend(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    bridge, pub, spool = make_bridge(
+        tmp_path, clock, max_inflight=5, ack_timeout=30.0, reconnect_min=1.0, reconnect_max=1.0
+    )
+    fill(spool, clock, 8)
+    assert bridge.unacked_since() is None
+    connect(bridge, pub, 100.0)
+    assert bridge.unacked_since() == 100.0
+    pub.ack([pub.data()[0].mid])  # the broker acknowledges one, then nothing more
+    bridge.step(101.0)
+    assert bridge.unacked_since() == 100.0  # the oldest still unacknowledged
+    with caplog.at_level(logging.WARNING, logger="mqttspool.bridge"):
+        bridge.step(130.0)
+        assert bridge.connected
+        bridge.step(130.5)
+    assert not bridge.connected
+    assert bridge.unacked_since() is None
+    (line,) = bridge_lines(caplog, "has not acknowledged")
+    assert line.getMessage().startswith(
+        "broker fake:1883 has not acknowledged 5 message(s) for 30.5 s (bridge.ack_timeout 30 s)"
+    )
+    pub.sent.clear()
+    connect(bridge, pub, bridge.next_attempt)
+    assert [s.doc()["seq"] for s in pub.data()] == [2, 3, 4, 5, 6]  # resent from the oldest
+
+
+def test_ack_timeout_is_validated() -> None:
+    for bad in ("0", "-1", "inf", "nan", "1e13"):
+        with pytest.raises(ConfigError, match=r"bridge\.ack_timeout"):
+            load_config(None, environ={"MQTTSPOOL_BRIDGE__ACK_TIMEOUT": bad})
+    assert load_config(None, environ={}).bridge.ack_timeout == 30.0

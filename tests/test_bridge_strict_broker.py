@@ -1,18 +1,24 @@
-"""MQTT 5 flow control: every QoS 1 message counts against the broker's Receive Maximum.
+"""The real bridge (paho publisher) against :class:`support.strict_broker.StrictBroker`.
 
-Runs the real bridge (paho publisher) against :class:`support.strict_broker.StrictBroker`,
-which disconnects a client with 0x93 as soon as it has more unacknowledged QoS 1
-messages than the Receive Maximum it announced.
+* MQTT 5 flow control: the strict broker disconnects a client with 0x93 as soon
+  as it has more unacknowledged QoS 1 messages than the Receive Maximum it
+  announced, so every message the bridge sends must count against the window.
+* A broker that stops sending PUBACK: the strict broker keeps the connection
+  alive (it answers PINGREQ), so keepalive never notices; only
+  ``bridge.ack_timeout`` does.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from daemon import append_backlog, wait_until
 from support.strict_broker import StrictBroker
 
@@ -78,3 +84,31 @@ def test_control_messages_share_the_receive_maximum_window(tmp_path: Path) -> No
     assert topics["homeassistant/sensor/edge-01_bench_value/config"] == 1
     assert topics["mqttspool/edge-01/bench/value/state"] == 200
     assert topics["mqttspool/edge-01/status"] >= 1
+
+
+def test_broker_that_never_acks_is_dropped_and_everything_resent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with StrictBroker(receive_maximum=10) as broker:
+        broker.acking = False
+        cfg = strict_settings(tmp_path, broker.port, ack_timeout=1.0)
+        spool = open_spool(cfg.spool)
+        seqs = append_backlog(spool, 50)
+        with (
+            caplog.at_level(logging.WARNING, logger="mqttspool.bridge"),
+            bridge_running(cfg, spool) as bridge,
+        ):
+            wait_until(lambda: bridge.unacked_since() is not None, 10, "messages in flight")
+            stalled_since = bridge.unacked_since()
+            assert stalled_since is not None and stalled_since <= time.monotonic()
+            wait_until(lambda: broker.connects >= 2, 10, "a reconnect after the timeout")
+            assert spool.depth() == 50  # nothing acknowledged, nothing lost
+            broker.acking = True
+            wait_until(lambda: spool.depth() == 0, 20, "an empty spool once acks flow")
+            wait_until(lambda: bridge.unacked_since() is None, 5, "nothing in flight")
+        spool.close()
+    assert set(reading_seqs(broker)) == set(seqs)
+    lines = [r.getMessage() for r in caplog.records if "has not acknowledged" in r.getMessage()]
+    assert lines, "the ack timeout was not logged"
+    assert lines[0].startswith(f"broker 127.0.0.1:{broker.port} has not acknowledged 10 message(s)")
+    assert "(bridge.ack_timeout 1 s)" in lines[0]
