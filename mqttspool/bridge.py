@@ -49,6 +49,7 @@ ACK_FLUSH_S = 0.05
 IDLE_POLL_S = 0.25
 FAILURE_LOG_INTERVAL_S = 30.0
 PUBACK_FAILURE = 0x80
+FLAPPING_HINT_COUNT = 3  # disconnects per log interval that suggest a client id clash
 MAX_DOUBLINGS = 64  # 2**64 × reconnect_min is beyond any sane reconnect_max
 
 
@@ -177,6 +178,7 @@ class Bridge:
         self.companions = list(companions)
         self.prefix = settings.topics.prefix
         self.device = settings.device.id
+        self._client_id = client_id_for(settings.broker, self.device)
         self.backoff = Backoff(self.cfg.reconnect_min, self.cfg.reconnect_max, rng)
         self.bucket = TokenBucket(self.cfg.max_rate)
         self.conn: _Connection | None = None
@@ -395,6 +397,13 @@ class Bridge:
         if kind is FailureKind.SESSION_TAKEN_OVER:
             self._log_session_taken_over(reason, count)
             return
+        hint = _hint(kind)
+        if kind is FailureKind.NETWORK and count >= FLAPPING_HINT_COUNT:
+            # Brokers without DISCONNECT 0x8E (mosquitto 2.0) take a session over silently.
+            hint = (
+                f"; if another client uses client id {self._client_id!r} (two devices on one"
+                " device.id?), give each its own broker.client_id"
+            )
         logger.log(
             logging.ERROR if kind.configuration else logging.WARNING,
             "lost connection to broker %s: %s%s; %d reading(s) in flight stay spooled and will"
@@ -403,7 +412,7 @@ class Bridge:
             reason,
             _times(count, "disconnects"),
             self.inflight,
-            _hint(kind),
+            hint,
         )
 
     def _log_session_taken_over(self, reason: str, count: int) -> None:
@@ -413,7 +422,7 @@ class Bridge:
             " second mqttspool on this spool. Give every device its own broker.client_id (or"
             " device.id); until then the two keep disconnecting each other",
             self.publisher.broker,
-            client_id_for(self.settings.broker, self.device),
+            self._client_id,
             reason,
             _times(count, "times"),
         )

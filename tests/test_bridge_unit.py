@@ -516,6 +516,7 @@ def test_flapping_link_logs_a_bounded_number_of_lines_carrying_counts(
         for r in lost
     ]
     assert counts[0] == 1 and all(c > 1 for c in counts[1:])
+    assert all("client id 'mqttspool-edge-01'" in r.getMessage() for r in lost[1:])
     assert sum(counts) + bridge._log_throttle.flush(("lost", FailureKind.NETWORK)) == 100
 
 

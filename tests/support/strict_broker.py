@@ -13,8 +13,11 @@ and control messages alike) stays inside the window::
     broker.max_inflight    # most QoS 1 messages ever unacknowledged at once
     broker.violations      # connections closed with DISCONNECT 0x93
 
-One client connection at a time is served (each in its own thread); only
-CONNECT, PUBLISH (QoS 0/1), PINGREQ and DISCONNECT are understood.
+A second CONNECT with a client id already connected ends the older connection
+with DISCONNECT 0x8E "Session taken over", as the MQTT 5 spec suggests (and as
+mosquitto 2.0.11 does not: it closes the socket without a reason). Each
+connection is served in its own thread; only CONNECT, PUBLISH (QoS 0/1),
+PINGREQ and DISCONNECT are understood.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 from typing import Self
 
 RECEIVE_MAXIMUM_EXCEEDED = 0x93
+SESSION_TAKEN_OVER = 0x8E
 _CONNECT, _PUBLISH, _PINGREQ, _DISCONNECT = 1, 3, 12, 14
 
 
@@ -53,6 +57,8 @@ class StrictBroker:
         self.max_inflight = 0
         self.violations = 0
         self.connects = 0
+        self._clients: dict[str, socket.socket] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server = socket.create_server(("127.0.0.1", 0))
         self._server.settimeout(0.1)
@@ -98,7 +104,7 @@ class StrictBroker:
         self, conn: socket.socket, kind: int, flags: int, body: bytes, unacked: dict[int, float]
     ) -> bool:
         if kind == _CONNECT:
-            self.connects += 1
+            self._take_over(conn, _client_id(body))
             props = b"\x21" + struct.pack(">H", self.receive_maximum)
             conn.sendall(
                 b"\x20" + _varint(3 + len(props)) + b"\x00\x00" + _varint(len(props)) + props
@@ -130,6 +136,18 @@ class StrictBroker:
             conn.sendall(bytes([_DISCONNECT << 4, 2, RECEIVE_MAXIMUM_EXCEEDED, 0]))
             return False
         return True
+
+    def _take_over(self, conn: socket.socket, client_id: str) -> None:
+        with self._lock:
+            self.connects += 1
+            old = self._clients.get(client_id)
+            self._clients[client_id] = conn
+        if old is not None:
+            try:
+                old.sendall(bytes([_DISCONNECT << 4, 2, SESSION_TAKEN_OVER, 0]))
+                old.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already gone
 
     def _send_due_acks(self, conn: socket.socket, unacked: dict[int, float]) -> None:
         if not self.acking:
@@ -179,3 +197,13 @@ class StrictBroker:
             multiplier *= 128
             if not digit & 0x80:
                 return value, pos
+
+
+def _client_id(connect: bytes) -> str:
+    """The client id of a CONNECT body (MQTT 5: name, level, flags, keepalive, properties)."""
+    (name_len,) = struct.unpack_from(">H", connect)
+    pos = 2 + name_len + 4  # protocol name, level, connect flags, keepalive
+    props_len, pos = StrictBroker._decode_varint(connect, pos)
+    pos += props_len
+    (id_len,) = struct.unpack_from(">H", connect, pos)
+    return connect[pos + 2 : pos + 2 + id_len].decode()
