@@ -70,8 +70,9 @@ class Companion(Protocol):
         """Messages to send right after every connect."""
         ...
 
-    def on_reading(self, row: StoredReading, replay: bool) -> list[OutMessage]:
-        """Messages to send with a reading (after it was handed to the broker)."""
+    def on_reading(self, row: StoredReading, replay: bool, now_us: int) -> list[OutMessage]:
+        """Messages to send with a reading (after it was handed to the broker);
+        ``now_us`` is the wall clock at that moment."""
         ...
 
 
@@ -464,7 +465,7 @@ class Bridge:
             conn.inflight[mid] = row.seq
             conn.sent_at[mid] = now
             for companion in self.companions:
-                for msg in companion.on_reading(row, replay):
+                for msg in companion.on_reading(row, replay, now_us):
                     self._send_control(msg)
 
     def _publish_refused(self, conn: _Connection, now: float) -> None:
