@@ -18,7 +18,7 @@ import logging
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -145,6 +145,32 @@ class TokenBucket:
 
 
 @dataclass
+class _DeadLetterTally:
+    """Readings the broker rejected with one reason code: how many, first and last seq."""
+
+    reason: str
+    count: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+
+    def add(self, rejection: Rejection) -> None:
+        """Count one more rejection."""
+        if not self.count:
+            self.first_seq = rejection.seq
+        self.count += 1
+        self.last_seq = rejection.seq
+
+    def describe(self, code: int) -> str:
+        """``N reading(s) with reason 0xNN text (seq a..b)``."""
+        seqs = (
+            f"seq {self.first_seq}"
+            if self.count == 1
+            else f"seqs {self.first_seq}..{self.last_seq}"
+        )
+        return f"{self.count} reading(s) with reason 0x{code:02X} {self.reason} ({seqs})"
+
+
+@dataclass
 class _Connection:
     generation: int
     started: float
@@ -199,6 +225,9 @@ class Bridge:
         # One line per kind of trouble per interval, carrying how often it happened.
         self._log_throttle = LogThrottle(FAILURE_LOG_INTERVAL_S, clock=lambda: self._now)
         self._ack_batch = max(32, min(256, self.cfg.max_inflight // 2))
+        # Dead letters by reason code: since the last log line, and since start.
+        self._dead_unlogged: dict[int, _DeadLetterTally] = {}
+        self._dead_total: dict[int, _DeadLetterTally] = {}
 
     # ------------------------------------------------------------- queries
 
@@ -540,6 +569,33 @@ class Bridge:
         self.published_total += len(acked)
         self.rejected_total += len(rejected)
         self.counters.inc(MESSAGES_PUBLISHED, n=len(acked))
+        if rejected:
+            self._log_dead_letters(rejected)
+
+    def _log_dead_letters(self, rejected: list[Rejection]) -> None:
+        """One line per reason code per interval (an ACL can reject thousands a minute)."""
+        for rej in rejected:
+            for tallies in (self._dead_unlogged, self._dead_total):
+                tallies.setdefault(rej.code, _DeadLetterTally(rej.reason)).add(rej)
+        for code, n in Counter(rej.code for rej in rejected).items():
+            if self._log_throttle.note(("dead_letter", code), n):
+                self._log_dead_tally(code, self._dead_unlogged.pop(code), "")
+
+    def _log_dead_tally(self, code: int, tally: _DeadLetterTally, scope: str) -> None:
+        logger.warning(
+            "broker %s rejected %s%s: moved to the dead-letter table (`mqttspool dead-letters"
+            " list` shows them, `requeue` sends them again once the broker allows it)",
+            self.publisher.broker,
+            tally.describe(code),
+            scope,
+        )
+
+    def log_dead_letter_summary(self) -> None:
+        """At the end of a run: the total per reason code, if the broker rejected anything."""
+        for code, tally in sorted(self._dead_total.items()):
+            self._log_throttle.flush(("dead_letter", code))
+            self._log_dead_tally(code, tally, " in total since start")
+        self._dead_unlogged.clear()
 
     def _log_settle_failure(self, exc: SpoolError) -> None:
         count = self._log_throttle.note("settle")
@@ -568,6 +624,7 @@ class Bridge:
         for event in self.publisher.events():
             self._handle(event, now())
         self._settle()
+        self.log_dead_letter_summary()
         left = self.inflight
         if self.connected:
             self._say_offline(deadline, now, wait)
