@@ -9,6 +9,17 @@ under way), ``connected`` (publishing). On every connection the bridge
 forgets its leases and resends from the oldest unacknowledged row; rows leave
 the spool only through :meth:`Spool.settle` (PUBACK < 0x80: delete, >= 0x80:
 dead letter).
+
+Flow control: every unacknowledged QoS 1 message -- readings and control
+messages (status, spool snapshot, Home Assistant) alike -- counts against the
+window ``min(bridge.max_inflight, broker Receive Maximum)``; control messages
+wait in an outbox for room and go before readings. When the oldest
+unacknowledged message has waited ``bridge.ack_timeout`` the connection is
+dropped and everything resent after reconnecting.
+
+Failures arrive typed (:class:`~mqttspool.mqtt.FailureKind`); every kind is
+retried with backoff, configuration kinds are logged as errors with a hint,
+and every repetitive line goes through one :class:`LogThrottle` per kind.
 """
 
 from __future__ import annotations
@@ -171,6 +182,14 @@ class _DeadLetterTally:
 
 
 @dataclass
+class _DeadLetterTallies:
+    """Dead letters by reason code: since the last log line, and since start."""
+
+    unlogged: dict[int, _DeadLetterTally] = field(default_factory=dict)
+    total: dict[int, _DeadLetterTally] = field(default_factory=dict)
+
+
+@dataclass
 class _Connection:
     generation: int
     started: float
@@ -225,9 +244,7 @@ class Bridge:
         # One line per kind of trouble per interval, carrying how often it happened.
         self._log_throttle = LogThrottle(FAILURE_LOG_INTERVAL_S, clock=lambda: self._now)
         self._ack_batch = max(32, min(256, self.cfg.max_inflight // 2))
-        # Dead letters by reason code: since the last log line, and since start.
-        self._dead_unlogged: dict[int, _DeadLetterTally] = {}
-        self._dead_total: dict[int, _DeadLetterTally] = {}
+        self._dead = _DeadLetterTallies()
 
     # ------------------------------------------------------------- queries
 
@@ -575,11 +592,11 @@ class Bridge:
     def _log_dead_letters(self, rejected: list[Rejection]) -> None:
         """One line per reason code per interval (an ACL can reject thousands a minute)."""
         for rej in rejected:
-            for tallies in (self._dead_unlogged, self._dead_total):
+            for tallies in (self._dead.unlogged, self._dead.total):
                 tallies.setdefault(rej.code, _DeadLetterTally(rej.reason)).add(rej)
         for code, n in Counter(rej.code for rej in rejected).items():
             if self._log_throttle.note(("dead_letter", code), n):
-                self._log_dead_tally(code, self._dead_unlogged.pop(code), "")
+                self._log_dead_tally(code, self._dead.unlogged.pop(code), "")
 
     def _log_dead_tally(self, code: int, tally: _DeadLetterTally, scope: str) -> None:
         logger.warning(
@@ -592,10 +609,10 @@ class Bridge:
 
     def log_dead_letter_summary(self) -> None:
         """At the end of a run: the total per reason code, if the broker rejected anything."""
-        for code, tally in sorted(self._dead_total.items()):
+        for code, tally in sorted(self._dead.total.items()):
             self._log_throttle.flush(("dead_letter", code))
             self._log_dead_tally(code, tally, " in total since start")
-        self._dead_unlogged.clear()
+        self._dead.unlogged.clear()
 
     def _log_settle_failure(self, exc: SpoolError) -> None:
         count = self._log_throttle.note("settle")
