@@ -520,7 +520,13 @@ class Bridge:
         self._on_disconnected(lost, now)
 
     def _send_control(self, msg: OutMessage) -> None:
-        """Queue a control message; it goes out when the window has room for it."""
+        """Queue a control message; it goes out when the window has room for it.
+
+        A retained message replaces a queued one on the same topic (only the latest
+        counts), so a window that stays full for hours cannot grow the outbox.
+        """
+        if msg.retain and any(queued.topic == msg.topic for queued in self._outbox):
+            self._outbox = deque(m for m in self._outbox if m.topic != msg.topic)
         self._outbox.append(msg)
 
     def _flush_outbox(self, conn: _Connection, now: float) -> bool:

@@ -637,3 +637,21 @@ def test_ack_timeout_is_validated() -> None:
         with pytest.raises(ConfigError, match=r"bridge\.ack_timeout"):
             load_config(None, environ={"MQTTSPOOL_BRIDGE__ACK_TIMEOUT": bad})
     assert load_config(None, environ={}).bridge.ack_timeout == 30.0
+
+
+def test_retained_control_messages_waiting_for_room_replace_each_other(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    bridge, pub, spool = make_bridge(tmp_path, clock, max_inflight=2, ack_timeout=86_400)
+    fill(spool, clock, 5)
+    bridge.step(0.0)
+    pub.accept()
+    bridge.step(0.0)  # status and snapshot fill the window; nobody acknowledges
+    for minute in range(1, 61):
+        bridge.step(minute * 60.0)  # a snapshot a minute waits for room
+    assert len(bridge._outbox) == 1  # only the newest snapshot, not sixty
+    pub.ack_control()
+    bridge.step(3601.0)
+    assert [s.topic.rsplit("/", 1)[-1] for s in pub.control()] == ["status", "spool", "spool"]
+    assert json.loads(pub.control()[-1].payload)["depth"] == 5
+    assert len(pub.data()) == 1  # the other slot
