@@ -9,6 +9,17 @@ under way), ``connected`` (publishing). On every connection the bridge
 forgets its leases and resends from the oldest unacknowledged row; rows leave
 the spool only through :meth:`Spool.settle` (PUBACK < 0x80: delete, >= 0x80:
 dead letter).
+
+Flow control: every unacknowledged QoS 1 message -- readings and control
+messages (status, spool snapshot, Home Assistant) alike -- counts against the
+window ``min(bridge.max_inflight, broker Receive Maximum)``; control messages
+wait in an outbox for room and go before readings. When the oldest
+unacknowledged message has waited ``bridge.ack_timeout`` the connection is
+dropped and everything resent after reconnecting.
+
+Failures arrive typed (:class:`~mqttspool.mqtt.FailureKind`); every kind is
+retried with backoff, configuration kinds are logged as errors with a hint,
+and every repetitive line goes through one :class:`LogThrottle` per kind.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -25,14 +37,17 @@ from typing import Protocol
 from mqttspool.config import Settings
 from mqttspool.counters import BROKER_CONNECTED, MESSAGES_PUBLISHED, Counters
 from mqttspool.errors import SpoolCorruptError, SpoolError
+from mqttspool.logthrottle import LogThrottle
 from mqttspool.mqtt import (
     Acked,
     Connected,
     ConnectFailed,
     Disconnected,
     Event,
+    FailureKind,
     Publisher,
     Will,
+    client_id_for,
 )
 from mqttspool.reading import StoredReading, render_payload, render_topic
 from mqttspool.spool import Rejection, Spool, read_stats_json
@@ -45,6 +60,8 @@ ACK_FLUSH_S = 0.05
 IDLE_POLL_S = 0.25
 FAILURE_LOG_INTERVAL_S = 30.0
 PUBACK_FAILURE = 0x80
+FLAPPING_HINT_COUNT = 3  # disconnects per log interval that suggest a client id clash
+MAX_DOUBLINGS = 64  # 2**64 × reconnect_min is beyond any sane reconnect_max
 
 
 @dataclass(frozen=True)
@@ -64,8 +81,9 @@ class Companion(Protocol):
         """Messages to send right after every connect."""
         ...
 
-    def on_reading(self, row: StoredReading, replay: bool) -> list[OutMessage]:
-        """Messages to send with a reading (after it was handed to the broker)."""
+    def on_reading(self, row: StoredReading, replay: bool, now_us: int) -> list[OutMessage]:
+        """Messages to send with a reading (after it was handed to the broker);
+        ``now_us`` is the wall clock at that moment."""
         ...
 
 
@@ -95,7 +113,10 @@ class Backoff:
     def next_delay(self) -> float:
         """The delay before the next attempt; grows ×2 per failure up to ``high``."""
         cap = min(self.high, self.low * (2**self._attempt))
-        self._attempt += 1
+        # Stop doubling once the cap is reached: ``low * 2**attempt`` overflows a float
+        # after ~1025 failures, i.e. an outage of a few hours must not crash the bridge.
+        if cap < self.high and self._attempt < MAX_DOUBLINGS:
+            self._attempt += 1
         return self._rng.uniform(self.low, max(self.low, cap))
 
     def reset(self) -> None:
@@ -104,11 +125,16 @@ class Backoff:
 
 
 class TokenBucket:
-    """``rate`` tokens per second, bursts up to ``rate`` (0 = unlimited)."""
+    """``rate`` tokens per second, bursts up to ``max(rate, 1)`` (0 = unlimited).
+
+    The burst is at least one token: with a rate below 1/s a burst of ``rate``
+    would never hold the whole token a message needs.
+    """
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
-        self._tokens = rate
+        self.burst = max(1.0, rate)
+        self._tokens = self.burst
         self._at: float | None = None
 
     def take(self, wanted: int, now: float) -> int:
@@ -116,7 +142,7 @@ class TokenBucket:
         if self.rate <= 0:
             return wanted
         if self._at is not None:
-            self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
         granted = min(wanted, int(self._tokens))
         self._tokens -= granted
@@ -130,13 +156,50 @@ class TokenBucket:
 
 
 @dataclass
+class _DeadLetterTally:
+    """Readings the broker rejected with one reason code: how many, first and last seq."""
+
+    reason: str
+    count: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+
+    def add(self, rejection: Rejection) -> None:
+        """Count one more rejection."""
+        if not self.count:
+            self.first_seq = rejection.seq
+        self.count += 1
+        self.last_seq = rejection.seq
+
+    def describe(self, code: int) -> str:
+        """``N reading(s) with reason 0xNN text (seq a..b)``."""
+        seqs = (
+            f"seq {self.first_seq}"
+            if self.count == 1
+            else f"seqs {self.first_seq}..{self.last_seq}"
+        )
+        return f"{self.count} reading(s) with reason 0x{code:02X} {self.reason} ({seqs})"
+
+
+@dataclass
+class _DeadLetterTallies:
+    """Dead letters by reason code: since the last log line, and since start."""
+
+    unlogged: dict[int, _DeadLetterTally] = field(default_factory=dict)
+    total: dict[int, _DeadLetterTally] = field(default_factory=dict)
+
+
+@dataclass
 class _Connection:
     generation: int
     started: float
     connected: bool = False
     window: int = 0
-    inflight: dict[int, int] = field(default_factory=dict)  # mid -> seq
-    control_mids: set[int] = field(default_factory=set)
+    inflight: dict[int, int] = field(default_factory=dict)  # mid -> seq, readings only
+    # mid -> when it was published, for EVERY unacknowledged QoS 1 message (readings and
+    # control messages): the broker's Receive Maximum counts them all. Insertion order is
+    # publish order, so the first entry is the oldest unacknowledged message.
+    sent_at: dict[int, float] = field(default_factory=dict)
 
 
 class Bridge:
@@ -161,9 +224,12 @@ class Bridge:
         self.companions = list(companions)
         self.prefix = settings.topics.prefix
         self.device = settings.device.id
+        self._client_id = client_id_for(settings.broker, self.device)
         self.backoff = Backoff(self.cfg.reconnect_min, self.cfg.reconnect_max, rng)
         self.bucket = TokenBucket(self.cfg.max_rate)
         self.conn: _Connection | None = None
+        # Control messages (status, snapshot, Home Assistant) waiting for window space.
+        self._outbox: deque[OutMessage] = deque()
         self.next_attempt = 0.0
         self.stopping = False
         self.drained = False  # last lease found nothing and nothing is in flight
@@ -173,11 +239,12 @@ class Bridge:
         self._rejected: list[Rejection] = []
         self._first_pending_at: float | None = None
         self._next_snapshot = 0.0
-        self._last_failure_log = -1e18
-        self._failures_unlogged = 0
-        self._last_failure = ""
-        self._last_settle_log = -1e18
+        self._now = 0.0  # the time of the current step, for the log throttle
+        self._unacked_since: float | None = None
+        # One line per kind of trouble per interval, carrying how often it happened.
+        self._log_throttle = LogThrottle(FAILURE_LOG_INTERVAL_S, clock=lambda: self._now)
         self._ack_batch = max(32, min(256, self.cfg.max_inflight // 2))
+        self._dead = _DeadLetterTallies()
 
     # ------------------------------------------------------------- queries
 
@@ -193,13 +260,33 @@ class Bridge:
 
     @property
     def unsettled(self) -> int:
-        """Readings in flight plus acknowledged ones not yet deleted (the window's load)."""
+        """Readings in flight plus acknowledged ones not yet deleted."""
         return self.inflight + len(self._acked) + len(self._rejected)
+
+    @property
+    def window_load(self) -> int:
+        """What counts against the window: every unacknowledged QoS 1 message (readings
+        and control messages) plus readings acknowledged but not yet deleted."""
+        in_flight = 0 if self.conn is None else len(self.conn.sent_at)
+        return in_flight + len(self._acked) + len(self._rejected)
 
     # ---------------------------------------------------------------- step
 
+    def unacked_since(self) -> float | None:
+        """When the oldest unacknowledged QoS 1 message was published (the ``now`` given
+        to :meth:`step`, i.e. ``time.monotonic()`` in the daemon); None when nothing is
+        in flight. Safe to call from another thread (e.g. the heartbeat)."""
+        return self._unacked_since
+
     def step(self, now: float) -> float:
         """Do one round of work; returns how long the caller may wait before the next."""
+        self._now = now
+        delay = self._step(now)
+        conn = self.conn
+        self._unacked_since = next(iter(conn.sent_at.values()), None) if conn else None
+        return delay
+
+    def _step(self, now: float) -> float:
         for event in self.publisher.events():
             self._handle(event, now)
         if self.conn is None:
@@ -208,7 +295,11 @@ class Bridge:
             return max(0.0, self.next_attempt - now) if self.conn is None else IDLE_POLL_S
         if not self.conn.connected:
             if now - self.conn.started > _attempt_timeout(self.settings):
-                self._attempt_failed(now, "no CONNACK within the connect timeout")
+                self._attempt_failed(
+                    now, FailureKind.TIMEOUT, "no CONNACK within the connect timeout"
+                )
+            return IDLE_POLL_S
+        if self._ack_overdue(self.conn, now):
             return IDLE_POLL_S
         self._maybe_settle(now)
         if now >= self._next_snapshot:
@@ -235,18 +326,19 @@ class Bridge:
         elif isinstance(event, Connected):
             self._on_connected(conn, event, now)
         elif isinstance(event, ConnectFailed):
-            self._attempt_failed(now, event.reason)
+            self._attempt_failed(now, event.kind, event.reason)
         elif isinstance(event, Disconnected):
             if conn.connected:
                 self._on_disconnected(event, now)
             else:
-                self._attempt_failed(now, f"connection closed before CONNACK ({event.reason})")
+                reason = f"connection closed before CONNACK ({event.reason})"
+                self._attempt_failed(now, event.kind, reason)
 
     def _on_ack(self, conn: _Connection, event: Acked, now: float) -> None:
+        conn.sent_at.pop(event.mid, None)
         seq = conn.inflight.pop(event.mid, None)
         if seq is None:
-            conn.control_mids.discard(event.mid)
-            return
+            return  # a control message
         if self._first_pending_at is None:
             self._first_pending_at = now
         if event.reason_code < PUBACK_FAILURE:
@@ -262,38 +354,48 @@ class Bridge:
         self.spool.release_leases()
         self.drained = False
         self.counters.set(BROKER_CONNECTED, 1)
-        limit = "" if receive_max is None else f", broker Receive Maximum {receive_max}"
-        logger.info(
-            "connected to broker %s (MQTT %s); window %d (bridge.max_inflight %d%s)",
-            self.publisher.broker,
-            self.settings.broker.protocol,
-            conn.window,
-            self.cfg.max_inflight,
-            limit,
-        )
-        if self._failures_unlogged:
-            self._failures_unlogged = 0
+        self._log_connected(conn, receive_max)
+        # Connect messages go first; whatever the last connection left unsent follows.
+        left_over = list(self._outbox)
+        self._outbox.clear()
         self._send_control(OutMessage(status_topic(self.prefix, self.device), b"online"))
         for companion in self.companions:
             for msg in companion.on_connect():
                 self._send_control(msg)
         self._publish_snapshot(now)
+        self._outbox.extend(left_over)
 
     def _on_disconnected(self, event: Disconnected, now: float) -> None:
         self._settle()
-        lost = self.inflight
-        logger.warning(
-            "lost connection to broker %s: %s; %d reading(s) in flight stay spooled and will be"
-            " resent",
-            self.publisher.broker,
-            event.reason,
-            lost,
-        )
+        self._log_disconnect(event.kind, event.reason)
         self._drop_connection(now, self.backoff.next_delay())
 
-    def _attempt_failed(self, now: float, reason: str) -> None:
+    def _ack_overdue(self, conn: _Connection, now: float) -> bool:
+        """A broker that stops acknowledging must not stall the bridge silently:
+        after ``bridge.ack_timeout`` drop the connection and resend after reconnecting."""
+        oldest = next(iter(conn.sent_at.values()), None)
+        if oldest is None or now - oldest <= self.cfg.ack_timeout:
+            return False
+        self._settle()
+        count = self._log_throttle.note("ack_timeout")
+        if count:
+            logger.warning(
+                "broker %s has not acknowledged %d message(s) for %.1f s (bridge.ack_timeout"
+                " %g s)%s: dropping the connection; the %d reading(s) among them stay spooled"
+                " and will be resent after reconnecting",
+                self.publisher.broker,
+                len(conn.sent_at),
+                now - oldest,
+                self.cfg.ack_timeout,
+                _times(count, "times"),
+                len(conn.inflight),
+            )
+        self._drop_connection(now, self.backoff.next_delay())
+        return True
+
+    def _attempt_failed(self, now: float, kind: FailureKind, reason: str) -> None:
         delay = self.backoff.next_delay()
-        self._log_failure(now, reason, delay)
+        self._log_failure(kind, reason, delay)
         self._drop_connection(now, delay)
 
     def _drop_connection(self, now: float, delay: float) -> None:
@@ -303,23 +405,74 @@ class Bridge:
         self.counters.set(BROKER_CONNECTED, 0)
         self.next_attempt = now + delay
 
-    def _log_failure(self, now: float, reason: str, delay: float) -> None:
-        self._failures_unlogged += 1
-        kind = _failure_kind(reason)
-        if kind == self._last_failure and now - self._last_failure_log < FAILURE_LOG_INTERVAL_S:
+    # ----------------------------------------------------------------- log
+
+    def _log_connected(self, conn: _Connection, receive_max: int | None) -> None:
+        count = self._log_throttle.note("connected")
+        if not count:
+            return  # a flapping link: the disconnect lines carry the counts
+        limit = "" if receive_max is None else f", broker Receive Maximum {receive_max}"
+        logger.info(
+            "connected to broker %s (MQTT %s); window %d (bridge.max_inflight %d%s)%s",
+            self.publisher.broker,
+            self.settings.broker.protocol,
+            conn.window,
+            self.cfg.max_inflight,
+            limit,
+            _times(count, "connects"),
+        )
+
+    def _log_failure(self, kind: FailureKind, reason: str, delay: float) -> None:
+        count = self._log_throttle.note(("unreachable", kind))
+        if not count:
             return
-        depth = self.spool.depth()
-        extra = f" ({self._failures_unlogged} attempts)" if self._failures_unlogged > 1 else ""
-        logger.warning(
-            "broker %s unreachable: %s%s; %d reading(s) spooled; retrying in %.1f s",
+        logger.log(
+            logging.ERROR if kind.configuration else logging.WARNING,
+            "broker %s unreachable: %s%s; %d reading(s) spooled; retrying in %.1f s%s",
             self.publisher.broker,
             reason,
-            extra,
-            depth,
+            _times(count, "attempts"),
+            self.spool.depth(),
             delay,
+            _hint(kind),
         )
-        self._last_failure, self._last_failure_log = kind, now
-        self._failures_unlogged = 0
+
+    def _log_disconnect(self, kind: FailureKind, reason: str) -> None:
+        count = self._log_throttle.note(("lost", kind))
+        if not count:
+            return
+        if kind is FailureKind.SESSION_TAKEN_OVER:
+            self._log_session_taken_over(reason, count)
+            return
+        hint = _hint(kind)
+        if kind is FailureKind.NETWORK and count >= FLAPPING_HINT_COUNT:
+            # Brokers without DISCONNECT 0x8E (mosquitto 2.0) take a session over silently.
+            hint = (
+                f"; if another client uses client id {self._client_id!r} (two devices on one"
+                " device.id?), give each its own broker.client_id"
+            )
+        logger.log(
+            logging.ERROR if kind.configuration else logging.WARNING,
+            "lost connection to broker %s: %s%s; %d reading(s) in flight stay spooled and will"
+            " be resent%s",
+            self.publisher.broker,
+            reason,
+            _times(count, "disconnects"),
+            self.inflight,
+            hint,
+        )
+
+    def _log_session_taken_over(self, reason: str, count: int) -> None:
+        logger.error(
+            "broker %s took the session of client id %r over (%s)%s: another client connected"
+            " with the same client id, e.g. a second device left on the same device.id or a"
+            " second mqttspool on this spool. Give every device its own broker.client_id (or"
+            " device.id); until then the two keep disconnecting each other",
+            self.publisher.broker,
+            self._client_id,
+            reason,
+            _times(count, "times"),
+        )
 
     def _start_attempt(self, now: float) -> None:
         gen = self.publisher.connect()
@@ -330,7 +483,9 @@ class Bridge:
     def _fill_window(self, now: float) -> None:
         conn = self.conn
         assert conn is not None
-        room = conn.window - self.unsettled
+        if not self._flush_outbox(conn, now):
+            return  # control messages first; readings wait for the window
+        room = conn.window - self.window_load
         if room <= 0:
             return
         room = self.bucket.take(room, now)
@@ -338,7 +493,7 @@ class Bridge:
             return
         rows = self.spool.lease(room, live_first=self.cfg.live_first)
         if not rows:
-            if not conn.inflight and not self._acked and not self._rejected:
+            if not conn.sent_at and not self._acked and not self._rejected:
                 self.drained = True
                 self.spool.release_leases()  # pick up rows requeued behind the cursor
             return
@@ -351,18 +506,43 @@ class Bridge:
             topic = render_topic(self.prefix, row.device, row.sensor, row.metric)
             mid = self.publisher.publish(topic, render_payload(row, epoch, replay), 1, False)
             if mid is None:
-                # paho lost the connection under us: stop now, resend after reconnect.
-                self._on_disconnected(Disconnected(conn.generation, "publish refused"), now)
+                self._publish_refused(conn, now)
                 return
             conn.inflight[mid] = row.seq
+            conn.sent_at[mid] = now
             for companion in self.companions:
-                for msg in companion.on_reading(row, replay):
+                for msg in companion.on_reading(row, replay, now_us):
                     self._send_control(msg)
 
+    def _publish_refused(self, conn: _Connection, now: float) -> None:
+        # paho lost the connection under us: stop now, resend after reconnect.
+        lost = Disconnected(conn.generation, FailureKind.NETWORK, "publish refused")
+        self._on_disconnected(lost, now)
+
     def _send_control(self, msg: OutMessage) -> None:
-        mid = self.publisher.publish(msg.topic, msg.payload, msg.qos, msg.retain)
-        if mid is not None and self.conn is not None and msg.qos > 0:
-            self.conn.control_mids.add(mid)
+        """Queue a control message; it goes out when the window has room for it.
+
+        A retained message replaces a queued one on the same topic (only the latest
+        counts), so a window that stays full for hours cannot grow the outbox.
+        """
+        if msg.retain and any(queued.topic == msg.topic for queued in self._outbox):
+            self._outbox = deque(m for m in self._outbox if m.topic != msg.topic)
+        self._outbox.append(msg)
+
+    def _flush_outbox(self, conn: _Connection, now: float) -> bool:
+        """Publish queued control messages while the window has room; True when all went."""
+        while self._outbox:
+            msg = self._outbox[0]
+            if msg.qos > 0 and self.window_load >= conn.window:
+                return False
+            mid = self.publisher.publish(msg.topic, msg.payload, msg.qos, msg.retain)
+            if mid is None:
+                self._publish_refused(conn, now)
+                return False
+            self._outbox.popleft()
+            if msg.qos > 0:
+                conn.sent_at[mid] = now
+        return True
 
     def _publish_snapshot(self, now: float) -> None:
         self._next_snapshot = now + SNAPSHOT_INTERVAL_S
@@ -389,7 +569,7 @@ class Bridge:
         # cost a transaction per PUBACK: wait for a quarter of the window.
         window_full = (
             conn is not None
-            and self.unsettled >= conn.window
+            and self.window_load >= conn.window
             and pending >= max(1, min(self._ack_batch, conn.window // 4))
         )
         due = self._first_pending_at is not None and now - self._first_pending_at >= ACK_FLUSH_S
@@ -412,15 +592,42 @@ class Bridge:
         self.published_total += len(acked)
         self.rejected_total += len(rejected)
         self.counters.inc(MESSAGES_PUBLISHED, n=len(acked))
+        if rejected:
+            self._log_dead_letters(rejected)
+
+    def _log_dead_letters(self, rejected: list[Rejection]) -> None:
+        """One line per reason code per interval (an ACL can reject thousands a minute)."""
+        for rej in rejected:
+            for tallies in (self._dead.unlogged, self._dead.total):
+                tallies.setdefault(rej.code, _DeadLetterTally(rej.reason)).add(rej)
+        for code, n in Counter(rej.code for rej in rejected).items():
+            if self._log_throttle.note(("dead_letter", code), n):
+                self._log_dead_tally(code, self._dead.unlogged.pop(code), "")
+
+    def _log_dead_tally(self, code: int, tally: _DeadLetterTally, scope: str) -> None:
+        logger.warning(
+            "broker %s rejected %s%s: moved to the dead-letter table (`mqttspool dead-letters"
+            " list` shows them, `requeue` sends them again once the broker allows it)",
+            self.publisher.broker,
+            tally.describe(code),
+            scope,
+        )
+
+    def log_dead_letter_summary(self) -> None:
+        """At the end of a run: the total per reason code, if the broker rejected anything."""
+        for code, tally in sorted(self._dead.total.items()):
+            self._log_throttle.flush(("dead_letter", code))
+            self._log_dead_tally(code, tally, " in total since start")
+        self._dead.unlogged.clear()
 
     def _log_settle_failure(self, exc: SpoolError) -> None:
-        now = time.monotonic()
-        if now - self._last_settle_log >= FAILURE_LOG_INTERVAL_S:
-            self._last_settle_log = now
+        count = self._log_throttle.note("settle")
+        if count:
             logger.error(
-                "cannot delete %d acknowledged reading(s): %s; publishing pauses until it works",
+                "cannot delete %d acknowledged reading(s): %s%s; publishing pauses until it works",
                 len(self._acked) + len(self._rejected),
                 exc,
+                _times(count, "attempts"),
             )
 
     # ------------------------------------------------------------ shutdown
@@ -440,6 +647,7 @@ class Bridge:
         for event in self.publisher.events():
             self._handle(event, now())
         self._settle()
+        self.log_dead_letter_summary()
         left = self.inflight
         if self.connected:
             self._say_offline(deadline, now, wait)
@@ -451,30 +659,31 @@ class Bridge:
     def _say_offline(
         self, deadline: float, now: Callable[[], float], wait: Callable[[float], None]
     ) -> None:
+        conn = self.conn
+        if conn is None or self.window_load >= conn.window:
+            # A strict broker would disconnect us for exceeding its Receive Maximum.
+            logger.warning("window still full at shutdown: not publishing 'offline'")
+            return
         topic = status_topic(self.prefix, self.device)
         mid = self.publisher.publish(topic, b"offline", 1, True)
-        if mid is None or self.conn is None:
+        if mid is None:
             return
-        self.conn.control_mids.add(mid)
+        conn.sent_at[mid] = now()
         end = max(deadline, now() + 1.0)
-        while mid in self.conn.control_mids and now() < end:
+        while mid in conn.sent_at and now() < end:
             wait(ACK_FLUSH_S)
             for event in self.publisher.events():
                 if isinstance(event, Acked):
-                    self.conn.control_mids.discard(event.mid)
+                    conn.sent_at.pop(event.mid, None)
 
 
-def _failure_kind(reason: str) -> str:
-    """Group failure texts so the log is rate-limited per kind, not per wording.
+def _times(count: int, what: str) -> str:
+    """`` (N what)`` for a throttled log line that stands for ``count`` events."""
+    return f" ({count} {what})" if count > 1 else ""
 
-    A refused TCP connect shows up as "Connection reset by peer" or "connection
-    closed before CONNACK" depending on timing; both are the same outage.
-    """
-    if reason.startswith("connection refused:"):
-        return reason  # the broker said why (bad password, not authorized...)
-    if reason.startswith("TLS"):
-        return "tls"
-    return "network"
+
+def _hint(kind: FailureKind) -> str:
+    return f"; {kind.hint}" if kind.hint else ""
 
 
 def _attempt_timeout(settings: Settings) -> float:

@@ -245,6 +245,9 @@ class BridgeConfig(_Section):
     shutdown_timeout: Seconds = 10
     max_rate: Rate = 0  # messages/s, 0 = unlimited
     live_first: bool = False
+    # Added by the bridge (issue 9.16): when the oldest unacknowledged QoS 1 message has
+    # waited this long, drop the connection and resend after reconnecting.
+    ack_timeout: float = Field(default=30, gt=0, le=86_400, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _backoff_order(self) -> BridgeConfig:

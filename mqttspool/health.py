@@ -94,6 +94,7 @@ KNOWN_SETTINGS = frozenset(
                 "shutdown_timeout",
                 "max_rate",
                 "live_first",
+                "ack_timeout",
             )
         ),
         "homeassistant.discovery",

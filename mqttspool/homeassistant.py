@@ -13,6 +13,11 @@ retained state is the latest *live* value, so a replay of yesterday's backlog
 does not make Home Assistant show yesterday's temperature as current. The
 history, replayed or not, stays on the data topic
 ``{topics.prefix}/{device}/{sensor}/{metric}`` (every reading with its ``ts``).
+
+A reading stamped more than :data:`FUTURE_TOLERANCE_S` ahead of the clock (a
+clock error, or a bad ``ts`` given to ``enqueue``) does not touch the state
+topic either: since the state never moves back in time, it would otherwise
+freeze Home Assistant's value until that moment has passed.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mqttspool.bridge import OutMessage, status_topic
+from mqttspool.logthrottle import LogThrottle
 from mqttspool.reading import format_ts
 
 if TYPE_CHECKING:
@@ -36,6 +42,8 @@ MODEL = "mqttspool edge bridge"
 PAYLOAD_AVAILABLE = "online"
 PAYLOAD_NOT_AVAILABLE = "offline"
 VALUE_TEMPLATE = "{{ value_json.value }}"
+FUTURE_TOLERANCE_S = 300  # how far ahead of the clock a reading may still set the state
+_FUTURE_LOG_INTERVAL_S = 300.0
 
 # unit -> (device_class, unit Home Assistant accepts for that class)
 _CLASS_BY_UNIT: dict[str, tuple[str, str]] = {
@@ -125,14 +133,19 @@ class HomeAssistantDiscovery:
         self._units: dict[tuple[str, str, str], str | None] = {}  # every metric seen live
         self._announced: dict[tuple[str, str, str], str | None] = {}  # this connection
         self._last_ts: dict[tuple[str, str, str], int] = {}
+        self._future_log = LogThrottle(_FUTURE_LOG_INTERVAL_S)
 
     def on_connect(self) -> list[OutMessage]:
         """Re-announce every metric seen live so far (a fresh connection, a fresh set)."""
         self._announced = dict(self._units)
         return [self._config_message(*key, unit) for key, unit in sorted(self._units.items())]
 
-    def on_reading(self, row: StoredReading, replay: bool) -> list[OutMessage]:
-        """Discovery (once per connection) and state for fresh readings; nothing for replays."""
+    def on_reading(self, row: StoredReading, replay: bool, now_us: int) -> list[OutMessage]:
+        """Discovery (once per connection) and state for fresh readings; nothing for replays.
+
+        ``now_us`` is the wall clock when the reading was published: readings too far
+        ahead of it do not update the state.
+        """
         if replay:
             return []
         key = (row.device, row.sensor, row.metric)
@@ -148,11 +161,30 @@ class HomeAssistantDiscovery:
                 row.metric,
                 classify(row.metric, row.unit).device_class or "no device class",
             )
-        if row.ts_us >= self._last_ts.get(key, row.ts_us):
+        if row.ts_us > now_us + FUTURE_TOLERANCE_S * 1_000_000:
+            self._log_future(row, now_us)
+        elif row.ts_us >= self._last_ts.get(key, row.ts_us):
             # Never move the retained state backwards in time (e.g. a late fresh reading).
             self._last_ts[key] = row.ts_us
             out.append(self._state_message(row))
         return out
+
+    def _log_future(self, row: StoredReading, now_us: int) -> None:
+        count = self._future_log.note()
+        if count:
+            logger.warning(
+                "home assistant state: %d reading(s) stamped more than %d s in the future"
+                " skipped (e.g. %s/%s/%s seq %d at %s, %.0f s ahead); check the clock or the"
+                " ts given to enqueue",
+                count,
+                FUTURE_TOLERANCE_S,
+                row.device,
+                row.sensor,
+                row.metric,
+                row.seq,
+                format_ts(row.ts_us),
+                (row.ts_us - now_us) / 1_000_000,
+            )
 
     # ------------------------------------------------------------ documents
 

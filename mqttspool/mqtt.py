@@ -13,6 +13,7 @@ lock that is held around ``publish()``.
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import ssl
@@ -50,6 +51,93 @@ SESSION_EXPIRY_WATCH_S = 3600
 # ------------------------------------------------------------------ events
 
 
+class FailureKind(enum.Enum):
+    """Why a connection attempt failed or a connection ended.
+
+    Every kind is retried with backoff (a blackout of days must cost nothing but
+    disk); :attr:`configuration` marks the kinds that will not heal by waiting,
+    so the bridge logs them as errors with a hint naming the setting to fix.
+    """
+
+    NETWORK = "network"  # TCP refused/reset/unreachable, DNS, link lost without a reason
+    TIMEOUT = "timeout"  # no CONNACK, keepalive or PUBACK in time
+    TLS = "tls"  # handshake or certificate verification failed
+    NOT_AUTHORIZED = "not_authorized"  # bad user name/password, not authorized, bad client id
+    SESSION_TAKEN_OVER = "session_taken_over"  # another client connected with our client id
+    PROTOCOL = "protocol"  # the broker rejected what we sent (e.g. 0x93 Receive Maximum)
+    REFUSED = "refused"  # any other reason code the broker gave (server busy, shutting down)
+    CLOSED = "closed"  # we closed the connection ourselves (:meth:`Publisher.close`)
+
+    @property
+    def configuration(self) -> bool:
+        """True for the kinds an operator has to fix; waiting does not help."""
+        return self in _CONFIGURATION_KINDS
+
+    @property
+    def hint(self) -> str:
+        """What to check, for the log line (empty for transient kinds)."""
+        return _HINTS.get(self, "")
+
+
+_CONFIGURATION_KINDS = frozenset(
+    {
+        FailureKind.TLS,
+        FailureKind.NOT_AUTHORIZED,
+        FailureKind.SESSION_TAKEN_OVER,
+        FailureKind.PROTOCOL,
+    }
+)
+_HINTS = {
+    FailureKind.TLS: "check broker.tls (ca_file, cert_file, key_file) and that broker.host"
+    " matches the broker's certificate",
+    FailureKind.NOT_AUTHORIZED: "check broker.username, broker.password/password_file and"
+    " the broker's ACL",
+    FailureKind.SESSION_TAKEN_OVER: "another client connected with the same client id;"
+    " give every device its own broker.client_id (or device.id)",
+    FailureKind.PROTOCOL: "the broker rejected a packet mqttspool sent; check broker.protocol"
+    " and the broker's limits",
+}
+
+# MQTT 5 reason codes (CONNACK/DISCONNECT) the kinds are derived from.
+RC_SUCCESS = 0x00
+RC_PROTOCOL_ERROR = 0x82
+RC_KEEP_ALIVE_TIMEOUT = 0x8D
+RC_SESSION_TAKEN_OVER = 0x8E
+_RC_NOT_AUTHORIZED = frozenset({0x85, 0x86, 0x87, 0x8C})  # client id, credentials, auth method
+_RC_PROTOCOL = frozenset({0x81, 0x82, 0x84, 0x93, 0x94, 0x95, 0x9A, 0x9B})
+
+
+def kind_for_connack(reason_code: int) -> FailureKind:
+    """The kind of a CONNACK failure reason code."""
+    if reason_code in _RC_NOT_AUTHORIZED:
+        return FailureKind.NOT_AUTHORIZED
+    if reason_code in _RC_PROTOCOL:
+        return FailureKind.PROTOCOL
+    return FailureKind.REFUSED
+
+
+def kind_for_disconnect(reason_code: int, from_broker: bool) -> FailureKind:
+    """The kind of a lost connection: a broker's DISCONNECT, or paho's local reason."""
+    if reason_code == RC_KEEP_ALIVE_TIMEOUT:
+        return FailureKind.TIMEOUT
+    if not from_broker:
+        if reason_code == RC_SUCCESS:
+            return FailureKind.CLOSED  # paho reports our own disconnect() as success
+        return FailureKind.PROTOCOL if reason_code == RC_PROTOCOL_ERROR else FailureKind.NETWORK
+    if reason_code == RC_SESSION_TAKEN_OVER:
+        return FailureKind.SESSION_TAKEN_OVER
+    return kind_for_connack(reason_code)
+
+
+def kind_for_exception(exc: BaseException) -> FailureKind:
+    """The kind of an exception raised while opening the connection."""
+    if isinstance(exc, ssl.SSLError):
+        return FailureKind.TLS
+    if isinstance(exc, TimeoutError):
+        return FailureKind.TIMEOUT
+    return FailureKind.NETWORK
+
+
 @dataclass(frozen=True)
 class Connected:
     """CONNACK success. ``receive_maximum`` is the broker's (None for MQTT 3.1.1)."""
@@ -60,18 +148,20 @@ class Connected:
 
 @dataclass(frozen=True)
 class ConnectFailed:
-    """The attempt failed before or at CONNACK (refused, TLS, DNS, timeout...)."""
+    """The attempt failed before or at CONNACK; ``reason_code`` is the CONNACK's, if any."""
 
     generation: int
+    kind: FailureKind
     reason: str
     reason_code: int | None = None
 
 
 @dataclass(frozen=True)
 class Disconnected:
-    """An established connection ended."""
+    """An established connection ended; ``reason_code`` is the DISCONNECT's, if any."""
 
     generation: int
+    kind: FailureKind
     reason: str
     reason_code: int | None = None
 
@@ -247,10 +337,11 @@ class MqttPublisher:
                 clean_start=True if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
             )
         except ssl.SSLCertVerificationError as exc:
-            self._emit(ConnectFailed(gen, f"TLS certificate check failed: {exc.verify_message}"))
+            reason = f"TLS certificate check failed: {exc.verify_message}"
+            self._emit(ConnectFailed(gen, FailureKind.TLS, reason))
             return
         except (OSError, ssl.SSLError, ValueError) as exc:
-            self._emit(ConnectFailed(gen, _describe_os_error(exc)))
+            self._emit(ConnectFailed(gen, kind_for_exception(exc), _describe_os_error(exc)))
             return
         client.loop_start()
 
@@ -264,7 +355,9 @@ def _on_connect(emit: Callable[[Event], None], gen: int) -> Any:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            emit(ConnectFailed(gen, f"connection refused: {reason_code}", int(reason_code.value)))
+            code = int(reason_code.value)
+            reason = f"connection refused: {reason_code}"
+            emit(ConnectFailed(gen, kind_for_connack(code), reason, code))
             return
         receive_max = getattr(properties, "ReceiveMaximum", None) if properties else None
         if client.protocol == MQTTProtocolVersion.MQTTv5 and receive_max is None:
@@ -282,7 +375,9 @@ def _on_disconnect(emit: Callable[[Event], None], gen: int) -> Any:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        emit(Disconnected(gen, str(reason_code), int(reason_code.value)))
+        code = int(reason_code.value)
+        kind = kind_for_disconnect(code, flags.is_disconnect_packet_from_server)
+        emit(Disconnected(gen, kind, str(reason_code), code))
 
     return on_disconnect
 

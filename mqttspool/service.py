@@ -344,11 +344,12 @@ def _version() -> str:
 
 @dataclass
 class DrainResult:
-    """Outcome of ``mqttspool drain``."""
+    """Outcome of ``mqttspool drain``: published, left in the spool, rejected by the broker."""
 
     sent: int
     remaining: int
     connected: bool
+    dead_lettered: int = 0  # PUBACK >= 0x80: moved to the dead-letter table
 
 
 def drain(settings: Settings, timeout: float | None, clock: Clock | None = None) -> DrainResult:
@@ -381,7 +382,9 @@ def drain(settings: Settings, timeout: float | None, clock: Clock | None = None)
                 )
             publisher.wait(min(delay, 0.25))
         bridge.shutdown(min(settings.bridge.shutdown_timeout, 5.0), time.monotonic, publisher.wait)
-        return DrainResult(bridge.published_total, spool.depth(), ever_connected)
+        return DrainResult(
+            bridge.published_total, spool.depth(), ever_connected, bridge.rejected_total
+        )
     finally:
         publisher.close()
         spool.close()

@@ -374,7 +374,8 @@ def test_acl_rejection_dead_letters_and_requeue(
         broker__password=broker.users["edge-01"],
     )
     result = run_cli(["drain", "--timeout", "30"], env)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # everything settled, but 5 dead letters
+    assert "drained with rejections: 600 published, 5 rejected by the broker" in result.stderr
     recorder.wait_data_ids(600, timeout=20)
     assert set(recorder.seqs("edge-01")) == set(own)
     assert recorder.seqs("edge-02") == []
@@ -499,3 +500,32 @@ def test_drain_times_out_when_unreachable(tmp_path: Path, broker: MosquittoBroke
     assert result.returncode == 1
     assert f"drain timed out (broker 127.0.0.1:{broker.port} unreachable)" in result.stderr
     assert "7 reading(s) remain" in result.stderr
+
+
+def test_dead_letters_are_summarised_not_logged_per_reading_and_drain_exits_1(
+    tmp_path: Path, broker_factory: BrokerFactory, recorder_factory: RecorderFactory
+) -> None:
+    broker = broker_factory("auth")
+    recorder = recorder_factory(broker)
+    spool_path = tmp_path / "spool.db"
+    foreign = spool_with_backlog(spool_path, 2000, device="edge-02")  # the ACL denies these
+    own = spool_with_backlog(spool_path, 100, device="edge-01")
+    env = mqttspool_env(
+        spool_path,
+        broker.port,
+        broker__username="edge-01",
+        broker__password=broker.users["edge-01"],
+    )
+    result = run_cli(["drain", "--timeout", "30"], env)
+    assert result.returncode == 1, result.stderr
+    recorder.wait_data_ids(100, timeout=20)
+    assert set(recorder.seqs("edge-01")) == set(own)
+    lines = [line for line in result.stderr.splitlines() if "rejected" in line]
+    assert len(lines) <= 4, lines  # not one line per reading
+    total = "rejected 2000 reading(s) with reason 0x87 Not authorized (seqs 1..2000) in total"
+    assert any(total in line for line in lines), lines
+    assert lines[-1] == (
+        "drained with rejections: 100 published, 2000 rejected by the broker and moved to the"
+        " dead-letter table (see `mqttspool dead-letters list`)"
+    )
+    assert foreign == list(range(1, 2001))

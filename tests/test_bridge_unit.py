@@ -5,86 +5,26 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import random
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes.clock import FakeClock
+from fakes.clock import FakeClock, FakeClockSync
+from fakes.publisher import FakePublisher
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mqttspool.bridge import Backoff, Bridge, TokenBucket
 from mqttspool.config import Settings, load_config
-from mqttspool.mqtt import Acked, Connected, ConnectFailed, Disconnected, Event
+from mqttspool.counters import Counters
+from mqttspool.errors import ConfigError
+from mqttspool.mqtt import Acked, FailureKind
 from mqttspool.reading import Reading, from_us
+from mqttspool.sampler import build_sampler
 from mqttspool.spool import Spool, open_spool
-
-
-@dataclass
-class Sent:
-    mid: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-
-    def doc(self) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(self.payload)
-        return result
-
-
-@dataclass
-class FakePublisher:
-    """Records what the bridge does; the test decides what the broker answers."""
-
-    generation: int = 0
-    sent: list[Sent] = field(default_factory=list)
-    pending: list[Event] = field(default_factory=list)
-    connected: bool = False
-    closes: int = 0
-    next_mid: int = 0
-    refuse_publish: bool = False
-
-    @property
-    def broker(self) -> str:
-        return "fake:1883"
-
-    def connect(self) -> int:
-        self.generation += 1
-        return self.generation
-
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> int | None:
-        if self.refuse_publish:
-            return None
-        self.next_mid += 1
-        self.sent.append(Sent(self.next_mid, topic, payload, qos, retain))
-        return self.next_mid
-
-    def events(self) -> list[Event]:
-        out, self.pending = self.pending, []
-        return out
-
-    def wait(self, timeout: float) -> None:
-        return None
-
-    def close(self) -> None:
-        self.closes += 1
-
-    # -- test helpers --
-
-    def accept(self, receive_maximum: int | None = 65535) -> None:
-        self.pending.append(Connected(self.generation, receive_maximum))
-
-    def data(self) -> list[Sent]:
-        return [s for s in self.sent if s.payload.startswith(b'{"id"')]
-
-    def ack(self, mids: list[int], code: int = 0, reason: str = "Success") -> None:
-        self.pending.extend(Acked(self.generation, m, code, reason) for m in mids)
-
-    def ack_all_data(self, code: int = 0) -> None:
-        self.ack([s.mid for s in self.data()], code)
 
 
 def make_settings(tmp_path: Path, **bridge: Any) -> Settings:
@@ -119,8 +59,11 @@ def make_bridge(
 
 
 def connect(bridge: Bridge, pub: FakePublisher, now: float, rm: int | None = 65535) -> None:
+    """Connect, and acknowledge the control messages sent on connect (they take window slots)."""
     bridge.step(now)  # starts the attempt
     pub.accept(rm)
+    bridge.step(now)
+    pub.ack_control()
     bridge.step(now)
 
 
@@ -221,7 +164,7 @@ def test_disconnect_resends_unacked_from_oldest_with_backoff(
     connect(bridge, pub, 0.0)
     first = pub.data()
     pub.ack([first[0].mid, first[1].mid])
-    pub.pending.append(Disconnected(pub.generation, "Unspecified error", 128))
+    pub.drop(FailureKind.NETWORK, "Unspecified error", 128)
     bridge.step(0.01)
     assert not bridge.connected
     assert pub.closes == 1
@@ -241,7 +184,7 @@ def test_stale_events_of_an_old_connection_are_ignored(tmp_path: Path, clock: Fa
     connect(bridge, pub, 0.0)
     old_gen = pub.generation
     old_mids = [s.mid for s in pub.data()]
-    pub.pending.append(Disconnected(old_gen, "cut", 128))
+    pub.drop()
     bridge.step(0.0)
     connect(bridge, pub, bridge.next_attempt)
     pub.pending.extend(Acked(old_gen, m, 0, "Success") for m in old_mids)
@@ -267,7 +210,7 @@ def test_connect_failures_back_off_and_keep_rows(tmp_path: Path, clock: FakeCloc
     for _ in range(6):
         bridge.step(now)
         attempts.append(now)
-        pub.pending.append(ConnectFailed(pub.generation, "connection refused"))
+        pub.fail(FailureKind.NETWORK, "connection refused")
         bridge.step(now)
         now = bridge.next_attempt
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
@@ -305,7 +248,7 @@ def test_payload_and_topic(tmp_path: Path, clock: FakeClock) -> None:
 
 
 def test_status_and_snapshot_on_connect_and_every_minute(tmp_path: Path, clock: FakeClock) -> None:
-    bridge, pub, spool = make_bridge(tmp_path, clock)
+    bridge, pub, spool = make_bridge(tmp_path, clock, ack_timeout=3600)
     fill(spool, clock, 2)
     connect(bridge, pub, 100.0)
     control = [(s.topic, s.retain) for s in pub.sent if not s.payload.startswith(b'{"id"')]
@@ -463,7 +406,7 @@ def test_every_accepted_seq_is_delivered_dead_lettered_or_dropped(
                 acked.add(by_mid[mid])
             pub.ack([mid], arg, "reason")
         elif op == "cut" and bridge.connected:
-            pub.pending.append(Disconnected(pub.generation, "cut", 128))
+            pub.drop()
         pump()
     for _ in range(200):  # drain everything, acknowledging with success
         if bridge.conn is not None:
@@ -483,3 +426,246 @@ def test_every_accepted_seq_is_delivered_dead_lettered_or_dropped(
     if not stats.dropped:
         assert unaccounted == set()
     spool.close()
+
+
+# ------------------------------------------------------------ rate, backoff
+
+
+def test_rate_below_one_per_second_publishes_at_that_rate(tmp_path: Path, clock: FakeClock) -> None:
+    bridge, pub, spool = make_bridge(tmp_path, clock, max_rate=0.2, max_inflight=100)
+    fill(spool, clock, 100)
+    connect(bridge, pub, 0.0)
+    t = 0.0
+    while t < 100.0:
+        pub.ack_all_data()
+        t = round(t + 0.25, 2)
+        bridge.step(t)
+    assert 19 <= len(pub.data()) <= 21  # 0.2/s × 100 s
+
+
+def test_high_rate_is_unchanged_by_the_minimum_burst(tmp_path: Path, clock: FakeClock) -> None:
+    bridge, pub, spool = make_bridge(tmp_path, clock, max_rate=1000, max_inflight=5000)
+    fill(spool, clock, 3000)
+    connect(bridge, pub, 0.0)
+    assert len(pub.data()) == 1000  # initial burst = one second's worth
+    pub.ack_all_data()
+    bridge.step(0.5)
+    pub.ack_all_data()
+    bridge.step(1.0)
+    assert len(pub.data()) == 2000
+
+
+def test_token_bucket_below_one_token_per_second() -> None:
+    bucket = TokenBucket(0.5)
+    assert bucket.take(10, 0.0) == 1  # burst of one whole token
+    assert bucket.take(10, 1.0) == 0
+    assert bucket.wait_for_one() == pytest.approx(1.0)
+    assert bucket.take(10, 2.0) == 1
+
+
+def test_backoff_survives_thousands_of_failures_with_float_minimum() -> None:
+    b = Backoff(0.5, 60.0, random.Random(3))
+    delays = [b.next_delay() for _ in range(5000)]
+    assert all(0.5 <= d <= 60.0 for d in delays)
+
+
+def test_a_month_of_outage_costs_nothing_but_disk(tmp_path: Path, clock: FakeClock) -> None:
+    """The bridge fails to connect for 30 simulated days; the real sampler keeps storing."""
+    cfg = load_config(
+        None,
+        environ={
+            "MQTTSPOOL_SENSORS": '[{"type": "simulated", "name": "sim", "interval": 3600}]',
+            "MQTTSPOOL_BRIDGE__RECONNECT_MIN": "0.5",  # a float, as in the shipped config
+            "MQTTSPOOL_BRIDGE__RECONNECT_MAX": "300",
+        },
+    )
+    cfg.spool.path = str(tmp_path / "spool.db")
+    spool = open_spool(cfg.spool, clock)
+    pub = FakePublisher()
+    bridge = Bridge(cfg, spool, pub, clock, rng=random.Random(7))
+    sampler = build_sampler(cfg, spool, Counters(), clock, FakeClockSync(True))
+    now, attempts, gaps = 0.0, 0, []
+    while now < 30 * 86400.0:
+        if sampler.seconds_until_due() == 0:
+            sampler.step()
+        bridge.step(now)
+        attempts += 1
+        pub.fail(FailureKind.NETWORK, "connection refused")
+        bridge.step(now)
+        gaps.append(bridge.next_attempt - now)
+        clock.advance(gaps[-1])
+        now = bridge.next_attempt
+    assert attempts > 1025 * 5  # far past the ~1025 failures that used to overflow
+    assert all(0.5 <= g <= 300.0 for g in gaps)
+    assert 719 <= sampler.rounds <= 721  # one round an hour, none lost to the outage
+    assert spool.depth() == 2 * sampler.rounds  # temperature and humidity each round
+    assert pub.sent == []
+
+
+# --------------------------------------------------- failure kinds, log throttle
+
+
+def bridge_lines(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "mqttspool.bridge" and text in r.getMessage()]
+
+
+def test_flapping_link_logs_a_bounded_number_of_lines_carrying_counts(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    bridge, pub, spool = make_bridge(tmp_path, clock, reconnect_min=0.1, reconnect_max=0.5)
+    fill(spool, clock, 3)
+    now = 0.0
+    with caplog.at_level(logging.INFO, logger="mqttspool.bridge"):
+        for _ in range(100):
+            connect(bridge, pub, now)
+            pub.drop(FailureKind.NETWORK, "Unspecified error", 0x80)
+            bridge.step(now + 0.05)
+            now = bridge.next_attempt
+    assert now < 60.0  # 100 flaps within a minute
+    lost = bridge_lines(caplog, "lost connection to broker fake:1883")
+    connected = bridge_lines(caplog, "connected to broker fake:1883")
+    assert 1 <= len(lost) <= 3 and 1 <= len(connected) <= 3
+    counts = [
+        int(m.group(1)) if (m := re.search(r"\((\d+) disconnects\)", r.getMessage())) else 1
+        for r in lost
+    ]
+    assert counts[0] == 1 and all(c > 1 for c in counts[1:])
+    assert all("client id 'mqttspool-edge-01'" in r.getMessage() for r in lost[1:])
+    assert sum(counts) + bridge._log_throttle.flush(("lost", FailureKind.NETWORK)) == 100
+
+
+def test_connect_failures_are_throttled_per_kind(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    bridge, pub, _ = make_bridge(tmp_path, clock, reconnect_min=0.1, reconnect_max=0.2)
+    now = 0.0
+    with caplog.at_level(logging.INFO, logger="mqttspool.bridge"):
+        i = 0
+        while now < 31.0:  # just past one throttle interval
+            i += 1
+            bridge.step(now)
+            if i % 2:
+                pub.fail(FailureKind.NETWORK, "connection refused")
+            else:
+                pub.fail(FailureKind.TIMEOUT, "connection timed out")
+            bridge.step(now)
+            now = bridge.next_attempt
+    lines = [r.getMessage() for r in bridge_lines(caplog, "unreachable")]
+    assert i > 100
+    assert [line.split(": ")[1].split(";")[0] for line in lines[:2]] == [
+        "connection refused",
+        "connection timed out",
+    ]
+    assert len(lines) == 4  # two kinds, one line each per 30 s
+    assert all(re.search(r" \(\d+ attempts\);", line) for line in lines[2:])
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason", "level", "hint"),
+    [
+        (FailureKind.NOT_AUTHORIZED, "connection refused: Not authorized", "ERROR", "username"),
+        (FailureKind.TLS, "TLS certificate check failed", "ERROR", "broker.tls"),
+        (FailureKind.NETWORK, "connection refused", "WARNING", None),
+        (FailureKind.REFUSED, "connection refused: Server busy", "WARNING", None),
+    ],
+)
+def test_every_failure_kind_is_retried_configuration_ones_logged_as_errors(
+    tmp_path: Path,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    kind: FailureKind,
+    reason: str,
+    level: str,
+    hint: str | None,
+) -> None:
+    bridge, pub, spool = make_bridge(tmp_path, clock, reconnect_min=1.0, reconnect_max=4.0)
+    fill(spool, clock, 2)
+    with caplog.at_level(logging.INFO, logger="mqttspool.bridge"):
+        bridge.step(0.0)
+        pub.fail(kind, reason, 0x87 if kind is FailureKind.NOT_AUTHORIZED else None)
+        bridge.step(0.0)
+    (line,) = bridge_lines(caplog, "unreachable")
+    assert line.levelname == level
+    assert f"broker fake:1883 unreachable: {reason}; 2 reading(s) spooled" in line.getMessage()
+    if hint:
+        assert hint in line.getMessage()
+    assert bridge.conn is None and 1.0 <= bridge.next_attempt <= 4.0
+    bridge.step(bridge.next_attempt)
+    assert pub.generation == 2  # retried, never fatal
+
+
+def test_control_messages_count_against_the_window(tmp_path: Path, clock: FakeClock) -> None:
+    bridge, pub, spool = make_bridge(tmp_path, clock, max_inflight=100, ack_timeout=3600)
+    fill(spool, clock, 10)
+    bridge.step(0.0)
+    pub.accept(4)  # the broker's Receive Maximum
+    bridge.step(0.0)
+    assert [s.topic.rsplit("/", 1)[-1] for s in pub.sent] == ["status", "spool", "t", "t"]
+    assert bridge.window_load == 4
+    bridge.step(0.1)
+    assert len(pub.sent) == 4  # nothing more until something is acknowledged
+    pub.ack_control()
+    bridge.step(0.2)
+    assert len(pub.data()) == 4
+    bridge.step(60.0)  # the minute's snapshot waits for a free slot too
+    assert sum(s.topic.endswith("/spool") for s in pub.sent) == 1
+    pub.ack([pub.data()[0].mid])
+    bridge.step(60.1)
+    assert pub.sent[-1].topic.endswith("/spool")
+    assert bridge.window_load == 4
+
+
+# ----------------------------------------------------------------- ack timeout
+
+
+def test_unacknowledged_messages_time_out_reconnect_and_resend(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    bridge, pub, spool = make_bridge(
+        tmp_path, clock, max_inflight=5, ack_timeout=30.0, reconnect_min=1.0, reconnect_max=1.0
+    )
+    fill(spool, clock, 8)
+    assert bridge.unacked_since() is None
+    connect(bridge, pub, 100.0)
+    assert bridge.unacked_since() == 100.0
+    pub.ack([pub.data()[0].mid])  # the broker acknowledges one, then nothing more
+    bridge.step(101.0)
+    assert bridge.unacked_since() == 100.0  # the oldest still unacknowledged
+    with caplog.at_level(logging.WARNING, logger="mqttspool.bridge"):
+        bridge.step(130.0)
+        assert bridge.connected
+        bridge.step(130.5)
+    assert not bridge.connected
+    assert bridge.unacked_since() is None
+    (line,) = bridge_lines(caplog, "has not acknowledged")
+    assert line.getMessage().startswith(
+        "broker fake:1883 has not acknowledged 5 message(s) for 30.5 s (bridge.ack_timeout 30 s)"
+    )
+    pub.sent.clear()
+    connect(bridge, pub, bridge.next_attempt)
+    assert [s.doc()["seq"] for s in pub.data()] == [2, 3, 4, 5, 6]  # resent from the oldest
+
+
+def test_ack_timeout_is_validated() -> None:
+    for bad in ("0", "-1", "inf", "nan", "1e13"):
+        with pytest.raises(ConfigError, match=r"bridge\.ack_timeout"):
+            load_config(None, environ={"MQTTSPOOL_BRIDGE__ACK_TIMEOUT": bad})
+    assert load_config(None, environ={}).bridge.ack_timeout == 30.0
+
+
+def test_retained_control_messages_waiting_for_room_replace_each_other(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    bridge, pub, spool = make_bridge(tmp_path, clock, max_inflight=2, ack_timeout=86_400)
+    fill(spool, clock, 5)
+    bridge.step(0.0)
+    pub.accept()
+    bridge.step(0.0)  # status and snapshot fill the window; nobody acknowledges
+    for minute in range(1, 61):
+        bridge.step(minute * 60.0)  # a snapshot a minute waits for room
+    assert len(bridge._outbox) == 1  # only the newest snapshot, not sixty
+    pub.ack_control()
+    bridge.step(3601.0)
+    assert [s.topic.rsplit("/", 1)[-1] for s in pub.control()] == ["status", "spool", "spool"]
+    assert json.loads(pub.control()[-1].payload)["depth"] == 5
+    assert len(pub.data()) == 1  # the other slot

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -13,6 +14,7 @@ from mqttspool.homeassistant import HaSensorClass, HomeAssistantDiscovery, class
 from mqttspool.reading import StoredReading
 
 TS = 1_795_651_200_000_000  # 2026-11-26T00:00:00Z in microseconds
+NOW = TS + 60_000_000  # the wall clock when the readings are published
 
 
 def _settings() -> Settings:
@@ -63,7 +65,7 @@ def test_fresh_reading_announces_once_and_publishes_retained_state() -> None:
     ha = HomeAssistantDiscovery(_settings())
     assert ha.on_connect() == []
 
-    first = ha.on_reading(_row(1), replay=False)
+    first = ha.on_reading(_row(1), replay=False, now_us=NOW)
     assert _topics(first) == [
         "ha/sensor/edge-01_bme280_temperature/config",
         "plant/telemetry/edge-01/bme280/temperature/state",
@@ -96,20 +98,20 @@ def test_fresh_reading_announces_once_and_publishes_retained_state() -> None:
         "ts": "2026-11-26T00:00:00.000Z",
     }
 
-    second = ha.on_reading(_row(2, ts_us=TS + 10_000_000), replay=False)
+    second = ha.on_reading(_row(2, ts_us=TS + 10_000_000), replay=False, now_us=NOW)
     assert _topics(second) == ["plant/telemetry/edge-01/bme280/temperature/state"]
 
 
 def test_replayed_readings_touch_nothing() -> None:
     ha = HomeAssistantDiscovery(_settings())
-    assert ha.on_reading(_row(1), replay=True) == []
+    assert ha.on_reading(_row(1), replay=True, now_us=NOW) == []
     assert ha.on_connect() == []  # a replay does not even make the metric known
 
 
 def test_reconnect_reannounces_every_metric_seen_live() -> None:
     ha = HomeAssistantDiscovery(_settings())
-    ha.on_reading(_row(1), replay=False)
-    ha.on_reading(_row(2, "humidity", "%RH"), replay=False)
+    ha.on_reading(_row(1), replay=False, now_us=NOW)
+    ha.on_reading(_row(2, "humidity", "%RH"), replay=False, now_us=NOW)
 
     again = ha.on_connect()
     assert _topics(again) == [
@@ -119,15 +121,15 @@ def test_reconnect_reannounces_every_metric_seen_live() -> None:
     humidity = json.loads(again[0].payload)
     assert (humidity["device_class"], humidity["unit_of_measurement"]) == ("humidity", "%")
     # Announced by on_connect: the next reading only updates the state.
-    assert _topics(ha.on_reading(_row(3, ts_us=TS + 1), replay=False)) == [
+    assert _topics(ha.on_reading(_row(3, ts_us=TS + 1), replay=False, now_us=NOW)) == [
         "plant/telemetry/edge-01/bme280/temperature/state"
     ]
 
 
 def test_unit_change_reannounces_and_unknown_unit_has_no_device_class() -> None:
     ha = HomeAssistantDiscovery(_settings())
-    ha.on_reading(_row(1, "level", None), replay=False)
-    changed = ha.on_reading(_row(2, "level", "V", ts_us=TS + 1), replay=False)
+    ha.on_reading(_row(1, "level", None), replay=False, now_us=NOW)
+    changed = ha.on_reading(_row(2, "level", "V", ts_us=TS + 1), replay=False, now_us=NOW)
     assert _topics(changed)[0] == "ha/sensor/edge-01_bme280_level/config"
     assert json.loads(changed[0].payload)["device_class"] == "voltage"
 
@@ -138,5 +140,27 @@ def test_unit_change_reannounces_and_unknown_unit_has_no_device_class() -> None:
 
 def test_state_never_moves_back_in_time() -> None:
     ha = HomeAssistantDiscovery(_settings())
-    ha.on_reading(_row(1, ts_us=TS + 5_000_000), replay=False)
-    assert ha.on_reading(_row(2, ts_us=TS), replay=False) == []
+    ha.on_reading(_row(1, ts_us=TS + 5_000_000), replay=False, now_us=NOW)
+    assert ha.on_reading(_row(2, ts_us=TS), replay=False, now_us=NOW) == []
+
+
+def test_future_dated_reading_does_not_freeze_the_state(caplog: pytest.LogCaptureFixture) -> None:
+    ha = HomeAssistantDiscovery(_settings())
+    day = 86_400_000_000
+    with caplog.at_level(logging.WARNING, logger="mqttspool.homeassistant"):
+        bad = ha.on_reading(_row(1, ts_us=NOW + day), replay=False, now_us=NOW)
+        assert _topics(bad) == ["ha/sensor/edge-01_bme280_temperature/config"]  # no state
+        later = ha.on_reading(_row(2, ts_us=NOW + 1_000_000), replay=False, now_us=NOW + 2_000_000)
+        assert _topics(later) == ["plant/telemetry/edge-01/bme280/temperature/state"]
+        ha.on_reading(_row(3, ts_us=NOW + day), replay=False, now_us=NOW + 3_000_000)
+    (line,) = [r.getMessage() for r in caplog.records]  # throttled: one line for both
+    assert line.startswith(
+        "home assistant state: 1 reading(s) stamped more than 300 s in the future skipped"
+        " (e.g. edge-01/bme280/temperature seq 1 at 2026-11-27T00:01:00.000Z, 86400 s ahead)"
+    )
+
+
+def test_reading_slightly_ahead_of_the_clock_still_sets_the_state() -> None:
+    ha = HomeAssistantDiscovery(_settings())
+    ahead = ha.on_reading(_row(1, ts_us=NOW + 299_000_000), replay=False, now_us=NOW)
+    assert _topics(ahead)[-1] == "plant/telemetry/edge-01/bme280/temperature/state"

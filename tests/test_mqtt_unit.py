@@ -7,11 +7,22 @@ import ssl
 from pathlib import Path
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 from support.certs import CertBundle
 
 from mqttspool.config import BrokerConfig, TlsConfig
 from mqttspool.errors import ConfigError
-from mqttspool.mqtt import MqttPublisher, Will, _tls_context, client_id_for
+from mqttspool.mqtt import (
+    FailureKind,
+    MqttPublisher,
+    Will,
+    _tls_context,
+    client_id_for,
+    kind_for_connack,
+    kind_for_disconnect,
+    kind_for_exception,
+)
 
 
 def test_tls_verifies_certificate_and_hostname_by_default(certs: CertBundle) -> None:
@@ -55,3 +66,81 @@ def test_password_never_in_repr(tmp_path: Path) -> None:
     publisher = MqttPublisher(cfg, "c", Will("t/status", b"offline"))
     assert "s3cr3t-value" not in repr(cfg)
     assert "s3cr3t-value" not in repr(publisher.config)
+
+
+# ------------------------------------------------------------ failure kinds
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        (0x86, FailureKind.NOT_AUTHORIZED),  # bad user name or password
+        (0x87, FailureKind.NOT_AUTHORIZED),
+        (0x85, FailureKind.NOT_AUTHORIZED),  # client identifier not valid
+        (0x84, FailureKind.PROTOCOL),  # unsupported protocol version
+        (0x88, FailureKind.REFUSED),  # server unavailable
+        (0x89, FailureKind.REFUSED),  # server busy
+        (0x80, FailureKind.REFUSED),
+    ],
+)
+def test_connack_reason_codes_map_to_kinds(code: int, kind: FailureKind) -> None:
+    assert kind_for_connack(code) is kind
+
+
+@pytest.mark.parametrize(
+    ("code", "from_broker", "kind"),
+    [
+        (0x8E, True, FailureKind.SESSION_TAKEN_OVER),
+        (0x93, True, FailureKind.PROTOCOL),  # receive maximum exceeded
+        (0x82, True, FailureKind.PROTOCOL),
+        (0x87, True, FailureKind.NOT_AUTHORIZED),
+        (0x8B, True, FailureKind.REFUSED),  # server shutting down
+        (0x00, True, FailureKind.REFUSED),  # the broker ended it without saying why
+        (0x8D, True, FailureKind.TIMEOUT),
+        (0x8D, False, FailureKind.TIMEOUT),  # paho's own keepalive gave up
+        (0x80, False, FailureKind.NETWORK),  # socket lost
+        (0x82, False, FailureKind.PROTOCOL),
+        (0x00, False, FailureKind.CLOSED),  # our own disconnect()
+    ],
+)
+def test_disconnect_reason_codes_map_to_kinds(
+    code: int, from_broker: bool, kind: FailureKind
+) -> None:
+    assert kind_for_disconnect(code, from_broker) is kind
+
+
+def test_paho_reason_code_objects_map_by_value() -> None:
+    rc = ReasonCode(PacketTypes.CONNACK, "Bad user name or password")
+    assert kind_for_connack(int(rc.value)) is FailureKind.NOT_AUTHORIZED
+    rc = ReasonCode(PacketTypes.DISCONNECT, "Session taken over")
+    assert kind_for_disconnect(int(rc.value), True) is FailureKind.SESSION_TAKEN_OVER
+    rc = ReasonCode(PacketTypes.DISCONNECT, "Receive maximum exceeded")
+    assert kind_for_disconnect(int(rc.value), True) is FailureKind.PROTOCOL
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (ssl.SSLCertVerificationError("certificate verify failed"), FailureKind.TLS),
+        (ssl.SSLError("wrong version number"), FailureKind.TLS),
+        (TimeoutError("timed out"), FailureKind.TIMEOUT),
+        (ConnectionRefusedError(111, "Connection refused"), FailureKind.NETWORK),
+        (OSError(-2, "Name or service not known"), FailureKind.NETWORK),
+    ],
+)
+def test_connect_exceptions_map_to_kinds(exc: BaseException, kind: FailureKind) -> None:
+    assert kind_for_exception(exc) is kind
+
+
+def test_configuration_kinds_carry_a_hint_and_transient_ones_do_not() -> None:
+    configuration = {k for k in FailureKind if k.configuration}
+    assert configuration == {
+        FailureKind.TLS,
+        FailureKind.NOT_AUTHORIZED,
+        FailureKind.SESSION_TAKEN_OVER,
+        FailureKind.PROTOCOL,
+    }
+    assert all(k.hint for k in configuration)
+    assert not any(k.hint for k in set(FailureKind) - configuration)
+    assert "broker.client_id" in FailureKind.SESSION_TAKEN_OVER.hint
+    assert "broker.username" in FailureKind.NOT_AUTHORIZED.hint

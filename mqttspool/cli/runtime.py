@@ -61,17 +61,27 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
-    """``mqttspool drain [--timeout S]``: exit 0 when empty, 1 on timeout."""
+    """``mqttspool drain [--timeout S]``: exit 0 when empty, 1 on timeout or dead letters."""
     from mqttspool.service import drain  # noqa: PLC0415
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     result = drain(settings, args.timeout)
-    if result.remaining == 0:
+    dead = ""
+    if result.dead_lettered:
+        dead = (
+            f", {result.dead_lettered} rejected by the broker and moved to the dead-letter"
+            " table (see `mqttspool dead-letters list`)"
+        )
+    if result.remaining == 0 and not result.dead_lettered:
         print(f"drained: {result.sent} reading(s) published, spool empty")
         return 0
+    if result.remaining == 0:
+        print(f"drained with rejections: {result.sent} published{dead}", file=sys.stderr)
+        return 1
     why = "" if result.connected else f" (broker {settings.broker.address()} unreachable)"
     print(
-        f"drain timed out{why}: {result.sent} published, {result.remaining} reading(s) remain",
+        f"drain timed out{why}: {result.sent} published{dead},"
+        f" {result.remaining} reading(s) remain",
         file=sys.stderr,
     )
     return 1

@@ -517,13 +517,7 @@ class Spool:
                 self._persist_drops(cur, Counter())
         except DB_ERRORS as exc:
             raise self._translate(exc, "delete acknowledged rows") from exc
-        for rej in rejected:
-            logger.warning(
-                "broker rejected seq %d (reason 0x%02X %s): moved to dead_letter",
-                rej.seq,
-                rej.code,
-                rej.reason,
-            )
+        # No log line per rejected row here: the bridge logs them rate-limited, with a summary.
 
     def ack(self, seqs: Iterable[int]) -> None:
         """Delete acknowledged rows (one transaction)."""
