@@ -54,7 +54,6 @@ READ_ATTEMPTS = 3  # an in-place overwrite can be read half-written: read again
 SAMPLER_STUCK_FACTOR = 3.0  # a sampler idle this many sensor intervals is stuck...
 SAMPLER_STUCK_MIN_S = 30.0  # ...and never sooner than this
 SAMPLER_MAX_WAIT_S = 60.0  # the sampler wakes at least this often (sampler.IDLE_WAIT_S)
-UNACKED_DEFAULT_LIMIT_S = 90.0  # without bridge.ack_timeout: 3 x 30 s
 CONFIG_ENV = "MQTTSPOOL_CONFIG"
 SPOOL_PATH_ENV = "mqttspool_spool__path"
 DEFAULT_SPOOL_PATH = "mqttspool.db"

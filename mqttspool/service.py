@@ -39,7 +39,6 @@ from mqttspool.counters import Counters
 from mqttspool.errors import SpoolCorruptError, SpoolError
 from mqttspool.health import (
     HEARTBEAT_S,
-    UNACKED_DEFAULT_LIMIT_S,
     Heartbeat,
     heartbeat_path,
     sampler_stuck_limit,
@@ -296,8 +295,7 @@ class Service:
                 )
 
     def _unacked_limit_s(self) -> float:
-        ack_timeout = getattr(self.settings.bridge, "ack_timeout", None)
-        return UNACKED_DEFAULT_LIMIT_S if ack_timeout is None else 3.0 * float(ack_timeout)
+        return 3.0 * self.settings.bridge.ack_timeout
 
     def _start_metrics(self) -> None:
         if not self.settings.metrics.enabled:
@@ -327,9 +325,7 @@ def _sampler_limit(thread: SamplerThread) -> float:
 
 def unacked_for(bridge: Bridge | None, now: float) -> float | None:
     """Seconds the oldest in-flight message has waited for its PUBACK; None if none waits."""
-    # Bridge.unacked_since() comes with the bridge's ack timeout; older bridges lack it.
-    unacked_since = getattr(bridge, "unacked_since", None)
-    since = None if unacked_since is None else unacked_since()
+    since = None if bridge is None else bridge.unacked_since()
     return None if since is None else max(0.0, now - float(since))
 
 
