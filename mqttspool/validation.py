@@ -103,4 +103,7 @@ def _shown(path: str, value: Any) -> str:
         text = json.dumps(value, default=str, ensure_ascii=False)
     except (ValueError, RecursionError):  # an int past the digit limit, nesting too deep
         text = f"<{type(value).__name__}>"
+    # JSON leaves U+0085, U+2028 and other unprintables raw: escape them, so a
+    # value can never break (or forge) a report line in any reader.
+    text = "".join(ch if ch.isprintable() else f"\\u{ord(ch):04x}" for ch in text)
     return text if len(text) <= 80 else text[:77] + "..."

@@ -198,6 +198,7 @@ def shared_spool(tmp_path: Path) -> Iterator[Spool]:
 )
 @given(data=st.lists(lines, max_size=12))
 @example(data=[b"\xef\xbb\xbf"])  # a BOM alone is a blank line
+@example(data=[b'{"sensor": "s", "metric": "t", "value": 1, "device": ["\\u0085\\u2028"]}'])
 def test_every_line_is_stored_or_reported(shared_spool: Spool, data: list[bytes]) -> None:
     """Whatever the bytes: no exception, and each non-blank line is counted exactly once."""
     before = shared_spool.depth()
