@@ -660,12 +660,14 @@ class Bridge:
         self, deadline: float, now: Callable[[], float], wait: Callable[[float], None]
     ) -> None:
         conn = self.conn
-        if conn is None or self.window_load >= conn.window:
-            # A strict broker would disconnect us for exceeding its Receive Maximum.
-            logger.warning("window still full at shutdown: not publishing 'offline'")
+        if conn is None:
             return
+        # Receive Maximum bounds QoS 1 and 2 only: with the window still full, QoS 0
+        # still leaves the retained status right (the will is not sent on a clean
+        # disconnect, so saying nothing would leave dashboards showing `online`).
+        qos = 1 if self.window_load < conn.window else 0
         topic = status_topic(self.prefix, self.device)
-        mid = self.publisher.publish(topic, b"offline", 1, True)
+        mid = self.publisher.publish(topic, b"offline", qos, True)
         if mid is None:
             return
         conn.sent_at[mid] = now()

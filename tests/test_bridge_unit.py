@@ -352,6 +352,26 @@ def test_shutdown_timeout_leaves_unacked_rows_spooled(tmp_path: Path, clock: Fak
     assert spool.depth() == 3
 
 
+def test_shutdown_with_the_window_full_still_says_offline_at_qos_0(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    bridge, pub, spool = make_bridge(tmp_path, clock, max_inflight=3)
+    fill(spool, clock, 5)
+    connect(bridge, pub, 0.0)
+    t = [0.0]
+
+    def wait(s: float) -> None:
+        t[0] += s
+        offline = [m for m in pub.sent if m.payload == b"offline"]
+        if offline:
+            pub.ack([offline[0].mid])
+
+    left = bridge.shutdown(0.5, lambda: t[0], wait)  # the broker never acks the readings
+    assert left == 3
+    offline = [m for m in pub.sent if m.topic == "mqttspool/edge-01/status"]
+    assert [(m.payload, m.qos, m.retain) for m in offline][-1] == (b"offline", 0, True)
+
+
 # ---------------------------------------------------------------- property
 
 
