@@ -208,7 +208,7 @@ class Sampler:
 
     def _store(self, readings: list[Reading]) -> None:
         try:
-            self.spool.append(readings)
+            self.spool.append(readings, clock_stamped=True)  # ts taken from our clock
         except SpoolFullError as exc:
             self._log_full(exc)
         except SpoolCorruptError:

@@ -297,12 +297,12 @@ def test_threads_and_a_second_process_write_together(tmp_path: Path) -> None:
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                rows = spool.lease(300)
+                rows = spool.rows_after(0, 300)
                 if rows:
                     spool.settle([r.seq for r in rows])
                     acked.extend(r.value for r in rows)
                 elif writer_done.is_set() and enqueue.poll() is not None:
-                    rows = spool.lease(10_000)  # the last commits of the others
+                    rows = spool.rows_after(0, 10_000)  # the last commits of the others
                     spool.settle([r.seq for r in rows])
                     acked.extend(r.value for r in rows)
                     return
