@@ -11,6 +11,7 @@ estimated from the gaps between readable seqs (logged as an estimate).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import sqlite3
@@ -160,9 +161,15 @@ def _meta_set(conn: sqlite3.Connection, key: str, value: str) -> None:
 
 def _open_readonly(path: Path) -> sqlite3.Connection:
     try:
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
     except sqlite3.Error:
-        return sqlite3.connect(str(path), isolation_level=None)
+        conn = sqlite3.connect(str(path), isolation_level=None)
+    # A file shorter than its header says (truncated) is refused as a whole
+    # unless writable_schema is on; with it the pages that remain can be read.
+    # Nothing is written: salvage only SELECTs from this connection.
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA writable_schema = ON")
+    return conn
 
 
 def _try_one(conn: sqlite3.Connection, sql: str) -> Any:
@@ -183,7 +190,11 @@ def _try_all(conn: sqlite3.Connection, sql: str) -> list[Any]:
 def _salvage_rows(
     conn: sqlite3.Connection, table: str, columns: str, hwm: int
 ) -> Iterator[tuple[Any, ...]]:
-    """Every readable row of ``table`` by seq ranges; damaged ranges are probed row by row."""
+    """Every readable row of ``table`` by seq ranges; damaged ranges are probed row by row.
+
+    A damaged B-tree can hand back rows out of order or with impossible seqs;
+    the cursor only moves forward and each seq is yielded once.
+    """
     top = max(hwm, int(_try_one(conn, f"SELECT MAX(seq) FROM {table}") or 0))
     cursor = 0
     while cursor < top:
@@ -193,13 +204,17 @@ def _salvage_rows(
                 (cursor, SALVAGE_CHUNK),
             ).fetchall()
         except sqlite3.DatabaseError:
-            yield from _probe(conn, table, columns, cursor + 1, cursor + SALVAGE_CHUNK)
+            chunk = None
+        if chunk == []:
+            return
+        good = [r for r in chunk or () if _plausible(r) and cursor < r[0] <= top]
+        if chunk is None or not good or max(r[0] for r in good) <= cursor:
+            yield from _probe(conn, table, columns, cursor + 1, min(top, cursor + SALVAGE_CHUNK))
             cursor += SALVAGE_CHUNK
             continue
-        if not chunk:
-            return
-        yield from (r for r in chunk if _plausible(r))
-        cursor = int(chunk[-1][0])
+        good = sorted({r[0]: r for r in good}.values())
+        yield from good
+        cursor = int(good[-1][0])
 
 
 def _probe(
@@ -215,11 +230,17 @@ def _probe(
 
 
 def _plausible(row: tuple[Any, ...]) -> bool:
-    """Reject rows whose bytes were scrambled into the wrong types."""
-    seq, device, sensor, metric, value, _unit, ts_us, _synced = row[:8]
+    """Reject rows whose bytes were scrambled into the wrong types or zeroed.
+
+    A truncated file ends in a partial page that SQLite reads as zeros past
+    the cut: such a row has NUL bytes where names were.
+    """
+    seq, device, sensor, metric, value, _unit, ts_us, synced = row[:8]
+    names = (device, sensor, metric)
     return (
         isinstance(seq, int)
-        and all(isinstance(s, str) for s in (device, sensor, metric))
+        and all(isinstance(s, str) and s and "\x00" not in s for s in names)
         and isinstance(value, int | float)
         and isinstance(ts_us, int)
+        and synced in (0, 1)
     )
