@@ -76,14 +76,22 @@ def translate(exc: BaseException, path: Path, doing: str) -> SpoolError:
     if is_corrupt(exc):
         return SpoolCorruptError(
             path,
-            f"SQLite reports corruption while trying to {doing}: {exc}; the daemon moves"
-            " the file aside and salvages it (or run `mqttspool drain` to do so)",
+            f"SQLite reports corruption while trying to {doing}: {exc}; `mqttspool run`"
+            " (or `drain`) moves the file aside and salvages it",
         )
     if is_full(exc, path):
         return SpoolFullError(
             path, f"disk full while trying to {doing}; free space on its filesystem", dropped=0
         )
-    return SpoolError(path, f"cannot {doing}: {exc}")
+    text = str(exc)
+    if "readonly" in text or "unable to open" in text:
+        return SpoolError(
+            path,
+            f"cannot {doing}: {text}; check that the file and its directory {path.parent}"
+            f" are writable by this user (SQLite keeps {path.name}-wal and {path.name}-shm"
+            " beside it)",
+        )
+    return SpoolError(path, f"cannot {doing}: {text}")
 
 
 @contextlib.contextmanager

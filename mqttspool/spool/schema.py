@@ -29,7 +29,7 @@ import peewee as pw
 from playhouse.sqlite_ext import AutoIncrementField
 
 from mqttspool.errors import NotASpoolError, SpoolCorruptError, SpoolError
-from mqttspool.spool.dberrors import DB_ERRORS, is_corrupt
+from mqttspool.spool.dberrors import DB_ERRORS, is_corrupt, translate
 from mqttspool.spool.readonly import APPLICATION_ID
 
 logger = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def attach(path: Path, migrate: bool) -> str:
     except sqlite3.DatabaseError as exc:
         if is_corrupt(exc):
             raise SpoolCorruptError(path, f"cannot read: {exc}") from exc
-        raise SpoolError(path, f"cannot open: {exc}; check the file's permissions") from exc
+        raise translate(exc, path, "open") from exc
     if version > SCHEMA_VERSION:
         raise SpoolError(
             path, f"was written by a newer mqttspool (schema {version}); upgrade mqttspool"
