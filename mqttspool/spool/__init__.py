@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mqttspool.spool.dberrors import map_errors, sqlite_error_code
     from mqttspool.spool.opening import open_spool, recover_spool
-    from mqttspool.spool.salvage import SalvageReport
+    from mqttspool.spool.salvage import SalvageReport, count_lost_to_corruption
     from mqttspool.spool.schema import SCHEMA_VERSION, classify_file
     from mqttspool.spool.store import (
         AppendResult,
@@ -47,6 +47,7 @@ _LAZY: dict[str, str] = {
     "Spool": "mqttspool.spool.store",
     "SpoolStats": "mqttspool.spool.store",
     "classify_file": "mqttspool.spool.schema",
+    "count_lost_to_corruption": "mqttspool.spool.salvage",
     "map_errors": "mqttspool.spool.dberrors",
     "open_spool": "mqttspool.spool.opening",
     "read_stats_json": "mqttspool.spool.store",
@@ -63,6 +64,7 @@ __all__ = [
     "Spool",
     "SpoolStats",
     "classify_file",
+    "count_lost_to_corruption",
     "map_errors",
     "open_spool",
     "read_stats_json",

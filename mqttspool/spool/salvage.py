@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +31,25 @@ logger = logging.getLogger(__name__)
 SALVAGE_CHUNK = 500
 _COLUMNS = schema.COLUMNS
 _DEAD_COLUMNS = f"{_COLUMNS}, code, reason, failed_at_us"
+
+
+_lost_lock = threading.Lock()
+_lost_to_corruption: Counter[str] = Counter()
+
+
+def count_lost_to_corruption(path: Path, n: int) -> None:
+    """Note ``n`` readings a caller could not store because the spool at ``path`` was corrupt.
+
+    The sampler calls this when a round fails with SpoolCorruptError; the next
+    salvage of ``path`` in this process counts them as dropped, reason ``corrupt``.
+    """
+    with _lost_lock:
+        _lost_to_corruption[os.path.abspath(path)] += n
+
+
+def _take_lost_to_corruption(path: Path) -> int:
+    with _lost_lock:
+        return _lost_to_corruption.pop(os.path.abspath(path), 0)
 
 
 @dataclass
@@ -76,7 +97,7 @@ def salvage_into(aside: Path, path: Path) -> SalvageReport:
         dst.execute("BEGIN IMMEDIATE")
         _write_salvaged(dst, found, epoch_kept)
         merged = Counter({k: v for k, v in found.counters.items() if k.startswith("dropped.")})
-        merged["dropped.corrupt"] += lost
+        merged["dropped.corrupt"] += lost + _take_lost_to_corruption(path)
         merged[schema.COUNT_READING] = len(found.rows)
         merged[schema.COUNT_DEAD] = len(found.dead)
         for key, value in merged.items():

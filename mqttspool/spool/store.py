@@ -496,7 +496,9 @@ class Spool:
         if now is not None and now == self._identity:
             return
         what = "deleted" if now is None else "replaced by another file"
-        stranded = self._stranded()
+        # A new file at the path shares the -wal/-shm names with the old one,
+        # so what this connection reads then is no reliable count.
+        stranded = self._stranded() if now is None else None
         held = "an unknown number of" if stranded is None else str(stranded)
         raise SpoolGoneError(
             self.path,
