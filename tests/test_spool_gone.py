@@ -61,6 +61,10 @@ def test_append_and_settle_check_on_a_timer(
     assert info.value.stranded == 4
     with pytest.raises(SpoolGoneError):
         s.settle(seqs)
+    monkeypatch.setattr(spool_store, "FILE_CHECK_S", 1e9)
+    with pytest.raises(SpoolGoneError):  # sticky: a retry does not write on
+        s.settle(seqs)
+    assert s.depth() == 4
     s.close()
 
 

@@ -13,41 +13,15 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from mqttspool.logthrottle import LogThrottle
+
 logger = logging.getLogger(__name__)
 
 DROP_LOG_INTERVAL_S = 60.0
-
-
-class DropLog:
-    """Logs drops at most once per interval per reason, with the count since the last line."""
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._unlogged: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def note(self, reason: str, n: int, path: Path) -> None:
-        """Count ``n`` drops of ``reason``; log if this reason was quiet for an interval."""
-        with self._lock:
-            self._unlogged[reason] += n
-            now = time.monotonic()
-            if now - self._last.get(reason, -1e18) < self._interval:
-                return
-            count, self._unlogged[reason] = self._unlogged[reason], 0
-            self._last[reason] = now
-        logger.warning(
-            "spool %s: dropped %d reading(s), reason %s (logged at most once per %ds)",
-            path,
-            count,
-            reason,
-            int(self._interval),
-        )
 
 
 class DropCounters:
@@ -57,13 +31,13 @@ class DropCounters:
         self.path = path
         self._pending: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._log = DropLog(DROP_LOG_INTERVAL_S)
+        self._log = LogThrottle(DROP_LOG_INTERVAL_S)
 
     def count_pending(self, reason: str, n: int) -> None:
         """Count ``n`` drops that no transaction has persisted yet."""
         with self._lock:
             self._pending[reason] += n
-        self._log.note(reason, n, self.path)
+        self._note(reason, n)
 
     def pending(self) -> Counter[str]:
         """A copy of the pending counts."""
@@ -92,7 +66,18 @@ class DropCounters:
         """Log committed drops (rate-limited per reason)."""
         for reason, n in dropped.items():
             if n:
-                self._log.note(reason, n, self.path)
+                self._note(reason, n)
+
+    def _note(self, reason: str, n: int) -> None:
+        count = self._log.note(reason, n)
+        if count:
+            logger.warning(
+                "spool %s: dropped %d reading(s), reason %s (logged at most once per %ds)",
+                self.path,
+                count,
+                reason,
+                int(DROP_LOG_INTERVAL_S),
+            )
 
     def _restore(self, pending: Counter[str]) -> None:
         with self._lock:

@@ -127,12 +127,21 @@ def refuse_foreign(path: Path, kind: str) -> None:
         )
 
 
-def database(path: Path, synchronous: str) -> pw.SqliteDatabase:
-    """The peewee database of an existing spool (one SQLite connection per thread)."""
+def database(path: Path, synchronous: str, wal_pages: int = 1000) -> pw.SqliteDatabase:
+    """The peewee database of an existing spool (one SQLite connection per thread).
+
+    ``wal_pages`` is the auto-checkpoint threshold: the spool keeps it below
+    its disk reserve, so a checkpoint on a full disk always has room to move
+    the WAL into the database file and truncate it.
+    """
     return pw.SqliteDatabase(
         str(path),
         timeout=BUSY_TIMEOUT_S,
-        pragmas={"journal_mode": "wal", "synchronous": synchronous.upper()},
+        pragmas={
+            "journal_mode": "wal",
+            "synchronous": synchronous.upper(),
+            "wal_autocheckpoint": wal_pages,
+        },
         check_same_thread=False,
     )
 

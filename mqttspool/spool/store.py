@@ -100,8 +100,11 @@ class Spool:
         self.config = config
         self.clock = clock
         self.epoch = epoch
-        self.db = schema.database(path, config.synchronous)
         self.reserve = Reserve(path)
+        # Half the reserve, in 4 KiB pages: the WAL's not-yet-checkpointed pages
+        # must fit in the reserve for a checkpoint on a full disk to complete.
+        self.db = schema.database(path, config.synchronous, max(16, self.reserve.size // 8192))
+        self._disk_full = False  # set on ENOSPC, cleared when the reserve is back
         self._drops = DropCounters(path)
         self._txn = threading.local()  # per-thread undo list of the open write transaction
         self._free_checked_at = -1e18
@@ -109,6 +112,7 @@ class Spool:
         self._age_checked_at = -1e18
         self._file_checked_at = time.monotonic()
         self._identity = _identity(path)
+        self._gone: SpoolGoneError | None = None
 
     # ----------------------------------------------------------------- ingest
 
@@ -138,6 +142,9 @@ class Spool:
             (r.device, r.sensor, r.metric, r.value, r.unit, r.ts_us, r.time_synced, boot, mono, s)
             for r, s in zip(readings, stamped, strict=True)
         ]
+        if self._disk_full and not self._space_is_back():
+            # Do not spend the headroom that deletes and drop counters need.
+            return self._append_on_full_disk(rows)
         try:
             return self._append_rows(rows)
         except DB_ERRORS as exc:
@@ -157,12 +164,15 @@ class Spool:
 
     def _append_on_full_disk(self, rows: list[tuple[Any, ...]]) -> AppendResult:
         """Disk full: use the reserve, apply the overflow policy once, else count the batch."""
-        self.reserve.release()
+        self._enter_full()
         if self.config.overflow == "drop_oldest":
             with contextlib.suppress(*DB_ERRORS):
-                if self._drop_oldest_now(len(rows), "disk_full"):
+                freed = self._drop_oldest_now(len(rows), "disk_full")
+                if freed:
                     with contextlib.suppress(*DB_ERRORS):
-                        return self._append_rows(rows)
+                        stored = self._append_rows(rows)
+                        dropped = Counter(stored.dropped) + Counter(disk_full=freed)
+                        return AppendResult(stored.seqs, dict(dropped))
         self._drops.count_pending("disk_full", len(rows))
         self._flush_pending()
         raise SpoolFullError(
@@ -226,8 +236,27 @@ class Spool:
             self._free_bytes = free_bytes(self.path.parent)
             self._free_checked_at = now
             if not self.reserve.held():
-                self.reserve.ensure()  # space came back: hold headroom again
+                self._space_is_back()
         return self._free_bytes
+
+    def _enter_full(self) -> None:
+        """ENOSPC: give back the reserve and the WAL's slack so deletes can commit."""
+        self._disk_full = True
+        self.reserve.release()
+        self._checkpoint()
+
+    def _space_is_back(self) -> bool:
+        """Leave the full state once the reserve could be created again."""
+        if self.reserve.ensure() or self.reserve.size == 0:
+            if self._disk_full:
+                logger.warning("spool %s: disk space is back; reserve restored", self.path)
+            self._disk_full = False
+        return not self._disk_full
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it, returning its space to the disk."""
+        with contextlib.suppress(*DB_ERRORS):
+            self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _maybe_expire(self) -> None:
         if self.config.max_age <= 0:
@@ -500,13 +529,14 @@ class Spool:
         # so what this connection reads then is no reliable count.
         stranded = self._stranded() if now is None else None
         held = "an unknown number of" if stranded is None else str(stranded)
-        raise SpoolGoneError(
+        self._gone = SpoolGoneError(
             self.path,
             f"was {what} while open; {held} queued reading(s) remain in the unlinked file"
             " and will not be delivered. Stop mqttspool, restore the file if you can"
             " (e.g. from /proc/<pid>/fd while it runs), then start it again",
             stranded,
         )
+        raise self._gone
 
     def _on_database_error(self) -> None:
         """Called by the error mapping: a vanished file explains errors better than SQLite."""
@@ -515,7 +545,13 @@ class Spool:
 
     @mapped("close")
     def close(self) -> None:
-        """Close this thread's connection (others close as their threads end)."""
+        """Close this thread's connection (others close as their threads end).
+
+        Drop counts still pending (a full disk refused them) are written first
+        if the disk allows, so a short-lived ``enqueue`` does not lose them.
+        """
+        if self._drops.pending():
+            self._flush_pending()
         if not self.db.is_closed():
             self.db.close()
 
@@ -528,16 +564,19 @@ class Spool:
             return None
 
     def _maybe_check_file(self) -> None:
+        if self._gone is not None:
+            raise self._gone  # once gone, every write says so (callers may retry)
         if time.monotonic() - self._file_checked_at >= FILE_CHECK_S:
             self.check_file()
 
     def _on_full_retry(self, write: Callable[[], _T]) -> _T:
-        """Run ``write``; on a full disk release the reserve and run it once more."""
+        """Run ``write``; on a full disk release the reserve and the WAL, run it once more."""
         try:
             return write()
         except DB_ERRORS as exc:
-            if not is_full(exc, self.path) or not self.reserve.release():
+            if not is_full(exc, self.path):
                 raise
+        self._enter_full()
         return write()
 
     def _flush_pending(self) -> None:
@@ -572,6 +611,8 @@ class Spool:
         try:
             yield cur
             cur.execute("COMMIT")
+            if self._disk_full:
+                self._checkpoint()  # hand the WAL's new frames back at once
         except BaseException:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
