@@ -131,8 +131,7 @@ def test_disk_full_is_counted_and_leaves_a_sound_spool(
         _limit_pages_if_no_tmpfs(small_disk, spool, 64)
         returned, errors, value = _fill_until_full(spool)
         seqs = sorted(returned)
-        # drop_newest refuses the batch; drop_oldest now always makes room (the
-        # disk reserve lets the delete commit), so it never refuses here.
+        # drop_oldest always makes room now (the disk reserve lets the delete commit).
         assert len(errors) == (3 if overflow == "drop_newest" else 0)
         assert len(seqs) > 100
         for exc in errors:

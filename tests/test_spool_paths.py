@@ -19,7 +19,7 @@ from fakes.clock import FakeClock
 
 from mqttspool.config import SpoolConfig
 from mqttspool.reading import Reading
-from mqttspool.spool import Rejection, open_spool
+from mqttspool.spool import Rejection, Spool, open_spool
 
 
 def run(cwd: Path, spool: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -148,45 +148,50 @@ def _reading(i: int) -> Reading:
     )
 
 
+class _Drainer(threading.Thread):
+    """The daemon's side: keeps appending and settling until stopped and empty."""
+
+    def __init__(self, spool: Spool) -> None:
+        super().__init__()
+        self.spool = spool
+        self.stop = threading.Event()
+        self.delivered: list[int] = []
+        self.errors: list[BaseException] = []
+
+    def run(self) -> None:
+        try:
+            n = 200
+            while not self.stop.is_set() or self.spool.depth():
+                self.spool.append([_reading(n)])
+                n += 1
+                rows = self.spool.rows_after(0, 50)
+                self.spool.settle([r.seq for r in rows])
+                self.delivered.extend(r.seq for r in rows)
+        except BaseException as exc:
+            self.errors.append(exc)
+
+
 def test_requeue_and_purge_while_a_writer_drains(tmp_path: Path) -> None:
     """Two Spool objects on one file (the daemon and ``dead-letters``): counts stay exact."""
     cfg = SpoolConfig(path=str(tmp_path / "spool.db"), min_free_bytes=0)
     daemon = open_spool(cfg, FakeClock())
     seqs = daemon.append([_reading(i) for i in range(200)]).seqs
     daemon.settle([], [Rejection(s, 0x87, "no") for s in seqs[:100]])  # 100 dead letters
-    stop = threading.Event()
-    delivered: list[int] = []
-    errors: list[BaseException] = []
-
-    def drain() -> None:
-        try:
-            n = 200
-            while not stop.is_set() or daemon.depth():
-                daemon.append([_reading(n)])
-                n += 1
-                rows = daemon.rows_after(0, 50)
-                daemon.settle([r.seq for r in rows])
-                delivered.extend(r.seq for r in rows)
-        except BaseException as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=drain)
-    worker.start()
+    drainer = _Drainer(daemon)
+    drainer.start()
     operator = open_spool(cfg, FakeClock(), create=False)
     try:
         assert operator.requeue(seqs[:60]) == 60
         assert operator.purge(None) == 40
     finally:
-        stop.set()
-        worker.join(30)
+        drainer.stop.set()
+        drainer.join(30)
         operator.close()
-    assert not errors
-    assert set(seqs[:60]) <= set(delivered)  # requeued rows went out again, same seq
-    assert len(delivered) == len(set(delivered))
+    assert not drainer.errors
+    assert set(seqs[:60]) <= set(drainer.delivered)  # requeued rows went out again, same seq
+    assert len(drainer.delivered) == len(set(drainer.delivered))
     stats = daemon.stats()
-    assert stats.dead_letters == 0
-    assert stats.dropped == {"purged": 40}
-    assert stats.depth == 0
+    assert (stats.dead_letters, stats.depth, stats.dropped) == (0, 0, {"purged": 40})
     assert daemon.read_meta("count.reading") == "0"
     assert daemon.read_meta("count.dead_letter") == "0"
     daemon.close()

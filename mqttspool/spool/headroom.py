@@ -2,12 +2,14 @@
 
 SQLite needs free space even to delete (the WAL grows before pages are
 freed), so a spool that filled its disk could neither settle what the broker
-acknowledged nor drop its oldest rows. ``<spool>.reserve`` holds
-:data:`RESERVE_BYTES` of zeros (at most 1/16 of a small filesystem) while
-there is room; on the first "disk full"
-the spool deletes it and retries, so deletes, drop counters and
-``drop_oldest`` can commit. It is created again once free space is back to
-twice its size.
+acknowledged nor drop its oldest rows. Once free space on the spool's
+filesystem falls below :data:`HOLD_BELOW_FREE`, ``<spool>.reserve`` holds
+:data:`RESERVE_BYTES` of zeros (at most 1/16 of a small filesystem). On the
+first "disk full" the spool deletes it, checkpoints and truncates the WAL and
+retries, so deletes, drop counters and ``drop_oldest`` can commit. It is
+created again once free space is back to twice its size. The WAL's
+auto-checkpoint threshold is kept at half the reserve, so that checkpoint
+always has room.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from mqttspool.spool.dberrors import free_bytes
 
 logger = logging.getLogger(__name__)
 
-RESERVE_BYTES = 1 << 20
+RESERVE_BYTES = 8 << 20
+HOLD_BELOW_FREE = 256 << 20  # with more free space than this, no reserve is needed yet
 RESERVE_FRACTION = 16  # never more than 1/16 of the filesystem
 RESERVE_SUFFIX = ".reserve"
 RELEASE_LOG_INTERVAL_S = 60.0
@@ -40,10 +43,17 @@ class Reserve:
         return self.path.exists()
 
     def ensure(self) -> bool:
-        """Create the reserve if it is missing and the disk has room for it twice over."""
+        """True if headroom is assured: the reserve is held, or free space makes it unneeded.
+
+        Creates the reserve when it is needed and the disk has room for it
+        twice over; False while it is needed but cannot be created.
+        """
         if self.size <= 0 or self.held():
-            return self.held()
-        if free_bytes(self.path.parent) < 2 * self.size:
+            return True
+        free = free_bytes(self.path.parent)
+        if free >= HOLD_BELOW_FREE:
+            return True
+        if free < 2 * self.size:
             return False
         try:
             with self.path.open("wb") as fh:
@@ -84,3 +94,8 @@ def _default_size(directory: Path) -> int:
     except OSError:
         return RESERVE_BYTES
     return min(RESERVE_BYTES, st.f_blocks * st.f_frsize // RESERVE_FRACTION)
+
+
+def wal_pages(reserve_size: int) -> int:
+    """The WAL auto-checkpoint threshold (4 KiB pages) for a reserve of ``reserve_size``."""
+    return max(16, min(1000, reserve_size // 8192))

@@ -32,7 +32,7 @@ from mqttspool.reading import Reading, StoredReading, format_ts
 from mqttspool.spool import schema
 from mqttspool.spool.dberrors import DB_ERRORS, free_bytes, is_corrupt, is_full, mapped
 from mqttspool.spool.drops import DropCounters
-from mqttspool.spool.headroom import Reserve
+from mqttspool.spool.headroom import Reserve, wal_pages
 from mqttspool.timekeeping import Clock
 
 logger = logging.getLogger(__name__)
@@ -101,9 +101,9 @@ class Spool:
         self.clock = clock
         self.epoch = epoch
         self.reserve = Reserve(path)
-        # Half the reserve, in 4 KiB pages: the WAL's not-yet-checkpointed pages
-        # must fit in the reserve for a checkpoint on a full disk to complete.
-        self.db = schema.database(path, config.synchronous, max(16, self.reserve.size // 8192))
+        # The WAL's not-yet-checkpointed pages must fit in the reserve for a
+        # checkpoint on a full disk to complete (SQLite's default on big disks).
+        self.db = schema.database(path, config.synchronous, wal_pages(self.reserve.size))
         self._disk_full = False  # set on ENOSPC, cleared when the reserve is back
         self._drops = DropCounters(path)
         self._txn = threading.local()  # per-thread undo list of the open write transaction
@@ -246,8 +246,8 @@ class Spool:
         self._checkpoint()
 
     def _space_is_back(self) -> bool:
-        """Leave the full state once the reserve could be created again."""
-        if self.reserve.ensure() or self.reserve.size == 0:
+        """Leave the full state once headroom is assured again."""
+        if self.reserve.ensure():
             if self._disk_full:
                 logger.warning("spool %s: disk space is back; reserve restored", self.path)
             self._disk_full = False
