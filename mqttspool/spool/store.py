@@ -358,7 +358,8 @@ class Spool:
                 cur.execute("DELETE FROM reading WHERE seq = ?", (rej.seq,))
                 deleted += cur.rowcount
             _add_count(cur, schema.COUNT_READING, -deleted)
-            _sync_dead_count(cur)
+            if rejected:
+                _sync_dead_count(cur)
             if acked:
                 _meta_set(cur, "last_publish_us", str(now))
             self._persist_drops(cur, Counter())
