@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -151,3 +153,35 @@ def test_a_short_lived_writer_persists_what_it_counted(disk: Path) -> None:
     assert daemon.stats().dropped == {"disk_full": 160}
     daemon.close()
     assert os.path.exists(cfg.path)
+
+
+def test_enqueue_on_a_full_disk_counts_what_it_says(disk: Path) -> None:
+    """Black box: ``enqueue`` refuses lines on a full disk and ``status`` shows them counted."""
+    cfg = _cfg(disk, "drop_newest")
+    daemon_was_here = open_spool(cfg)
+    assert daemon_was_here.reserve.held()
+    daemon_was_here.close()
+    _fill_disk(disk)
+    env = {k: v for k, v in os.environ.items() if not k.lower().startswith("mqttspool_")}
+    env |= {"MQTTSPOOL_SPOOL__PATH": cfg.path, "MQTTSPOOL_SPOOL__MIN_FREE_BYTES": "0"}
+    env["MQTTSPOOL_SPOOL__OVERFLOW"] = "drop_newest"
+    lines = "".join(f'{{"sensor":"s","metric":"m","value":{i}}}\n' for i in range(300))
+
+    def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mqttspool", *args],
+            input=stdin,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    enqueue = cli("enqueue", "-", stdin=lines)
+    assert enqueue.returncode == 1, enqueue.stderr
+    assert "stored 0 reading(s), rejected 300 line(s)" in enqueue.stderr
+    assert "counted as dropped, reason disk_full" in enqueue.stderr
+    status = cli("status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["dropped"] == {"disk_full": 300}

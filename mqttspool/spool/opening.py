@@ -6,8 +6,9 @@ import logging
 from pathlib import Path
 
 from mqttspool.config import SpoolConfig
-from mqttspool.errors import SpoolCorruptError, SpoolError
+from mqttspool.errors import SpoolCorruptError, SpoolError, SpoolFullError
 from mqttspool.spool import schema
+from mqttspool.spool.headroom import Reserve
 from mqttspool.spool.salvage import quarantine, salvage_into
 from mqttspool.spool.store import Spool
 from mqttspool.timekeeping import Clock, SystemClock
@@ -41,7 +42,8 @@ def open_spool(
             )
         schema.create(path)
     try:
-        spool = Spool(path, config, clock, schema.attach(path, migrate=create))
+        epoch, disk_full = _attach(path, migrate=create)
+        spool = Spool(path, config, clock, epoch, disk_full)
         if integrity_check and not spool.integrity_ok():
             spool.close()
             raise SpoolCorruptError(path, "PRAGMA quick_check failed")
@@ -51,6 +53,20 @@ def open_spool(
     if create:
         spool.reserve.ensure()
     return spool
+
+
+def _attach(path: Path, migrate: bool) -> tuple[str, bool]:
+    """Attach; on a full disk (SQLite cannot create ``-shm``) use the reserve and retry once.
+
+    Returns the epoch and whether the disk was full (so the spool keeps what is
+    left of the headroom for deletes and drop counters).
+    """
+    try:
+        return schema.attach(path, migrate), False
+    except SpoolFullError:
+        if not Reserve(path).release():
+            raise
+    return schema.attach(path, migrate), True
 
 
 def recover_spool(config: SpoolConfig, clock: Clock | None = None) -> Spool:

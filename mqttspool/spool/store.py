@@ -95,7 +95,10 @@ class DeadLetter:
 class Spool:
     """A durable FIFO of readings in one SQLite file. Use :func:`~mqttspool.spool.open_spool`."""
 
-    def __init__(self, path: Path, config: SpoolConfig, clock: Clock, epoch: str) -> None:
+    def __init__(
+        self, path: Path, config: SpoolConfig, clock: Clock, epoch: str, disk_full: bool = False
+    ) -> None:
+        """``disk_full``: the opener had to use the reserve to open; keep the rest for deletes."""
         self.path = path
         self.config = config
         self.clock = clock
@@ -104,7 +107,7 @@ class Spool:
         # The WAL's not-yet-checkpointed pages must fit in the reserve for a
         # checkpoint on a full disk to complete (SQLite's default on big disks).
         self.db = schema.database(path, config.synchronous, wal_pages(self.reserve.size))
-        self._disk_full = False  # set on ENOSPC, cleared when the reserve is back
+        self._disk_full = disk_full  # set on ENOSPC, cleared when the reserve is back
         self._drops = DropCounters(path)
         self._txn = threading.local()  # per-thread undo list of the open write transaction
         self._free_checked_at = -1e18
