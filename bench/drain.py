@@ -78,7 +78,7 @@ def rendered(path: Path, rows: int) -> list[tuple[int, str, bytes]]:
             f"mqttspool/{r.device}/{r.sensor}/{r.metric}",
             render_payload(r, spool.epoch, False),
         )
-        for r in spool.lease(rows)
+        for r in spool.rows_after(0, rows)
     ]
     spool.close()
     return out

@@ -36,7 +36,7 @@ from typing import Protocol
 
 from mqttspool.config import Settings
 from mqttspool.counters import BROKER_CONNECTED, MESSAGES_PUBLISHED, Counters
-from mqttspool.errors import SpoolCorruptError, SpoolError
+from mqttspool.errors import SpoolCorruptError, SpoolError, SpoolGoneError
 from mqttspool.logthrottle import LogThrottle
 from mqttspool.mqtt import (
     Acked,
@@ -202,6 +202,54 @@ class _Connection:
     sent_at: dict[int, float] = field(default_factory=dict)
 
 
+class LeaseCursor:
+    """What the bridge has taken from the spool since the last (re)connect.
+
+    Leases live in memory only: :meth:`release` (after a disconnect, or when
+    the spool looks drained so requeued rows behind the cursor are found)
+    makes every row still in the spool leasable again. With ``live_first``
+    the rows that arrive after the first lease go out before the backlog that
+    was already there, and both are read oldest first.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.release()
+
+    def release(self) -> None:
+        """Forget every lease: the next :meth:`take` starts again at the oldest row."""
+        self._cursor = 0
+        self._live_cursor = 0
+        self._backlog_end: int | None = None
+        self._live_done = False
+
+    def take(self, n: int, live_first: bool = False) -> list[StoredReading]:
+        """Up to ``n`` rows not yet leased, oldest first (or newly arrived first)."""
+        if n <= 0:
+            return []
+        if live_first and not self._live_done:
+            return self._take_live_first(n)
+        rows = self.spool.rows_after(self._cursor, n)
+        if rows:
+            self._cursor = rows[-1].seq
+        return rows
+
+    def _take_live_first(self, n: int) -> list[StoredReading]:
+        if self._backlog_end is None:
+            self._backlog_end = self.spool.newest_seq()
+            self._live_cursor = self._backlog_end
+        live = self.spool.rows_after(self._live_cursor, n)
+        if live:
+            self._live_cursor = live[-1].seq
+        backlog = self.spool.rows_after(self._cursor, n - len(live), through=self._backlog_end)
+        if backlog:
+            self._cursor = backlog[-1].seq
+        elif len(live) < n:
+            # Backlog exhausted: from now on one cursor, in seq order.
+            self._cursor, self._live_done = self._live_cursor, True
+        return live + backlog
+
+
 class Bridge:
     """Moves spooled readings to the broker; one :meth:`step` at a time."""
 
@@ -218,6 +266,7 @@ class Bridge:
         self.settings = settings
         self.cfg = settings.bridge
         self.spool = spool
+        self.leases = LeaseCursor(spool)
         self.publisher = publisher
         self.clock = clock
         self.counters = counters or Counters()
@@ -351,7 +400,7 @@ class Bridge:
         receive_max = event.receive_maximum
         conn.window = min(self.cfg.max_inflight, receive_max or self.cfg.max_inflight)
         self.backoff.reset()
-        self.spool.release_leases()
+        self.leases.release()
         self.drained = False
         self.counters.set(BROKER_CONNECTED, 1)
         self._log_connected(conn, receive_max)
@@ -401,7 +450,7 @@ class Bridge:
     def _drop_connection(self, now: float, delay: float) -> None:
         self.publisher.close()
         self.conn = None
-        self.spool.release_leases()
+        self.leases.release()
         self.counters.set(BROKER_CONNECTED, 0)
         self.next_attempt = now + delay
 
@@ -491,11 +540,11 @@ class Bridge:
         room = self.bucket.take(room, now)
         if room <= 0:
             return
-        rows = self.spool.lease(room, live_first=self.cfg.live_first)
+        rows = self.leases.take(room, live_first=self.cfg.live_first)
         if not rows:
             if not conn.sent_at and not self._acked and not self._rejected:
                 self.drained = True
-                self.spool.release_leases()  # pick up rows requeued behind the cursor
+                self.leases.release()  # pick up rows requeued behind the cursor
             return
         self.drained = False
         now_us = self.clock.wall_us()
@@ -582,8 +631,8 @@ class Bridge:
         acked, rejected = self._acked, self._rejected
         try:
             self.spool.settle(acked, rejected)
-        except SpoolCorruptError:
-            raise
+        except (SpoolCorruptError, SpoolGoneError):
+            raise  # not retried here: the service salvages a corrupt spool, stops on a gone one
         except SpoolError as exc:
             # e.g. disk full: keep the acks and retry; the window stays full meanwhile.
             self._log_settle_failure(exc)
@@ -729,7 +778,7 @@ class BridgeThread:
             self.left_unacked = bridge.shutdown(
                 bridge.cfg.shutdown_timeout, time.monotonic, bridge.publisher.wait
             )
-        except SpoolCorruptError as exc:
+        except (SpoolCorruptError, SpoolGoneError) as exc:
             self.error = exc
             logger.error("bridge stopped: %s", exc)
             bridge.publisher.close()

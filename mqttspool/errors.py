@@ -50,6 +50,18 @@ class SpoolCorruptError(SpoolError):
     """SQLite reported corruption in an mqttspool spool; it must be salvaged."""
 
 
+class SpoolGoneError(SpoolError):
+    """The spool file was deleted or replaced while open; ``stranded`` readings are in the old one.
+
+    Writing on would put readings where nothing reads them, so the daemon must
+    stop (exit 1) and be restarted on the file that is there now.
+    """
+
+    def __init__(self, path: Path | str, message: str, stranded: int | None) -> None:
+        self.stranded = stranded
+        super().__init__(path, message)
+
+
 class SpoolFullError(SpoolError):
     """The disk (or a configured bound) refused the write; ``dropped`` readings were counted."""
 

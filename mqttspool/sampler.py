@@ -27,11 +27,17 @@ from pydantic import ValidationError
 
 from mqttspool.config import Settings
 from mqttspool.counters import SENSOR_READS, Counters
-from mqttspool.errors import SensorError, SpoolCorruptError, SpoolError, SpoolFullError
+from mqttspool.errors import (
+    SensorError,
+    SpoolCorruptError,
+    SpoolError,
+    SpoolFullError,
+    SpoolGoneError,
+)
 from mqttspool.reading import Reading, from_us, reading_error_from
 from mqttspool.sensors.base import Measurement, Sensor
 from mqttspool.sensors.registry import build_sensors, default_spool_dir
-from mqttspool.spool import Spool
+from mqttspool.spool import Spool, count_lost_to_corruption
 from mqttspool.timekeeping import Clock, ClockSync, SystemClock, SystemClockSync
 
 logger = logging.getLogger(__name__)
@@ -206,11 +212,16 @@ class Sampler:
 
     def _store(self, readings: list[Reading]) -> None:
         try:
-            self.spool.append(readings)
+            self.spool.append(readings, clock_stamped=True)  # ts taken from our clock
         except SpoolFullError as exc:
             self._log_full(exc)
         except SpoolCorruptError:
-            raise  # the service quarantines and salvages the file
+            # The service quarantines and salvages the file; the salvage counts
+            # this round as dropped (reason corrupt).
+            count_lost_to_corruption(self.spool.path, len(readings))
+            raise
+        except SpoolGoneError:
+            raise  # the file was deleted or replaced: the service must stop
         except SpoolError as exc:
             # e.g. the database stayed locked past the busy timeout: the round is lost,
             # but never silently.
@@ -237,7 +248,7 @@ class SamplerThread:
     def __init__(self, sampler: Sampler) -> None:
         self.sampler = sampler
         self.last_round_mono = time.monotonic()
-        self.error: SpoolCorruptError | None = None
+        self.error: SpoolError | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mqttspool-sampler", daemon=True)
 
@@ -263,8 +274,9 @@ class SamplerThread:
             while not self._stop.is_set():
                 try:
                     delay = self.sampler.step()
-                except SpoolCorruptError as exc:
-                    # The service quarantines and salvages the spool, then restarts us.
+                except (SpoolCorruptError, SpoolGoneError) as exc:
+                    # Corrupt: the service quarantines and salvages the spool, then
+                    # restarts us. Gone: the service must stop (exit 1).
                     self.error = exc
                     logger.error("sampling stopped: %s", exc)
                     return

@@ -71,7 +71,7 @@ def test_contract_example(tmp_path: Path) -> None:
     spool = open_spool(SpoolConfig(path=str(tmp_path / "spool.db")))
     try:
         assert doc["epoch"] == spool.epoch
-        (row,) = spool.lease(10)
+        (row,) = spool.rows_after(0, 10)
         assert (row.seq, row.device, row.sensor, row.metric, row.value) == (
             1,
             "edge-01",
@@ -104,7 +104,7 @@ def test_enqueue_all_good_exits_0_and_skips_blank_lines(tmp_path: Path) -> None:
     assert "stored 2 reading(s), rejected 0 line(s)" in proc.stderr
     spool = open_spool(SpoolConfig(path=str(tmp_path / "spool.db")))
     try:
-        rows = spool.lease(10)
+        rows = spool.rows_after(0, 10)
     finally:
         spool.close()
     assert [(r.seq, r.device, r.sensor, r.value, r.unit, r.time_synced) for r in rows] == [

@@ -52,7 +52,7 @@ def line_reports(proc: subprocess.CompletedProcess[str]) -> list[str]:
 def rows(tmp_path: Path) -> list[StoredReading]:
     spool = open_spool(SpoolConfig(path=str(tmp_path / "spool.db")))
     try:
-        return spool.lease(1_000_000)
+        return spool.rows_after(0, 1_000_000)
     finally:
         spool.close()
 

@@ -37,7 +37,7 @@ WITH_TS = b'{"sensor":"s","metric":"t","value":2,"ts":"2026-11-26T00:40:00Z"}\n'
 def stored_rows(path: Path) -> list[StoredReading]:
     spool = open_spool(SpoolConfig(path=str(path)))
     try:
-        return spool.lease(100_000)
+        return spool.rows_after(0, 100_000)
     finally:
         spool.close()
 
@@ -49,7 +49,7 @@ def enqueue_with(tmp_path: Path, data: bytes, sync: FakeClockSync) -> list[Store
         parser = LineParser("edge-01", clock, sync)
         result = enqueue_lines(spool, input_lines(io.BytesIO(data)), parser, io.StringIO())
         assert result.rejected == 0
-        return spool.lease(100_000)
+        return spool.rows_after(0, 100_000)
     finally:
         spool.close()
 
@@ -58,6 +58,26 @@ def test_unsynced_clock_stamps_time_synced_false(tmp_path: Path) -> None:
     rows = enqueue_with(tmp_path, NO_TS + WITH_TS, FakeClockSync(False))
     assert [(r.value, r.time_synced) for r in rows] == [(1.0, False), (2.0, True)]
     assert rows[0].ts_us == FakeClock().wall  # stamped with the injected clock
+
+
+def test_clock_correction_retimes_only_lines_this_machine_stamped(tmp_path: Path) -> None:
+    """Issue 9.13: a line's own ``ts`` (even with ``time_synced: false``) is never rewritten."""
+    clock = FakeClock()
+    spool = open_spool(SpoolConfig(path=str(tmp_path / "spool.db")), clock=clock)
+    own_ts = (
+        b'{"sensor":"s","metric":"t","value":2,"ts":"2026-11-26T00:40:00Z","time_synced":false}\n'
+    )
+    try:
+        parser = LineParser("edge-01", clock, FakeClockSync(False))
+        enqueue_lines(spool, input_lines(io.BytesIO(NO_TS + own_ts)), parser, io.StringIO())
+        before = {r.value: r.ts_us for r in spool.rows_after(0, 10)}
+        corrected = spool.correct_clock(clock.boot_id(), clock.wall_us() + 10**9, clock.mono_ns())
+        after = {r.value: (r.ts_us, r.time_synced) for r in spool.rows_after(0, 10)}
+    finally:
+        spool.close()
+    assert corrected == 1
+    assert after[1.0] == (before[1.0] + 10**9, True)  # stamped here: re-timed
+    assert after[2.0] == (before[2.0], False)  # the producer's own time: kept
 
 
 def test_synced_clock_stamps_time_synced_true(tmp_path: Path) -> None:
@@ -134,7 +154,7 @@ def test_an_unexpected_error_costs_only_its_line(tmp_path: Path) -> None:
         parser = BrokenOnTwo("edge-01", clock, FakeClockSync(True))
         data = NO_TS + WITH_TS + NO_TS
         result = enqueue_lines(spool, input_lines(io.BytesIO(data)), parser, errors)
-        assert [r.value for r in spool.lease(10)] == [1.0, 1.0]
+        assert [r.value for r in spool.rows_after(0, 10)] == [1.0, 1.0]
     finally:
         spool.close()
     assert (result.stored, result.rejected, result.last_line) == (2, 1, 3)

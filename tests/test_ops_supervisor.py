@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from mqttspool.errors import SpoolError
 from mqttspool.health import check_health, heartbeat_path, read_heartbeat
 from mqttspool.sensor_config import SimulatedConfig
 from mqttspool.service import Service
+from mqttspool.spool import store as store_module
 
 
 def unused_port() -> int:
@@ -85,3 +87,29 @@ def test_an_idle_supervisor_does_not_poll(tmp_path: Path, monkeypatch: pytest.Mo
         service.request_stop()
         runner.join(30)
     assert not runner.is_alive()
+
+
+def test_a_spool_file_deleted_under_run_stops_it_with_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 9.21 end to end: the real spool notices the unlinked file, the service stops."""
+    monkeypatch.setattr(store_module, "FILE_CHECK_S", 0.05)
+    cfg = load_config(None, environ={})
+    cfg.spool.path = str(tmp_path / "spool.db")
+    cfg.broker.host, cfg.broker.port = "127.0.0.1", unused_port()  # nobody listens: rows stay
+    cfg.sensors = [SimulatedConfig(name="sim", interval=0.05)]
+    service = Service(cfg)
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(service.run()))
+    with caplog.at_level(logging.ERROR, logger="mqttspool"):
+        runner.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (service.spool is None or service.spool.depth() < 4):
+            time.sleep(0.02)
+        Path(cfg.spool.path).unlink()
+        runner.join(20)
+    assert not runner.is_alive()
+    assert codes == [1]
+    fatal = [r.getMessage() for r in caplog.records if r.name == "mqttspool.service"]
+    assert len(fatal) == 1 and fatal[0].startswith(f"spool {cfg.spool.path} can no longer be used")
+    assert "was deleted while open" in fatal[0] and "queued reading(s)" in fatal[0]

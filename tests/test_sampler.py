@@ -70,9 +70,9 @@ class AppendCounter:
         self.batches: list[int] = []
         original = spool.append
 
-        def append(readings: Sequence[Reading]) -> AppendResult:
+        def append(readings: Sequence[Reading], clock_stamped: bool = False) -> AppendResult:
             self.batches.append(len(readings))
-            return original(readings)
+            return original(readings, clock_stamped)
 
         monkeypatch.setattr(spool, "append", append)
 
@@ -213,7 +213,7 @@ def test_disk_full_is_logged_and_sampling_continues(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def full(readings: Sequence[Reading]) -> AppendResult:
+    def full(readings: Sequence[Reading], clock_stamped: bool = False) -> AppendResult:
         raise SpoolFullError(spool.path, "disk full", dropped=len(readings))
 
     monkeypatch.setattr(spool, "append", full)
@@ -232,11 +232,11 @@ def test_other_spool_error_drops_the_round_counted(
     real_append = spool.append
     calls = {"n": 0}
 
-    def locked_once(readings: Sequence[Reading]) -> AppendResult:
+    def locked_once(readings: Sequence[Reading], clock_stamped: bool = False) -> AppendResult:
         calls["n"] += 1
         if calls["n"] == 2:
             raise SpoolError(spool.path, "write failed: database is locked")
-        return real_append(readings)
+        return real_append(readings, clock_stamped)
 
     monkeypatch.setattr(spool, "append", locked_once)
     sensor = ScriptedSensor("s", 1, clock)
@@ -292,7 +292,7 @@ def test_correct_clock_counts_rows(spool: Spool, clock: FakeClock) -> None:
         ts=datetime(2020, 1, 1, tzinfo=UTC),
         time_synced=False,
     )
-    spool.append([reading, reading])
+    spool.append([reading, reading], clock_stamped=True)
     clock.advance(2)
     assert spool.correct_clock(clock.boot, 5_000_000_000, clock.mono) == 2
     assert [r[1] for r in _rows(spool)] == [5_000_000_000 - 2_000_000] * 2
@@ -346,7 +346,7 @@ def test_build_sampler_uses_settings(spool: Spool, clock: FakeClock) -> None:
     )
     sampler = build_sampler(settings, spool, Counters(), clock, FakeClockSync(True))
     sampler.step()
-    rows = spool.lease(10)
+    rows = spool.rows_after(0, 10)
     assert [(r.device, r.sensor, r.metric) for r in rows] == [
         ("edge-7", "simulated", "temperature"),
         ("edge-7", "simulated", "humidity"),

@@ -33,13 +33,13 @@ def test_corruption_reported_at_runtime_is_salvaged_and_sampling_goes_on(
     real_append = Spool.append
     calls = {"n": 0}
 
-    def flaky_append(self: Spool, readings: Any) -> Any:
+    def flaky_append(self: Spool, readings: Any, clock_stamped: Any = False) -> Any:
         calls["n"] += 1
         if calls["n"] == 5:
             raise SpoolCorruptError(
                 self.path, "SQLite reports corruption: database disk image is malformed"
             )
-        return real_append(self, readings)
+        return real_append(self, readings, clock_stamped)
 
     monkeypatch.setattr(Spool, "append", flaky_append)
     service = Service(cfg)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from fakes.clock import FakeClock
 
+from mqttspool.bridge import LeaseCursor
 from mqttspool.config import SpoolConfig
 from mqttspool.errors import NotASpoolError, SpoolCorruptError, SpoolError
 from mqttspool.reading import Reading, StoredReading, from_us
@@ -93,7 +94,8 @@ def test_append_returns_consecutive_seqs_and_lease_returns_the_rows(spool: Spool
     assert result.dropped == {}
     assert spool.append([reading(3)]).seqs == [4]
     assert spool.append([]).seqs == []
-    rows = spool.lease(10)
+    leases = LeaseCursor(spool)
+    rows = leases.take(10)
     assert [r.seq for r in rows] == [1, 2, 3, 4]
     assert rows[0] == StoredReading(
         seq=1,
@@ -105,16 +107,17 @@ def test_append_returns_consecutive_seqs_and_lease_returns_the_rows(spool: Spool
         ts_us=reading(0).ts_us,
         time_synced=True,
     )
-    assert spool.lease(10) == []  # everything is leased
+    assert leases.take(10) == []  # everything is leased
 
 
 def test_lease_respects_n_and_continues(spool: Spool) -> None:
     spool.append([reading(i) for i in range(5)])
-    assert [r.seq for r in spool.lease(2)] == [1, 2]
-    assert [r.seq for r in spool.lease(2)] == [3, 4]
-    assert [r.seq for r in spool.lease(0)] == []
+    leases = LeaseCursor(spool)
+    assert [r.seq for r in leases.take(2)] == [1, 2]
+    assert [r.seq for r in leases.take(2)] == [3, 4]
+    assert [r.seq for r in leases.take(0)] == []
     spool.append([reading(5)])
-    assert [r.seq for r in spool.lease(9)] == [5, 6]
+    assert [r.seq for r in leases.take(9)] == [5, 6]
 
 
 def test_settle_deletes_acked_and_dead_letters_rejected(spool: Spool, clock: FakeClock) -> None:
@@ -148,7 +151,7 @@ def test_requeue_keeps_the_seq_and_purge_counts(spool: Spool) -> None:
         spool.dead_letter(seq, 0x87, "no")
     assert spool.requeue([2]) == 1
     assert spool.all_seqs() == [2, 4]
-    assert [r.value for r in spool.lease(10)] == [1.25, 3.25]  # same reading, same seq
+    assert [r.value for r in spool.rows_after(0, 10)] == [1.25, 3.25]  # same reading, same seq
     assert spool.requeue([]) == 0
     assert spool.purge([1]) == 1
     assert spool.stats().dropped == {"purged": 1}
@@ -227,14 +230,14 @@ def test_reopen_loses_nothing(tmp_path: Path, clock: FakeClock) -> None:
     s.dead_letter(31, 0x87, "no")
     s.ack([32])
     s.count_drop("sampler_overflow", 3)
-    before_rows = s.lease(1000)
+    before_rows = s.rows_after(0, 1000)
     before_stats = s.stats()
     before_dead = s.dead_letters()
     s.close()
 
     s = open_spool(cfg, clock)
     try:
-        assert s.lease(1000) == before_rows
+        assert s.rows_after(0, 1000) == before_rows
         assert [r.seq for r in before_rows] == list(range(33, 81))
         assert values(before_rows) == [i + 0.25 for i in range(32, 80)]
         assert s.stats() == before_stats
@@ -251,29 +254,31 @@ def test_reopen_loses_nothing(tmp_path: Path, clock: FakeClock) -> None:
 
 def test_live_first_sends_fresh_readings_ahead_of_the_backlog(spool: Spool) -> None:
     spool.append([reading(i) for i in range(5)])  # backlog: seqs 1..5
-    assert [r.seq for r in spool.lease(2, live_first=True)] == [1, 2]
+    leases = LeaseCursor(spool)
+    assert [r.seq for r in leases.take(2, live_first=True)] == [1, 2]
     spool.append([reading(5), reading(6)])  # live: 6, 7
-    assert [r.seq for r in spool.lease(3, live_first=True)] == [6, 7, 3]
+    assert [r.seq for r in leases.take(3, live_first=True)] == [6, 7, 3]
     spool.append([reading(7)])  # live: 8
-    assert [r.seq for r in spool.lease(10, live_first=True)] == [8, 4, 5]
-    assert spool.lease(10, live_first=True) == []  # backlog done: one cursor again
+    assert [r.seq for r in leases.take(10, live_first=True)] == [8, 4, 5]
+    assert leases.take(10, live_first=True) == []  # backlog done: one cursor again
     spool.append([reading(8), reading(9)])
-    assert [r.seq for r in spool.lease(1, live_first=True)] == [9]
-    assert [r.seq for r in spool.lease(5, live_first=True)] == [10]
+    assert [r.seq for r in leases.take(1, live_first=True)] == [9]
+    assert [r.seq for r in leases.take(5, live_first=True)] == [10]
 
 
 def test_release_leases_makes_unacked_rows_leasable_again(spool: Spool) -> None:
     spool.append([reading(i) for i in range(6)])
-    assert [r.seq for r in spool.lease(4)] == [1, 2, 3, 4]
+    leases = LeaseCursor(spool)
+    assert [r.seq for r in leases.take(4)] == [1, 2, 3, 4]
     spool.ack([1, 3])
-    spool.release_leases()
-    assert [r.seq for r in spool.lease(10)] == [2, 4, 5, 6]
-    spool.release_leases()
-    assert [r.seq for r in spool.lease(2, live_first=True)] == [2, 4]
+    leases.release()
+    assert [r.seq for r in leases.take(10)] == [2, 4, 5, 6]
+    leases.release()
+    assert [r.seq for r in leases.take(2, live_first=True)] == [2, 4]
     spool.append([reading(6)])
-    assert [r.seq for r in spool.lease(2, live_first=True)] == [7, 5]
-    spool.release_leases()  # live_first state is reset too
-    assert [r.seq for r in spool.lease(10, live_first=True)] == [2, 4, 5, 6, 7]
+    assert [r.seq for r in leases.take(2, live_first=True)] == [7, 5]
+    leases.release()  # live_first state is reset too
+    assert [r.seq for r in leases.take(10, live_first=True)] == [2, 4, 5, 6, 7]
 
 
 # ----------------------------------------------------------------- bounds
@@ -287,12 +292,12 @@ def test_max_rows_drop_oldest(tmp_path: Path, clock: FakeClock) -> None:
         assert result.seqs == list(range(9, 17))
         assert result.dropped == {"max_rows": 6}
         assert s.all_seqs() == list(range(7, 17))
-        assert values(s.lease(100)) == [i + 0.25 for i in range(6, 16)]
+        assert values(s.rows_after(0, 100)) == [i + 0.25 for i in range(6, 16)]
         # A batch larger than the bound: the queue is emptied, the batch's oldest go too.
         result = s.append([reading(i) for i in range(100, 113)])
         assert result.dropped == {"max_rows": 13}
         assert result.seqs == list(range(17, 27))
-        assert values(s.lease(100)) == [i + 0.25 for i in range(103, 113)]
+        assert values(s.rows_after(0, 100)) == [i + 0.25 for i in range(103, 113)]
         assert s.stats().dropped == {"max_rows": 19}
     finally:
         s.close()
@@ -309,7 +314,7 @@ def test_max_rows_drop_newest(tmp_path: Path, clock: FakeClock) -> None:
         assert result.seqs == []
         assert result.dropped == {"max_rows": 1}
         assert s.all_seqs() == list(range(1, 11))
-        assert values(s.lease(100)) == [i + 0.25 for i in range(10)]
+        assert values(s.rows_after(0, 100)) == [i + 0.25 for i in range(10)]
         assert s.stats().dropped == {"max_rows": 7}
         s.ack([1, 2, 3])
         assert s.append([reading(i) for i in range(4)]).seqs == [11, 12, 13]
@@ -598,7 +603,7 @@ def test_corruption_found_while_running_is_a_spool_corrupt_error(
     s = open_spool(cfg, clock)  # no integrity check: the damage is found by reading
     try:
         with pytest.raises(SpoolCorruptError) as info:
-            s.lease(1000)
+            s.rows_after(0, 1000)
         assert info.value.path == path
         assert not s.integrity_ok()
     finally:

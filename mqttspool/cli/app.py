@@ -200,12 +200,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def status_document(settings: Settings) -> dict[str, Any]:
-    """The ``status --json`` object; a missing spool reads as empty (and is not created)."""
+    """The ``status --json`` object; a missing or 0-byte spool reads as empty (nothing created)."""
     from mqttspool.spool import classify_file, open_spool, read_stats_json  # noqa: PLC0415
 
     path = Path(settings.spool.path)
     now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
-    if classify_file(path) == "missing":
+    if classify_file(path) in ("missing", "empty"):
         return {
             "device": settings.device.id,
             "epoch": None,
@@ -216,7 +216,7 @@ def status_document(settings: Settings) -> dict[str, Any]:
             "last_publish": None,
             "spool_path": str(path),
         }
-    spool = open_spool(settings.spool)
+    spool = open_spool(settings.spool, create=False)
     try:
         return read_stats_json(spool.stats(), settings.device.id, now_us)
     finally:
@@ -242,10 +242,10 @@ def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
-    """``dead-letters list|requeue|purge``."""
+    """``dead-letters list|requeue|purge``; never creates a spool (a wrong path is an error)."""
     from mqttspool.spool import open_spool  # noqa: PLC0415 - see top
 
-    spool = open_spool(settings.spool)
+    spool = open_spool(settings.spool, create=False)
     try:
         if args.dl_action == "list":
             return _dl_list(spool, args.json)

@@ -118,15 +118,24 @@ class LineParser:
 
     def parse(self, text: str) -> Reading:
         """Validate one line; raises :class:`ReadingError` naming the field."""
+        return self.parse_stamped(text)[0]
+
+    def parse_stamped(self, text: str) -> tuple[Reading, bool]:
+        """The reading, and whether its ``ts`` was stamped here with this machine's clock.
+
+        Only such readings may later be re-timed by the spool's clock correction: a
+        ``ts`` the line carried is the producer's word and is kept as it is.
+        """
         doc = load_json(text)
         if not isinstance(doc, dict):
             raise ReadingError("", "must be a JSON object")
         doc.setdefault("device", self.device)
-        if "ts" not in doc:
+        stamped = "ts" not in doc
+        if stamped:
             # Stamped here, so the stamp is only as good as this machine's clock.
             doc["ts"] = from_us(self.clock.wall_us())
             doc.setdefault("time_synced", self.synced)
-        return validate_reading(doc)
+        return validate_reading(doc), stamped
 
 
 def enqueue_lines(
@@ -142,14 +151,14 @@ def enqueue_lines(
     to read it afterwards) then says how far the input got.
     """
     result = EnqueueResult() if result is None else result
-    batch: list[tuple[int, Reading]] = []
+    batch: list[tuple[int, tuple[Reading, bool]]] = []
     for lineno, text in lines:
         result.last_line = lineno
-        reading = _parse_or_report(lineno, text, parser, errors)
-        if reading is None:
+        parsed = _parse_or_report(lineno, text, parser, errors)
+        if parsed is None:
             result.rejected += 1
             continue
-        batch.append((lineno, reading))
+        batch.append((lineno, parsed))
         if len(batch) >= BATCH_LINES:
             _store(spool, batch, errors, result)
             batch = []
@@ -161,11 +170,11 @@ def enqueue_lines(
 
 def _parse_or_report(
     lineno: int, text: str | ReadingError, parser: LineParser, errors: IO[str]
-) -> Reading | None:
+) -> tuple[Reading, bool] | None:
     try:
         if isinstance(text, ReadingError):
             raise text
-        return parser.parse(text)
+        return parser.parse_stamped(text)
     except ReadingError as exc:
         print(f"line {lineno}: {exc}", file=errors)
     except Exception as exc:
@@ -177,10 +186,16 @@ def _parse_or_report(
 
 
 def _store(
-    spool: Spool, batch: list[tuple[int, Reading]], errors: IO[str], result: EnqueueResult
+    spool: Spool,
+    batch: list[tuple[int, tuple[Reading, bool]]],
+    errors: IO[str],
+    result: EnqueueResult,
 ) -> None:
     try:
-        appended = spool.append([r for _, r in batch])
+        appended = spool.append(
+            [reading for _, (reading, _) in batch],
+            clock_stamped=[stamped for _, (_, stamped) in batch],
+        )
     except SpoolFullError as exc:
         print(f"lines {batch[0][0]}-{batch[-1][0]}: not stored: {exc}", file=errors)
         result.rejected += len(batch)

@@ -1,0 +1,96 @@
+"""Opening a spool: create or attach for writers, attach-only for read-only commands, recover."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mqttspool.config import SpoolConfig
+from mqttspool.errors import SpoolCorruptError, SpoolError, SpoolFullError
+from mqttspool.spool import schema
+from mqttspool.spool.headroom import Reserve
+from mqttspool.spool.salvage import quarantine, salvage_into
+from mqttspool.spool.store import Spool
+from mqttspool.timekeeping import Clock, SystemClock
+
+logger = logging.getLogger(__name__)
+
+
+def open_spool(
+    config: SpoolConfig,
+    clock: Clock | None = None,
+    integrity_check: bool = False,
+    create: bool = True,
+) -> Spool:
+    """Open (or, with ``create``, create) the spool at ``config.path``.
+
+    A file that is not an mqttspool database is refused with
+    :class:`~mqttspool.errors.NotASpoolError` and never touched. With
+    ``create=False`` (read-only commands) a missing or empty file is refused
+    with :class:`SpoolError` and nothing is created or migrated. With
+    ``integrity_check`` a spool failing ``PRAGMA quick_check`` is quarantined
+    and salvaged.
+    """
+    clock = clock or SystemClock()
+    path = Path(config.path)
+    kind = schema.classify_file(path)
+    schema.refuse_foreign(path, kind)
+    if kind in ("missing", "empty"):
+        if not create:
+            raise SpoolError(
+                path, f"no spool here ({kind} file); nothing was created. Check spool.path"
+            )
+        schema.create(path)
+    try:
+        epoch, disk_full = _attach(path, migrate=create)
+        spool = Spool(path, config, clock, epoch, disk_full)
+        if integrity_check and not spool.integrity_ok():
+            spool.close()
+            raise SpoolCorruptError(path, "PRAGMA quick_check failed")
+    except SpoolCorruptError as exc:
+        logger.error("%s", exc)
+        return recover_spool(config, clock)
+    if create:
+        spool.reserve.ensure()
+    return spool
+
+
+def _attach(path: Path, migrate: bool) -> tuple[str, bool]:
+    """Attach; on a full disk (SQLite cannot create ``-shm``) use the reserve and retry once.
+
+    Returns the epoch and whether the disk was full (so the spool keeps what is
+    left of the headroom for deletes and drop counters).
+    """
+    try:
+        return schema.attach(path, migrate), False
+    except SpoolFullError:
+        if not Reserve(path).release():
+            raise
+    return schema.attach(path, migrate), True
+
+
+def recover_spool(config: SpoolConfig, clock: Clock | None = None) -> Spool:
+    """Move a corrupt spool aside (``<name>.corrupt-<utc>``) and salvage it into a fresh one.
+
+    The corrupt file is never deleted. Every readable row keeps its seq; the
+    epoch is kept when readable so ids stay stable. Queued rows that could not
+    be read are counted as dropped with reason ``corrupt``.
+    """
+    clock = clock or SystemClock()
+    path = Path(config.path)
+    aside = quarantine(path)
+    report = salvage_into(aside, path)
+    logger.error(
+        "spool %s was corrupt: moved aside to %s; salvaged %d reading(s) and %d dead letter(s),"
+        " %d reading(s) unreadable (counted as dropped, reason corrupt%s); epoch %s",
+        path,
+        aside,
+        report.rows,
+        report.dead_letters,
+        report.lost,
+        "" if report.exact else ", estimated: the row counters were unreadable",
+        "kept" if report.epoch_kept else "renewed",
+    )
+    spool = Spool(path, config, clock, schema.attach(path, migrate=True))
+    spool.reserve.ensure()
+    return spool

@@ -1,0 +1,267 @@
+"""Quarantine and salvage: a corrupt spool is moved aside and its readable rows copied out.
+
+The corrupt file is never deleted. Every readable row keeps its seq; the
+epoch is kept when it and the high-water mark are readable, so message ids
+stay stable. Loss is counted exactly from the row counters the store keeps in
+``meta`` (``count.reading``, ``count.dead_letter``, updated in the same
+transaction as every insert and delete): lost = rows the file held minus rows
+salvage could read. Only when those counters are unreadable too is the loss
+estimated from the gaps between readable seqs (logged as an estimate).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mqttspool.spool import schema
+
+logger = logging.getLogger(__name__)
+
+SALVAGE_CHUNK = 500
+_COLUMNS = schema.COLUMNS
+_DEAD_COLUMNS = f"{_COLUMNS}, code, reason, failed_at_us"
+
+
+_lost_lock = threading.Lock()
+_lost_to_corruption: Counter[str] = Counter()
+
+
+def count_lost_to_corruption(path: Path, n: int) -> None:
+    """Note ``n`` readings a caller could not store because the spool at ``path`` was corrupt.
+
+    The sampler calls this when a round fails with SpoolCorruptError; the next
+    salvage of ``path`` in this process counts them as dropped, reason ``corrupt``.
+    """
+    with _lost_lock:
+        _lost_to_corruption[os.path.abspath(path)] += n
+
+
+def _take_lost_to_corruption(path: Path) -> int:
+    with _lost_lock:
+        return _lost_to_corruption.pop(os.path.abspath(path), 0)
+
+
+@dataclass
+class SalvageReport:
+    """What :func:`~mqttspool.spool.recover_spool` kept and lost."""
+
+    quarantined: Path
+    rows: int
+    dead_letters: int
+    lost: int
+    epoch_kept: bool
+    exact: bool = True
+
+
+@dataclass
+class _Salvaged:
+    """Everything readable in a damaged spool."""
+
+    epoch: Any
+    hwm: Any
+    counters: Counter[str]
+    rows: list[tuple[Any, ...]]
+    dead: list[tuple[Any, ...]]
+
+
+def quarantine(path: Path) -> Path:
+    """Move ``path`` and its ``-wal``/``-shm`` to ``<name>.corrupt-<utc>``; returns the new path."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(str(path) + suffix)
+        if src.exists():
+            shutil.move(src, Path(str(aside) + suffix))
+    return aside
+
+
+def salvage_into(aside: Path, path: Path) -> SalvageReport:
+    """Copy what is readable in ``aside`` into a fresh spool at ``path`` and count the rest."""
+    found = _read_all(aside)
+    lost, exact = _count_lost(found)
+    epoch_kept = found.epoch is not None and found.hwm is not None
+    schema.create(path)
+    dst = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        dst.execute("BEGIN IMMEDIATE")
+        _write_salvaged(dst, found, epoch_kept)
+        merged = Counter({k: v for k, v in found.counters.items() if k.startswith("dropped.")})
+        merged["dropped.corrupt"] += lost + _take_lost_to_corruption(path)
+        merged[schema.COUNT_READING] = len(found.rows)
+        merged[schema.COUNT_DEAD] = len(found.dead)
+        for key, value in merged.items():
+            if value or key.startswith("count."):
+                _meta_set(dst, key, str(value))
+        _meta_set(dst, "salvaged_from", str(aside))
+        dst.execute("COMMIT")
+    finally:
+        dst.close()
+    return SalvageReport(aside, len(found.rows), len(found.dead), lost, epoch_kept, exact)
+
+
+def _read_all(aside: Path) -> _Salvaged:
+    src = _open_readonly(aside)
+    try:
+        hwm = _try_one(src, "SELECT seq FROM sqlite_sequence WHERE name = 'reading'")
+        meta = _try_all(src, "SELECT key, value FROM meta")
+        return _Salvaged(
+            epoch=_try_one(src, "SELECT value FROM meta WHERE key = 'epoch'"),
+            hwm=hwm,
+            counters=Counter({str(k): _int(v) for k, v in meta if str(k).startswith(_COUNTED)}),
+            rows=list(_salvage_rows(src, "reading", _COLUMNS, int(hwm or 0))),
+            dead=list(_salvage_rows(src, "dead_letter", _DEAD_COLUMNS, 0)),
+        )
+    finally:
+        src.close()
+
+
+_COUNTED = ("dropped.", "count.")
+
+
+def _write_salvaged(dst: sqlite3.Connection, found: _Salvaged, epoch_kept: bool) -> None:
+    if epoch_kept:
+        dst.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (str(found.epoch),))
+    dst.executemany(
+        f"INSERT INTO reading ({_COLUMNS}, boot_id, mono_ns) VALUES (?,?,?,?,?,?,?,?,'',0)",
+        found.rows,
+    )
+    dst.executemany(
+        f"INSERT INTO dead_letter ({_DEAD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", found.dead
+    )
+    if epoch_kept:
+        top = max([int(found.hwm or 0), *(r[0] for r in found.rows), *(d[0] for d in found.dead)])
+        dst.execute("DELETE FROM sqlite_sequence WHERE name = 'reading'")
+        dst.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('reading', ?)", (top,))
+
+
+def _count_lost(found: _Salvaged) -> tuple[int, bool]:
+    """(rows the damaged file held that could not be read, whether that count is exact)."""
+    queued = found.counters.get(schema.COUNT_READING)
+    dead = found.counters.get(schema.COUNT_DEAD)
+    if queued is not None and dead is not None:
+        lost_rows = queued - len(found.rows)
+        lost_dead = dead - len(found.dead)
+        if lost_rows >= 0 and lost_dead >= 0:
+            return lost_rows + lost_dead, True
+        logger.error("salvage: row counters disagree with the rows read; estimating the loss")
+    # No counters (schema 1, or meta unreadable): every gap between the lowest
+    # readable queued seq and the high-water mark is taken as lost.
+    seen = {r[0] for r in found.rows}
+    if not seen:
+        return 0, False
+    top = max(int(found.hwm or 0), *seen)
+    dead_seqs = {d[0] for d in found.dead if d[0] >= min(seen)}
+    return int(top - min(seen) + 1 - len(seen) - len(dead_seqs)), False
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _meta_set(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error:
+        conn = sqlite3.connect(str(path), isolation_level=None)
+    # A file shorter than its header says (truncated) is refused as a whole
+    # unless writable_schema is on; with it the pages that remain can be read.
+    # Nothing is written: salvage only SELECTs from this connection.
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA writable_schema = ON")
+    return conn
+
+
+def _try_one(conn: sqlite3.Connection, sql: str) -> Any:
+    try:
+        row = conn.execute(sql).fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    return None if row is None else row[0]
+
+
+def _try_all(conn: sqlite3.Connection, sql: str) -> list[Any]:
+    try:
+        return conn.execute(sql).fetchall()
+    except sqlite3.DatabaseError:
+        return []
+
+
+def _salvage_rows(
+    conn: sqlite3.Connection, table: str, columns: str, hwm: int
+) -> Iterator[tuple[Any, ...]]:
+    """Every readable row of ``table`` by seq ranges; damaged ranges are probed row by row.
+
+    A damaged B-tree can hand back rows out of order or with impossible seqs;
+    the cursor only moves forward and each seq is yielded once.
+    """
+    top = max(hwm, int(_try_one(conn, f"SELECT MAX(seq) FROM {table}") or 0))
+    cursor = 0
+    while cursor < top:
+        try:
+            chunk = conn.execute(
+                f"SELECT {columns} FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?",
+                (cursor, SALVAGE_CHUNK),
+            ).fetchall()
+        except sqlite3.DatabaseError:
+            chunk = None
+        if chunk == []:
+            return
+        good = [r for r in chunk or () if _plausible(r) and cursor < r[0] <= top]
+        if chunk is None or not good or max(r[0] for r in good) <= cursor:
+            yield from _probe(conn, table, columns, cursor + 1, min(top, cursor + SALVAGE_CHUNK))
+            cursor += SALVAGE_CHUNK
+            continue
+        good = sorted({r[0]: r for r in good}.values())
+        yield from good
+        cursor = int(good[-1][0])
+
+
+def _probe(
+    conn: sqlite3.Connection, table: str, columns: str, lo: int, hi: int
+) -> Iterator[tuple[Any, ...]]:
+    for seq in range(lo, hi + 1):
+        try:
+            row = conn.execute(f"SELECT {columns} FROM {table} WHERE seq = ?", (seq,)).fetchone()
+        except sqlite3.DatabaseError:
+            continue
+        if row is not None and _plausible(row):
+            yield row
+
+
+def _plausible(row: tuple[Any, ...]) -> bool:
+    """Reject rows whose bytes were scrambled into the wrong types or zeroed.
+
+    A truncated file ends in a partial page that SQLite reads as zeros past
+    the cut: such a row has NUL bytes where names were.
+    """
+    seq, device, sensor, metric, value, _unit, ts_us, synced = row[:8]
+    names = (device, sensor, metric)
+    return (
+        isinstance(seq, int)
+        and all(isinstance(s, str) and s and "\x00" not in s for s in names)
+        and isinstance(value, int | float)
+        and isinstance(ts_us, int)
+        and synced in (0, 1)
+    )

@@ -1,0 +1,227 @@
+"""The spool's file format: peewee models, pragmas, creating, opening and migrating.
+
+Tables: ``reading`` (the queue; ``seq`` is ``INTEGER PRIMARY KEY
+AUTOINCREMENT`` so ids are never reused), ``dead_letter`` (rejected by the
+broker, with reason code and text) and ``meta`` (epoch, persisted counters).
+The file is marked with :data:`~mqttspool.spool.readonly.APPLICATION_ID` so a
+foreign database is recognised and never touched.
+
+Schema versions (``PRAGMA user_version``):
+
+1. the original layout.
+2. ``reading.clock_stamped`` (1: the timestamp was taken from this host's
+   clock when the reading was spooled, so :meth:`Spool.correct_clock` may
+   re-time it; 0: the caller supplied it) and the row counters
+   ``count.reading`` / ``count.dead_letter`` in ``meta``, kept in the same
+   transaction as every insert and delete, so salvage knows exactly how many
+   rows the damaged file held.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+
+import peewee as pw
+from playhouse.sqlite_ext import AutoIncrementField
+
+from mqttspool.errors import NotASpoolError, SpoolCorruptError, SpoolError
+from mqttspool.spool.dberrors import DB_ERRORS, is_corrupt, translate
+from mqttspool.spool.readonly import APPLICATION_ID
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+SQLITE_MAGIC = b"SQLite format 3\x00"
+BUSY_TIMEOUT_S = 10.0
+COLUMNS = "seq, device, sensor, metric, value, unit, ts_us, time_synced"
+COUNT_READING = "count.reading"
+COUNT_DEAD = "count.dead_letter"
+
+
+class _Model(pw.Model):
+    class Meta:
+        database = pw.DatabaseProxy()
+        legacy_table_names = False
+
+
+class _ReadingColumns(_Model):
+    """The columns a reading has in both the queue and the dead-letter table."""
+
+    device = pw.TextField()
+    sensor = pw.TextField()
+    metric = pw.TextField()
+    value = pw.FloatField()
+    unit = pw.TextField(null=True)
+    ts_us = pw.BigIntegerField()
+    time_synced = pw.BooleanField()
+
+
+class ReadingRow(_ReadingColumns):
+    """The queue: one row per accepted reading, deleted on PUBACK."""
+
+    seq = AutoIncrementField()
+    boot_id = pw.TextField()
+    mono_ns = pw.BigIntegerField()
+    clock_stamped = pw.BooleanField(default=False, constraints=[pw.SQL("DEFAULT 0")])
+
+    class Meta:
+        table_name = "reading"
+
+
+class DeadLetterRow(_ReadingColumns):
+    """Readings the broker refused, kept with the reason until requeued or purged."""
+
+    seq = pw.IntegerField(primary_key=True)
+    code = pw.IntegerField()
+    reason = pw.TextField()
+    failed_at_us = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "dead_letter"
+
+
+class MetaRow(_Model):
+    """Key/value facts: epoch, counters (``dropped.<reason>``, ``count.<table>``)."""
+
+    key = pw.TextField(primary_key=True)
+    value = pw.TextField()
+
+    class Meta:
+        table_name = "meta"
+
+
+MODELS: list[type[_Model]] = [ReadingRow, DeadLetterRow, MetaRow]
+
+
+def classify_file(path: Path) -> str:
+    """``missing``, ``empty``, ``ours``, ``foreign`` (SQLite of another app) or ``not_sqlite``."""
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(100)
+    except FileNotFoundError:
+        return "missing"
+    except IsADirectoryError as exc:
+        raise SpoolError(path, "is a directory; set spool.path to a file") from exc
+    except OSError as exc:
+        raise SpoolError(path, f"cannot read: {exc.strerror}; check its permissions") from exc
+    if not header:
+        return "empty"
+    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
+        return "not_sqlite"
+    if int.from_bytes(header[68:72], "big") == APPLICATION_ID:
+        return "ours"
+    return "foreign"
+
+
+def refuse_foreign(path: Path, kind: str) -> None:
+    """Raise :class:`NotASpoolError` unless ``kind`` (from :func:`classify_file`) is usable."""
+    if kind == "not_sqlite":
+        raise NotASpoolError(path, "is not an mqttspool spool (not an SQLite database); left as is")
+    if kind == "foreign":
+        raise NotASpoolError(
+            path, "is an SQLite database of another application; left as is. Set spool.path"
+        )
+
+
+def database(path: Path, synchronous: str, wal_pages: int = 1000) -> pw.SqliteDatabase:
+    """The peewee database of an existing spool (one SQLite connection per thread).
+
+    ``wal_pages`` is the auto-checkpoint threshold: the spool keeps it below
+    its disk reserve, so a checkpoint on a full disk always has room to move
+    the WAL into the database file and truncate it.
+    """
+    return pw.SqliteDatabase(
+        str(path),
+        timeout=BUSY_TIMEOUT_S,
+        pragmas={
+            "journal_mode": "wal",
+            "synchronous": synchronous.upper(),
+            "wal_autocheckpoint": wal_pages,
+        },
+        check_same_thread=False,
+    )
+
+
+def create(path: Path) -> None:
+    """Create the schema in rollback-journal mode, so the header is final before WAL."""
+    db = pw.SqliteDatabase(str(path), timeout=BUSY_TIMEOUT_S)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db.connect()
+        with db.atomic("IMMEDIATE"):
+            if db.execute_sql("PRAGMA application_id").fetchone()[0] == 0:
+                _create_tables(db)
+        db.execute_sql("PRAGMA journal_mode = WAL")
+    except (OSError, *DB_ERRORS) as exc:
+        raise SpoolError(
+            path, f"cannot create: {exc}; check that {path.parent} is writable"
+        ) from exc
+    finally:
+        db.close()
+    logger.info("created spool %s", path)
+
+
+def _create_tables(db: pw.SqliteDatabase) -> None:
+    db.execute_sql(f"PRAGMA application_id = {APPLICATION_ID}")
+    db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    with db.bind_ctx(MODELS):
+        db.create_tables(MODELS)
+        MetaRow.insert_many(
+            [
+                ("epoch", secrets.token_hex(4)),
+                ("created_us", str(time.time_ns() // 1000)),
+                (COUNT_READING, "0"),
+                (COUNT_DEAD, "0"),
+            ],
+            fields=[MetaRow.key, MetaRow.value],
+        ).execute()
+
+
+def attach(path: Path, migrate: bool) -> str:
+    """Check the existing spool at ``path`` (migrating it if ``migrate``); returns its epoch."""
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if migrate and version < SCHEMA_VERSION:
+                migrate_schema(conn, path)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        if is_corrupt(exc):
+            raise SpoolCorruptError(path, f"cannot read: {exc}") from exc
+        raise translate(exc, path, "open") from exc
+    if version > SCHEMA_VERSION:
+        raise SpoolError(
+            path, f"was written by a newer mqttspool (schema {version}); upgrade mqttspool"
+        )
+    if row is None:
+        raise SpoolCorruptError(path, "meta table has no epoch")
+    return str(row[0])
+
+
+def migrate_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring a spool of an older schema version up to :data:`SCHEMA_VERSION` in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < 2:
+            # Old rows keep their timestamps: nothing proves they were stamped locally.
+            conn.execute("ALTER TABLE reading ADD COLUMN clock_stamped INTEGER NOT NULL DEFAULT 0")
+            for key, table in ((COUNT_READING, "reading"), (COUNT_DEAD, "dead_letter")):
+                conn.execute(
+                    f"INSERT OR REPLACE INTO meta (key, value) SELECT ?, COUNT(*) FROM {table}",
+                    (key,),
+                )
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    logger.info("spool %s: migrated schema %d -> %d", path, version, SCHEMA_VERSION)
