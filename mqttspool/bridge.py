@@ -279,11 +279,9 @@ class Bridge:
         self.conn: _Connection | None = None
         # Control messages (status, snapshot, Home Assistant) waiting for window space.
         self._outbox: deque[OutMessage] = deque()
-        self.next_attempt = 0.0
-        self.stopping = False
+        self.next_attempt, self.stopping = 0.0, False
         self.drained = False  # last lease found nothing and nothing is in flight
-        self.published_total = 0
-        self.rejected_total = 0
+        self.published_total = self.rejected_total = 0
         self._acked: list[int] = []
         self._rejected: list[Rejection] = []
         self._first_pending_at: float | None = None
