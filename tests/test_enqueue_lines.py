@@ -142,10 +142,10 @@ def test_an_unexpected_error_costs_only_its_line(tmp_path: Path) -> None:
     """The safety net: a defect in validation is reported as that line's reason."""
 
     class BrokenOnTwo(LineParser):
-        def parse(self, text: str) -> Reading:
+        def parse_stamped(self, text: str) -> tuple[Reading, bool]:
             if '"value":2' in text:
                 raise RuntimeError("a bug")
-            return super().parse(text)
+            return super().parse_stamped(text)
 
     clock = FakeClock()
     spool = open_spool(SpoolConfig(path=str(tmp_path / "spool.db")), clock=clock)
