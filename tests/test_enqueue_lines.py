@@ -163,7 +163,7 @@ def test_an_unexpected_error_costs_only_its_line(tmp_path: Path) -> None:
 
 def test_a_failing_spool_stops_the_run_and_says_how_far_it_got(tmp_path: Path) -> None:
     class FailingSpool:
-        def append(self, readings: list[Reading]) -> None:
+        def append(self, readings: list[Reading], clock_stamped: list[bool]) -> None:
             raise SpoolError(tmp_path / "spool.db", "disk I/O error")
 
     result = EnqueueResult()
