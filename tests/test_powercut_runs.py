@@ -46,6 +46,7 @@ from daemon import Daemon, mqttspool_env, run_cli, wait_until
 from powercut import PowerCutMount
 from powercut.fixture import powercut
 from support.broker import BrokerFactory, MosquittoBroker
+from support.proxy import ProxyFactory
 from support.recorder import Recorder, RecorderFactory
 
 from mqttspool.config import SpoolConfig
@@ -131,6 +132,44 @@ def table_seqs(path: Path, table: str = "reading") -> dict[int, float]:
         conn.close()
 
 
+def committed_rows(path: Path) -> dict[int, tuple[Any, ...]]:
+    """seq -> (device, sensor, metric, value) of every committed queued row, or {} if busy.
+
+    In WAL mode a reader sees a commit only after it was written (and, at FULL,
+    fsync'd), so these are exactly the rows a writer had been told were stored.
+    """
+    try:
+        conn = sqlite3.connect(path, timeout=1)
+    except sqlite3.Error:
+        return {}
+    try:
+        rows = conn.execute("SELECT seq, device, sensor, metric, value FROM reading").fetchall()
+    except sqlite3.Error as exc:  # frozen mid-creation or mid-recovery: nothing to compare
+        print(f"no snapshot of {path}: {exc}")
+        return {}
+    finally:
+        conn.close()
+    return {int(r[0]): tuple(r[1:]) for r in rows}
+
+
+def assert_committed_survived(
+    committed: dict[int, tuple[Any, ...]], spool: Path, recorder: Recorder, where: str
+) -> None:
+    """Every row committed at the cut is still queued or was delivered, unchanged."""
+    print(f"{where}: {len(committed)} rows committed at the cut")
+    if not committed:
+        return
+    now = committed_rows(spool)
+    sent = {
+        int(d["seq"]): (d["device"], d["sensor"], d["metric"], d["value"]) for d in recorder.data()
+    }
+    lost = {seq: row for seq, row in committed.items() if now.get(seq, sent.get(seq)) != row}
+    assert not lost, (
+        f"{where}: {len(lost)} of {len(committed)} committed rows neither queued nor"
+        f" delivered after the cut, e.g. {sorted(lost.items())[:3]}"
+    )
+
+
 def high_water(path: Path) -> int:
     """The spool's AUTOINCREMENT high-water mark."""
     conn = sqlite3.connect(path)
@@ -170,15 +209,30 @@ class Cutter:
         """``seed S, SCENARIO cut N`` -- enough to replay the failing cut."""
         return f"seed {SEED}, {self.scenario} cut {self.fs.cuts}"
 
-    def cut_after(self, delay: float, *victims: subprocess.Popen[str]) -> None:
+    def cut_after(
+        self, delay: float, *victims: subprocess.Popen[str], spool: Path | None = None
+    ) -> dict[int, tuple[Any, ...]]:
         """Let ``victims`` run ``delay`` s (a random moment, not a sync point), then cut."""
         time.sleep(delay)
-        self.cut(*victims)
+        return self.cut(*victims, spool=spool)
 
-    def cut(self, *victims: subprocess.Popen[str]) -> None:
-        """Cut now, then remount: the reboot."""
-        self.fs.cut(*victims)
+    def cut(
+        self, *victims: subprocess.Popen[str], spool: Path | None = None
+    ) -> dict[int, tuple[Any, ...]]:
+        """Cut now, then remount: the reboot.
+
+        With ``spool``, returns the rows committed in it at the cut (read while the
+        victims are frozen; empty if it could not be read then).
+        """
+        committed: dict[int, tuple[Any, ...]] = {}
+
+        def snapshot() -> None:
+            if spool is not None and spool.exists():
+                committed.update(committed_rows(spool))
+
+        self.fs.cut(*victims, frozen=snapshot)
         self.fs.mount()
+        return committed
 
 
 # Invariants mqttspool breaks today (see the strict-xfail tests below, which reproduce
@@ -235,6 +289,16 @@ def enqueue_input(values: range) -> str:
     )
 
 
+def cut_enqueue(cutter: Cutter, proc: subprocess.Popen[str], spool: Path) -> None:
+    """Cut a running ``enqueue``: what it had committed must survive."""
+    committed = cutter.cut(proc, spool=spool)
+    proc.communicate()
+    if committed:
+        stored = table_seqs(spool)
+        lost = {seq for seq, row in committed.items() if stored.get(seq) != row[3]}
+        assert not lost, f"{cutter.where}: committed rows lost at the cut: {sorted(lost)[:5]}"
+
+
 def enqueue_until_cut(cutter: Cutter, env: dict[str, str], first: int) -> tuple[list[int], int]:
     """Run ``enqueue`` processes back to back until a random moment, then cut.
 
@@ -256,8 +320,7 @@ def enqueue_until_cut(cutter: Cutter, env: dict[str, str], first: int) -> tuple[
         try:
             _, err = proc.communicate(enqueue_input(values), max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            cutter.cut(proc)
-            proc.communicate()
+            cut_enqueue(cutter, proc, Path(env["MQTTSPOOL_SPOOL__PATH"]))
             return accepted, first
         assert proc.returncode == 0, f"{cutter.where}: enqueue failed: {err}"
         accepted.extend(values)
@@ -301,41 +364,46 @@ def test_powercut_enqueue(
 SIMULATED = '[{"type": "simulated", "name": "sim", "interval": 0.05}]'
 
 
+def run_and_cut(cutter: Cutter, env: dict[str, str], recorder: Recorder) -> None:
+    """One ``run`` from start to a random cut; committed rows must survive it."""
+    spool = Path(env["MQTTSPOOL_SPOOL__PATH"])
+    daemon = Daemon(env)
+    try:
+        committed = cutter.cut_after(cutter.rng.uniform(0.3, 4.0), daemon.proc, spool=spool)
+    finally:
+        daemon.stop()
+    wait_quiet(recorder)
+    assert_committed_survived(committed, spool, recorder, cutter.where)
+
+
 @pytest.mark.timeout(TIMEOUT)
 def test_powercut_run(
-    powercut: PowerCutMount, broker: MosquittoBroker, recorder_factory: RecorderFactory
+    powercut: PowerCutMount,
+    broker: MosquittoBroker,
+    proxy_factory: ProxyFactory,
+    recorder_factory: RecorderFactory,
 ) -> None:
     recorder = recorder_factory(broker)
+    proxy = proxy_factory(broker)  # refused for some runs, so readings queue up
     cutter = Cutter(powercut, "run")
     spool = powercut.path / "spool.db"
-    env = mqttspool_env(
-        spool,
-        broker.port,
-        spool__min_free_bytes=0,
-        bridge__max_inflight=MAX_INFLIGHT,
-        bridge__max_rate=500,
-        sensors=SIMULATED,
-    )
+    settings = {"spool__min_free_bytes": 0, "bridge__max_inflight": MAX_INFLIGHT}
+    env = mqttspool_env(spool, proxy.port, bridge__max_rate=500, sensors=SIMULATED, **settings)
     epochs: set[str] = set()
     dup_totals: list[int] = []
     bugs = KnownBugs()
     for _ in range(PER_SCENARIO):
-        daemon = Daemon(env)
-        try:
-            cutter.cut_after(cutter.rng.uniform(0.3, 4.0), daemon.proc)
-        finally:
-            daemon.stop()
-        wait_quiet(recorder)
+        proxy.refuse() if cutter.rng.random() < 0.4 else proxy.restore()
+        run_and_cut(cutter, env, recorder)
         dup_totals.append(duplicate_count(recorder))
         if spool.exists():
             epochs.add(status(env, cutter.where, bugs)["epoch"])
-    drain_to_empty(env, cutter.where)
+    drain_to_empty(mqttspool_env(spool, broker.port, **settings), cutter.where)
     wait_quiet(recorder)
     dup_totals.append(duplicate_count(recorder))
     report = status(env, cutter.where)
     assert len(epochs | {report["epoch"]}) == 1  # at FULL no cut needs a new epoch
-    total = high_water(spool)
-    missing = set(range(1, total + 1)) - set(delivered(recorder))
+    missing = set(range(1, high_water(spool) + 1)) - set(delivered(recorder))
     assert len(missing) <= sum(report["dropped"].values()), (
         f"{cutter.where}: {len(missing)} seqs neither delivered nor counted: {sorted(missing)[:5]}"
     )
@@ -356,7 +424,7 @@ def check_duplicates(per_cut_dups: list[int], scenario: str, bugs: KnownBugs) ->
 
 # ------------------------------------------------------------------- drain
 
-BACKLOG = 3000
+BACKLOG = 5000
 
 
 def backlog(path: Path, n: int, device: str = DEVICE) -> list[int]:
@@ -385,7 +453,7 @@ def test_powercut_drain(
         broker.port,
         spool__min_free_bytes=0,
         bridge__max_inflight=MAX_INFLIGHT,
-        bridge__max_rate=1500,
+        bridge__max_rate=1200,  # the backlog outlasts the latest cut
     )
     dup_totals = [0]
     for _ in range(PER_SCENARIO):
@@ -393,12 +461,14 @@ def test_powercut_drain(
             backlog(spool, BACKLOG)  # FULL commits: durable before the cut
         daemon = Daemon(env, ("drain", "--timeout", "60"))
         try:
-            cutter.cut_after(cutter.rng.uniform(0.5, 3.0), daemon.proc)
+            committed = cutter.cut_after(cutter.rng.uniform(0.3, 3.0), daemon.proc, spool=spool)
         finally:
             daemon.stop()
         wait_quiet(recorder)
+        assert_committed_survived(committed, spool, recorder, cutter.where)
         status(env, cutter.where)
-        drain_to_empty(env, cutter.where)  # what the cut resurrected is resent here
+        # What the cut resurrected is resent here.
+        drain_to_empty(dict(env, MQTTSPOOL_BRIDGE__MAX_RATE="0"), cutter.where)
         wait_quiet(recorder)
         dup_totals.append(duplicate_count(recorder))
     total = high_water(spool)
@@ -595,7 +665,7 @@ def test_a_cut_mid_drain_resends_at_most_max_inflight(
     powercut.mount()
     wait_quiet(recorder)
     before = duplicate_count(recorder)
-    drain_to_empty(env, "after the cut")
+    drain_to_empty(dict(env, MQTTSPOOL_BRIDGE__MAX_RATE="0"), "after the cut")
     wait_quiet(recorder)
     assert sorted(delivered(recorder)) == seqs  # nothing lost: at-least-once holds
     resent = duplicate_count(recorder) - before

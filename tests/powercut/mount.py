@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["PowerCutMount", "PowerCutUnavailableError", "check_available"]
@@ -94,11 +95,21 @@ class PowerCutMount:
             self.unmount()
             raise
 
-    def cut(self, *victims: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
-        """Power failure: freeze ``victims``, drop unsynced state, kill them, unmount."""
+    def cut(
+        self,
+        *victims: subprocess.Popen[str] | subprocess.Popen[bytes],
+        frozen: Callable[[], None] | None = None,
+    ) -> None:
+        """Power failure: freeze ``victims``, drop unsynced state, kill them, unmount.
+
+        ``frozen`` runs while the victims are stopped and the filesystem still
+        holds everything, e.g. to read what a process had committed at the cut.
+        """
         for proc in victims:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGSTOP)
+        if frozen is not None:
+            frozen()
         self.cut_filesystem()
         for proc in victims:
             if proc.poll() is None:
