@@ -24,6 +24,7 @@ __all__ = ["powercut"]  # the fixture, re-exported so pytest finds it here
 
 
 def write_file(path: Path, data: bytes, *, sync: bool) -> None:
+    """Create or overwrite the start of ``path``; fsync it when ``sync``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         os.write(fd, data)
@@ -34,6 +35,7 @@ def write_file(path: Path, data: bytes, *, sync: bool) -> None:
 
 
 def fsync_dir(path: Path) -> None:
+    """fsync a directory (commits the name journal)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -42,6 +44,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def reboot(fs: PowerCutMount) -> None:
+    """Power cut, then mount the disk again."""
     fs.cut()
     fs.mount()
 
@@ -79,6 +82,18 @@ def test_truncate_is_durable_after_fsync(powercut: PowerCutMount) -> None:
     os.close(fd)
     reboot(powercut)
     assert path.read_bytes() == b"0123"
+
+
+def test_a_shrink_then_grow_syncs_zeros_not_the_old_bytes(powercut: PowerCutMount) -> None:
+    path = powercut.path / "data"
+    write_file(path, b"x" * 9000, sync=True)
+    fd = os.open(path, os.O_RDWR)
+    os.ftruncate(fd, 100)
+    os.ftruncate(fd, 9000)
+    os.fsync(fd)
+    os.close(fd)
+    reboot(powercut)
+    assert path.read_bytes() == b"x" * 100 + b"\0" * 8900
 
 
 def test_created_file_vanishes_without_any_sync(powercut: PowerCutMount) -> None:
@@ -162,6 +177,7 @@ while True:
 
 
 def start_writer(db: Path, synchronous: str) -> subprocess.Popen[str]:
+    """A child committing one row per transaction at ``synchronous``."""
     return subprocess.Popen(
         [sys.executable, "-c", _WRITER, str(db), synchronous],
         stdout=subprocess.PIPE,
@@ -182,6 +198,7 @@ def committed_rows(proc: subprocess.Popen[str], at_least: int) -> int:
 
 
 def rows(db: Path) -> list[int]:
+    """The rows of ``t`` after an integrity check."""
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)

@@ -284,6 +284,7 @@ ENQUEUE_LINES = 3000  # two commits per process (enqueue stores 2000 lines per b
 
 
 def enqueue_input(values: range) -> str:
+    """JSON lines for ``enqueue``, one reading per value."""
     return "".join(
         json.dumps({"sensor": "pc", "metric": "n", "value": float(v)}) + "\n" for v in values
     )
@@ -541,6 +542,7 @@ class CorruptSpool:
 
 
 def leaf_pages(path: Path) -> list[int]:
+    """Page numbers of the ``reading`` table's leaves."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         rows = conn.execute(
@@ -552,6 +554,7 @@ def leaf_pages(path: Path) -> list[int]:
 
 
 def readable_seqs(path: Path, top: int) -> set[int]:
+    """Seqs a point lookup can still read (what salvage can recover)."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     found: set[int] = set()
     try:
@@ -567,6 +570,7 @@ def readable_seqs(path: Path, top: int) -> set[int]:
 
 
 def make_corrupt_spool(fs: PowerCutMount, path: Path, rng: random.Random) -> CorruptSpool:
+    """A durable spool of SALVAGE_ROWS readings with two scrambled leaf pages."""
     path.parent.mkdir()
     backlog(path, SALVAGE_ROWS)
     conn = sqlite3.connect(path)
@@ -589,6 +593,7 @@ def make_corrupt_spool(fs: PowerCutMount, path: Path, rng: random.Random) -> Cor
 
 
 def asides(path: Path) -> list[Path]:
+    """Quarantined copies of the spool at ``path`` (``<name>.corrupt-<utc>``)."""
     return [
         p
         for p in path.parent.glob(f"{path.name}.corrupt-*")

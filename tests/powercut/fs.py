@@ -30,8 +30,11 @@ Model (what survives a cut):
   after a cut reaches ``DURABLE``; an fsync is either wholly before the cut
   (durable) or fails.
 
-Writes to ``DURABLE`` are not themselves fsync'd: the real disk under the
-test is not power-cut, only this filesystem is.
+Not modelled: torn or reordered writes within one fsync (an fsync is atomic
+here; SQLite does not rely on that, its WAL frames carry checksums), mode and
+time changes (applied live only), open files under a renamed directory, hard
+links and symlinks. Writes to ``DURABLE`` are not themselves fsync'd: the real
+disk under the test is not power-cut, only this filesystem is.
 """
 
 from __future__ import annotations
@@ -61,8 +64,12 @@ class _FileState:
 
     path: str  # current name, relative to the mount root ("/a/b")
     dirty_blocks: set[int] = field(default_factory=set)
-    size_changed: bool = False
     unlinked: bool = False
+
+    def dirty(self, start: int, end: int) -> None:
+        """Bytes ``[start, end)`` differ from the disk."""
+        if end > start:
+            self.dirty_blocks.update(range(start // BLOCK, (end - 1) // BLOCK + 1))
 
 
 class PowerCutOperations(mfusepy.Operations):  # type: ignore[misc]
@@ -137,7 +144,6 @@ class PowerCutOperations(mfusepy.Operations):  # type: ignore[misc]
         finally:
             os.close(out)
         state.dirty_blocks.clear()
-        state.size_changed = False
 
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
         """Commit the name journal, then this file's dirty blocks and size."""
@@ -230,23 +236,26 @@ class PowerCutOperations(mfusepy.Operations):  # type: ignore[misc]
         flags = _read_write(fi if isinstance(fi, int) else os.O_RDWR) | os.O_CREAT
         with self._lock:
             self._check()
-            existed = os.path.lexists(self._live(path))
-            fd = os.open(self._live(path), flags & ~os.O_EXCL if existed else flags, mode)
+            live = self._live(path)
+            existed = os.path.lexists(live)
+            old_size = os.stat(live).st_size if existed else 0
+            fd = os.open(live, flags & ~os.O_EXCL if existed else flags, mode)
             if not existed:
                 self._journal.append(("create", path, "", stat.S_IMODE(mode)))
-            return self._opened(path, fd, flags)
+            return self._opened(path, fd, old_size)
 
     def open(self, path: str, flags: int) -> int:
         """Open the live file."""
         with self._lock:
             self._check()
-            return self._opened(path, os.open(self._live(path), _read_write(flags)), flags)
+            live = self._live(path)
+            old_size = os.stat(live).st_size
+            return self._opened(path, os.open(live, _read_write(flags)), old_size)
 
-    def _opened(self, path: str, fd: int, flags: int) -> int:
+    def _opened(self, path: str, fd: int, old_size: int) -> int:
         state = self._state(path)
         self._handles[fd] = state
-        if flags & os.O_TRUNC:
-            state.size_changed = True
+        state.dirty(os.fstat(fd).st_size, old_size)  # O_TRUNC cut the file
         return fd
 
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
@@ -260,8 +269,7 @@ class PowerCutOperations(mfusepy.Operations):  # type: ignore[misc]
         with self._lock:
             self._check()
             written = os.pwrite(fh, data, offset)
-            state = self._handles[fh]
-            state.dirty_blocks.update(range(offset // BLOCK, (offset + written - 1) // BLOCK + 1))
+            self._handles[fh].dirty(offset, offset + written)
             return written
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
@@ -269,12 +277,15 @@ class PowerCutOperations(mfusepy.Operations):  # type: ignore[misc]
         with self._lock:
             self._check()
             if fh is not None:
+                old = os.fstat(fh).st_size
                 os.ftruncate(fh, length)
                 state = self._handles[fh]
             else:
+                old = os.stat(self._live(path or "/")).st_size
                 os.truncate(self._live(path or "/"), length)
                 state = self._state(path or "/")
-            state.size_changed = True
+            # Cut-off bytes must read as zeros if the file grows again before the sync.
+            state.dirty(length, old)
         return 0
 
     def release(self, path: str | None, fh: int) -> int:
