@@ -161,6 +161,28 @@ def test_operations_after_a_cut_fail_and_change_nothing(powercut: PowerCutMount)
     assert path.read_bytes() == b"before"
 
 
+def test_an_armed_cut_replaces_the_fsync_it_names(powercut: PowerCutMount) -> None:
+    write_file(powercut.path / "other", b"synced", sync=True)
+    powercut.arm_cut_at_fsync("data")
+    write_file(powercut.path / "other", b"SYNCED", sync=True)  # another name: synced
+    fd = os.open(powercut.path / "data", os.O_WRONLY | os.O_CREAT)
+    os.write(fd, b"never durable")
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        failed = exc.errno
+    else:
+        failed = 0
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    powercut.wait_cut(5)
+    powercut.finish_cut()
+    powercut.mount()
+    assert failed != 0
+    assert os.listdir(powercut.path) == ["other"]  # the create was never committed
+    assert (powercut.path / "other").read_bytes() == b"SYNCED"
+
+
 # A child that commits one row per transaction and prints the row after COMMIT returned.
 _WRITER = """
 import sqlite3, sys

@@ -28,7 +28,9 @@ Model (what survives a cut):
   holds, the volatile layer is abandoned and every later operation fails with
   ``EIO``; the process answers ``cut`` and waits to be unmounted. Nothing
   after a cut reaches ``DURABLE``; an fsync is either wholly before the cut
-  (durable) or fails.
+  (durable) or fails. ``arm NAME N`` (answered ``armed``) makes the Nth next
+  fsync of a file called NAME cut instead of syncing (the process then says
+  ``cut``): a power failure at an exact point of a program.
 
 Not modelled: torn or reordered writes within one fsync (an fsync is atomic
 here; SQLite does not rely on that, its WAL frames carry checksums), mode and
@@ -85,6 +87,8 @@ class PowerCutOperations(mfusepy.Operations):  # type: ignore[misc]
         self._files: dict[str, _FileState] = {}
         self._handles: dict[int, _FileState] = {}
         self._cut = False
+        self._armed: str | None = None
+        self._armed_left = 0
         self.syncs = 0
 
     # ---------------------------------------------------------------- helpers
@@ -111,6 +115,11 @@ class PowerCutOperations(mfusepy.Operations):  # type: ignore[misc]
             self._cut = True
             self._journal.clear()
             self._files.clear()
+
+    def arm(self, name: str, nth: int) -> None:
+        """Cut instead of the ``nth`` next fsync of a file called ``name`` (any directory)."""
+        with self._lock:
+            self._armed, self._armed_left = name, nth
 
     # ------------------------------------------------------------ durability
 
@@ -149,6 +158,13 @@ class PowerCutOperations(mfusepy.Operations):  # type: ignore[misc]
         """Commit the name journal, then this file's dirty blocks and size."""
         with self._lock:
             self._check()
+            if self._armed == os.path.basename(self._handles[fh].path):
+                self._armed_left -= 1
+            if self._armed is not None and self._armed_left == 0:
+                # The power fails just before this fsync: nothing of it reaches the disk.
+                self.cut()
+                _tell("cut")
+                raise mfusepy.FuseOSError(errno.EIO)
             self._commit_journal()
             self._write_back(self._handles[fh], fh)
             self.syncs += 1
@@ -316,8 +332,7 @@ class PowerCutOperations(mfusepy.Operations):  # type: ignore[misc]
 
     def init(self, path: str) -> None:
         """Mounted: tell the controller."""
-        sys.stdout.write("ready\n")
-        sys.stdout.flush()
+        _tell("ready")
 
 
 def _read_write(flags: int) -> int:
@@ -325,12 +340,24 @@ def _read_write(flags: int) -> int:
     return (flags & ~_ACCESS_MODE) | os.O_RDWR
 
 
+_TELL_LOCK = threading.Lock()
+
+
+def _tell(word: str) -> None:
+    with _TELL_LOCK:
+        sys.stdout.write(word + "\n")
+        sys.stdout.flush()
+
+
 def _serve_control(ops: PowerCutOperations, mountpoint: str) -> None:
     for line in _stdin_lines():
         if line == "cut":
             ops.cut()
-            sys.stdout.write("cut\n")
-            sys.stdout.flush()
+            _tell("cut")
+        elif line.startswith("arm "):
+            _, name, nth = line.split(" ")
+            ops.arm(name, int(nth))
+            _tell("armed")
     # The controller is gone: do not leave a dead mount behind.
     subprocess.run(["fusermount3", "-u", "-z", mountpoint], check=False)
 

@@ -111,6 +111,25 @@ class PowerCutMount:
         if frozen is not None:
             frozen()
         self.cut_filesystem()
+        self.finish_cut(*victims)
+
+    def arm_cut_at_fsync(self, name: str, nth: int = 1) -> None:
+        """Make the ``nth`` next fsync of a file called ``name`` a cut (see :meth:`wait_cut`)."""
+        server = self._require_server()
+        assert server.stdin is not None
+        server.stdin.write(f"arm {name} {nth}\n")
+        server.stdin.flush()
+        self._expect(server, "armed")
+
+    def wait_cut(self, timeout: float) -> None:
+        """Wait until an armed cut happened (then call :meth:`finish_cut`).
+
+        The victims keep running until then, but nothing they do reaches the disk.
+        """
+        self._expect(self._require_server(), "cut", timeout)
+
+    def finish_cut(self, *victims: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+        """After the filesystem was cut: kill ``victims`` and unmount."""
         for proc in victims:
             if proc.poll() is None:
                 proc.kill()
@@ -153,16 +172,16 @@ class PowerCutMount:
             raise RuntimeError(f"{self.path} is not mounted")
         return self._server
 
-    def _expect(self, server: subprocess.Popen[str], word: str) -> None:
+    def _expect(
+        self, server: subprocess.Popen[str], word: str, timeout: float = _MOUNT_TIMEOUT
+    ) -> None:
         assert server.stdout is not None
-        deadline = time.monotonic() + _MOUNT_TIMEOUT
+        deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             ready, _, _ = select.select([server.stdout], [], [], max(left, 0))
             if not ready:
-                raise TimeoutError(
-                    f"power-cut FS at {self.path}: no {word!r} in {_MOUNT_TIMEOUT} s"
-                )
+                raise TimeoutError(f"power-cut FS at {self.path}: no {word!r} in {timeout} s")
             line = server.stdout.readline()
             if line == "":
                 raise RuntimeError(f"power-cut FS at {self.path} exited (rc={server.wait(5)})")
