@@ -276,3 +276,20 @@ def _is_number(x: Any) -> bool:
         return math.isfinite(float(x))
     except OverflowError:
         return False
+
+
+def encode_within(
+    rows: Sequence[StoredReading], device: str, epoch: str, replay: Sequence[bool], max_bytes: int
+) -> tuple[int, bytes]:
+    """The payload of the longest head of ``rows`` that compresses to at most ``max_bytes``.
+
+    Returns ``(n, payload)`` for ``rows[:n]``; ``n`` is at least 1, so a single
+    reading larger than the bound still goes out (alone). Shrinks by the measured
+    ratio, so incompressible data costs a few encodes, not one per reading.
+    """
+    n = len(rows)
+    while True:
+        payload = encode(rows[:n], device, epoch, replay[:n])
+        if len(payload) <= max_bytes or n == 1:
+            return n, payload
+        n = max(1, min(n - 1, int(n * max_bytes / len(payload) * 0.95)))
