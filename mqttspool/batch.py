@@ -140,7 +140,7 @@ def _deltas(numbers: list[int]) -> list[int]:
     return [numbers[0], *(b - a for a, b in itertools.pairwise(numbers))]
 
 
-def decode(payload: bytes) -> list[DecodedReading]:
+def decode(payload: bytes | bytearray) -> list[DecodedReading]:
     """The readings of one batch payload, in the order they were encoded.
 
     Raises :class:`BatchError` (a :class:`~mqttspool.errors.ReadingError`)
@@ -178,7 +178,7 @@ def decode(payload: bytes) -> list[DecodedReading]:
 decode_batch = decode  # the name the package exports (``mqttspool.decode_batch``)
 
 
-def _inflate(payload: bytes) -> bytes:
+def _inflate(payload: bytes | bytearray) -> bytes:
     inflater = zlib.decompressobj()
     try:
         data = inflater.decompress(payload, MAX_INFLATED_BYTES + 1)
