@@ -17,6 +17,16 @@ wait in an outbox for room and go before readings. When the oldest
 unacknowledged message has waited ``bridge.ack_timeout`` the connection is
 dropped and everything resent after reconnecting.
 
+Payload modes (``bridge.payload``): ``reading`` sends one message per reading,
+with MQTT v5 topic aliases when the broker grants them (:class:`TopicAliases`,
+per connection). ``batch`` sends every reading in zlib batches
+(:mod:`mqttspool.batch`) and ``mixed`` only the backlog (replay), live
+readings one per message. A batch counts against ``bridge.max_inflight`` by
+its readings (a crash resends at most that many) and as one message against
+the broker's Receive Maximum; one PUBACK settles all its rows. Leased rows
+wait in ``_pending`` until their batch is full, closed, holds backlog, or has
+lingered ``bridge.batch_linger`` seconds.
+
 Failures arrive typed (:class:`~mqttspool.mqtt.FailureKind`); every kind is
 retried with backoff, configuration kinds are logged as errors with a hint,
 and every repetitive line goes through one :class:`LogThrottle` per kind.
