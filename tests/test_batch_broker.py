@@ -19,6 +19,7 @@ from support.recorder import Recorder, RecorderFactory
 from test_bridge_faults import running_bridge, settings_for
 
 from mqttspool.batch import CONTENT_TYPE
+from mqttspool.service import drain
 from mqttspool.spool import open_spool
 
 pytestmark = pytest.mark.integration
@@ -158,3 +159,16 @@ def test_topic_aliases_send_the_topic_once_per_connection(
     assert proxy.capture_up.count(topic) == 2
     assert counts(recorder) == Counter(seqs + more)
     assert {m.topic for m in recorder.messages() if m.data()} == {topic.decode()}
+
+
+def test_drain_sends_fresh_readings_in_batch_mode_without_lingering(
+    tmp_path: Path, broker: MosquittoBroker, recorder_factory: RecorderFactory
+) -> None:
+    recorder = recorder_factory(broker)
+    cfg = settings_for(tmp_path, broker.port, payload="batch", batch_linger=3600)
+    seqs = spool_with_backlog(Path(cfg.spool.path), 120)  # fresh: live, would linger an hour
+    result = drain(cfg, timeout=20)
+    assert (result.sent, result.remaining) == (120, 0)
+    recorder.wait_data_ids(120, timeout=10)
+    assert counts(recorder) == Counter(seqs)
+    assert not any(d["replay"] for d in recorder.data())
