@@ -407,8 +407,9 @@ class Bridge:
     def _next_wait(self, now: float) -> float:
         if self._acked or self._rejected:
             return ACK_FLUSH_S
-        if self._pending:  # a live batch lingering: come back when it is due
-            return max(0.0, min(IDLE_POLL_S, self._pending[0][1] + self.cfg.batch_linger - now))
+        linger_left = self._pending[0][1] + self.cfg.batch_linger - now if self._pending else 0
+        if linger_left > 0:  # a live batch lingering: come back when it is due
+            return min(IDLE_POLL_S, linger_left)
         if self.bucket.wait_for_one() > 0:
             return self.bucket.wait_for_one()
         return IDLE_POLL_S

@@ -274,3 +274,23 @@ def test_no_aliases_when_the_broker_grants_none(tmp_path: Path, clock: FakeClock
     fill(spool, clock, 3)
     connect(bridge, pub, 0.0, aliases=0)
     assert [(s.topic, s.properties) for s in pub.data()] == [("mqttspool/edge-01/sim/m0", None)] * 3
+
+
+def test_a_due_batch_blocked_by_the_receive_maximum_does_not_spin(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    bridge, pub, spool = make(tmp_path, clock, payload="batch", max_inflight=20, batch_linger=1)
+    connect(bridge, pub, 0.0, rm=1)
+    for t in (0.01, 0.02, 0.03):  # the connect messages, one at a time (Receive Maximum 1)
+        pub.ack_control()
+        bridge.step(t)
+    fill(spool, clock, 8, age_s=OLD_S)
+    bridge.step(0.1)
+    assert [len(decode(b.payload)) for b in pub.batches()] == [8]
+    fill(spool, clock, 2)  # fresh: they linger, then wait for the one message slot
+    bridge.step(0.2)
+    assert bridge.step(5.0) > 0  # due but blocked: wait for an event, no busy loop
+    assert len(pub.batches()) == 1
+    pub.ack([pub.batches()[0].mid])
+    bridge.step(5.1)
+    assert [len(decode(b.payload)) for b in pub.batches()] == [8, 2]
