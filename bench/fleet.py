@@ -2,16 +2,18 @@
 
 Usage::
 
-    python bench/fleet.py [--devices 8] [--backlog 5000] [--consumers 2]
+    python bench/fleet.py [--devices 8] [--backlog 5000] [--consumers 2] [--payload batch]
 
 Each device is a real ``mqttspool drain`` process with its own spool holding a
 backlog (as after a shared outage); all reconnect to one mosquitto on an
 ephemeral 127.0.0.1 port at once. Consumers read with a shared subscription
-(``$share/ingest/mqttspool/+/+/+``) and dedupe on ``id``, as the README tells
-fleet operators to. The same run measures the raw baseline: the same number of
-raw paho clients (processes) publishing the same payloads pipelined with the
-same window. Printed: aggregate msgs/s of both, their ratio, and what the
-consumers saw (unique ids, duplicates, per-device completeness).
+(``$share/ingest/mqttspool/+/+/+``; batches on ``$share/ingest/mqttspool/+/batch``),
+decode both forms (:func:`mqttspool.batch.decode`) and dedupe on ``id``, as the
+README tells fleet operators to; ``--payload`` picks ``bridge.payload``. The
+same run measures the raw baseline: the same number of raw paho clients
+(processes) publishing the same payloads pipelined with the same window.
+Printed: aggregate readings/s of both, their ratio, and what the consumers saw
+(unique ids, duplicates, per-device completeness).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from daemon import spool_with_backlog  # noqa: E402
 from support.broker import MosquittoBroker  # noqa: E402
+
+from mqttspool.batch import decode  # noqa: E402
 
 WINDOW = 500
 
@@ -65,9 +69,9 @@ c.disconnect(); c.loop_stop()
 
 
 class Consumer:
-    """A shared-subscription consumer counting ids."""
+    """A shared-subscription consumer counting ids, of single readings and of batches."""
 
-    def __init__(self, port: int, name: str, topic: str) -> None:
+    def __init__(self, port: int, name: str, topics: list[str]) -> None:
         self.ids: list[str] = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(
@@ -77,13 +81,16 @@ class Consumer:
         )
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
-        self.client.subscribe(topic, qos=1)
+        self.client.subscribe([(topic, 1) for topic in topics])
         self.client.loop_start()
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        doc = json.loads(msg.payload)
+        if msg.topic.endswith("/batch"):
+            ids = [r.id for r in decode(msg.payload)]
+        else:
+            ids = [str(json.loads(msg.payload)["id"])]
         with self.lock:
-            self.ids.append(str(doc["id"]))
+            self.ids.extend(ids)
 
     def stop(self) -> None:
         """Disconnect."""
@@ -91,13 +98,13 @@ class Consumer:
         self.client.loop_stop()
 
 
-def run_fleet(port: int, tmp: Path, devices: int, backlog: int) -> float:
+def run_fleet(port: int, tmp: Path, devices: int, backlog: int, payload: str) -> float:
     """Start one ``mqttspool drain`` per device at once; returns aggregate msgs/s."""
     procs = []
     for d in range(devices):
         device = f"edge-{d:03d}"
         spool = tmp / f"{device}.db"
-        spool_with_backlog(spool, backlog, device=device)
+        spool_with_backlog(spool, backlog, device=device, age_s=3600)  # replay: no linger
         env = {k: v for k, v in os.environ.items() if not k.startswith("MQTTSPOOL_")}
         env.update(
             {
@@ -106,6 +113,7 @@ def run_fleet(port: int, tmp: Path, devices: int, backlog: int) -> float:
                 "MQTTSPOOL_BROKER__PORT": str(port),
                 "MQTTSPOOL_DEVICE__ID": device,
                 "MQTTSPOOL_BRIDGE__MAX_INFLIGHT": str(WINDOW),
+                "MQTTSPOOL_BRIDGE__PAYLOAD": payload,
                 "MQTTSPOOL_LOG__LEVEL": "warning",
             }
         )
@@ -148,6 +156,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--backlog", type=int, default=5000)
     parser.add_argument("--consumers", type=int, default=2)
+    parser.add_argument("--payload", choices=["reading", "batch", "mixed"], default="reading")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -155,11 +164,15 @@ def main() -> None:
         broker.start()
         try:
             consumers = [
-                Consumer(broker.port, f"ingest-{i}", "$share/ingest/mqttspool/+/+/+")
+                Consumer(
+                    broker.port,
+                    f"ingest-{i}",
+                    ["$share/ingest/mqttspool/+/+/+", "$share/ingest/mqttspool/+/batch"],
+                )
                 for i in range(args.consumers)
             ]
             time.sleep(0.5)  # let the SUBACKs land before the fleet starts (bench only)
-            fleet = run_fleet(broker.port, tmp, args.devices, args.backlog)
+            fleet = run_fleet(broker.port, tmp, args.devices, args.backlog, args.payload)
             total = args.devices * args.backlog
             deadline = time.monotonic() + 60
             while sum(len(c.ids) for c in consumers) < total and time.monotonic() < deadline:
@@ -168,7 +181,7 @@ def main() -> None:
                 c.stop()
             # The baseline gets the same consumer load, on its own topics.
             raw_consumers = [
-                Consumer(broker.port, f"raw-ingest-{i}", "$share/ingest/raw/+/+/+")
+                Consumer(broker.port, f"raw-ingest-{i}", ["$share/ingest/raw/+/+/+"])
                 for i in range(args.consumers)
             ]
             time.sleep(0.5)
@@ -184,8 +197,11 @@ def main() -> None:
         device, _epoch, seq = rid.split(":")
         per_device.setdefault(device, set()).add(int(seq))
     complete = sum(1 for s in per_device.values() if s == set(range(1, args.backlog + 1)))
-    print(f"fleet: {args.devices} devices × {args.backlog} backlog, window {WINDOW}")
-    print(f"  mqttspool fleet : {fleet:9.0f} msgs/s aggregate (process start included)")
+    print(
+        f"fleet: {args.devices} devices × {args.backlog} backlog, window {WINDOW},"
+        f" bridge.payload {args.payload}"
+    )
+    print(f"  mqttspool fleet : {fleet:9.0f} readings/s aggregate (process start included)")
     print(f"  raw paho fleet  : {raw:9.0f} msgs/s aggregate -> ratio {fleet / raw:.2f}")
     shares = ", ".join(str(len(c.ids)) for c in consumers)
     print(

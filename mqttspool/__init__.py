@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from mqttspool.batch import BatchError, DecodedReading, decode_batch
     from mqttspool.config import Settings, load_config
     from mqttspool.errors import (
         BrokerError,
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     __version__: str
 
 _LAZY: dict[str, str] = {
+    "BatchError": "mqttspool.batch",
+    "DecodedReading": "mqttspool.batch",
+    "decode_batch": "mqttspool.batch",
     "Settings": "mqttspool.config",
     "load_config": "mqttspool.config",
     "BrokerError": "mqttspool.errors",
@@ -50,8 +54,10 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "BatchError",
     "BrokerError",
     "ConfigError",
+    "DecodedReading",
     "MqttspoolError",
     "NotASpoolError",
     "Reading",
@@ -63,6 +69,7 @@ __all__ = [
     "SpoolError",
     "SpoolFullError",
     "__version__",
+    "decode_batch",
     "load_config",
     "open_spool",
     "parse_payload",

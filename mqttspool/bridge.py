@@ -17,6 +17,16 @@ wait in an outbox for room and go before readings. When the oldest
 unacknowledged message has waited ``bridge.ack_timeout`` the connection is
 dropped and everything resent after reconnecting.
 
+Payload modes (``bridge.payload``): ``reading`` sends one message per reading,
+with MQTT v5 topic aliases when the broker grants them (:class:`TopicAliases`,
+per connection). ``batch`` sends every reading in zlib batches
+(:mod:`mqttspool.batch`) and ``mixed`` only the backlog (replay), live
+readings one per message. A batch counts against ``bridge.max_inflight`` by
+its readings (a crash resends at most that many) and as one message against
+the broker's Receive Maximum; one PUBACK settles all its rows. Leased rows
+wait in ``_pending`` until their batch is full, closed, holds backlog, or has
+lingered ``bridge.batch_linger`` seconds.
+
 Failures arrive typed (:class:`~mqttspool.mqtt.FailureKind`); every kind is
 retried with backoff, configuration kinds are logged as errors with a hint,
 and every repetitive line goes through one :class:`LogThrottle` per kind.
@@ -24,6 +34,7 @@ and every repetitive line goes through one :class:`LogThrottle` per kind.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
@@ -34,6 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from mqttspool.batch import CONTENT_TYPE, ENCODING_PROPERTY, batch_topic, encode_within
 from mqttspool.config import Settings
 from mqttspool.counters import BROKER_CONNECTED, MESSAGES_PUBLISHED, Counters
 from mqttspool.errors import SpoolCorruptError, SpoolError, SpoolGoneError
@@ -46,6 +58,7 @@ from mqttspool.mqtt import (
     Event,
     FailureKind,
     Publisher,
+    PublishProperties,
     Will,
     client_id_for,
 )
@@ -189,6 +202,33 @@ class _DeadLetterTallies:
     total: dict[int, _DeadLetterTally] = field(default_factory=dict)
 
 
+class TopicAliases:
+    """MQTT v5 topic aliases of one connection (reset on reconnect: a new instance).
+
+    First come, first served: the first ``maximum`` topics keep their alias for
+    the whole connection and later topics go out in full. Unlike LRU, a round
+    robin over more streams than aliases never re-sends topic and alias together.
+    """
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self._aliases: dict[str, int] = {}
+
+    def for_topic(self, topic: str) -> tuple[str, PublishProperties | None]:
+        """What to publish for ``topic``: the topic and a new alias the first time,
+        then an empty topic and the alias; the topic alone once aliases run out."""
+        alias = self._aliases.get(topic)
+        if alias is not None:
+            return "", PublishProperties(topic_alias=alias)
+        if len(self._aliases) >= self.maximum:
+            return topic, None
+        alias = self._aliases[topic] = len(self._aliases) + 1
+        return topic, PublishProperties(topic_alias=alias)
+
+
+BATCH_PROPERTIES = PublishProperties(CONTENT_TYPE, (ENCODING_PROPERTY,))
+
+
 @dataclass
 class _Connection:
     generation: int
@@ -196,6 +236,12 @@ class _Connection:
     connected: bool = False
     window: int = 0
     inflight: dict[int, int] = field(default_factory=dict)  # mid -> seq, readings only
+    # Batch messages: mid -> the seqs they carry; ``batched`` counts those readings, since
+    # the window counts readings (a crash resends at most max_inflight of them).
+    batches: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    batched: int = 0
+    receive_max: int = 65535  # the broker's limit on unacknowledged messages (batches)
+    aliases: TopicAliases = field(default_factory=lambda: TopicAliases(0))
     # mid -> when it was published, for EVERY unacknowledged QoS 1 message (readings and
     # control messages): the broker's Receive Maximum counts them all. Insertion order is
     # publish order, so the first entry is the oldest unacknowledged message.
@@ -292,6 +338,7 @@ class Bridge:
         self._log_throttle = LogThrottle(FAILURE_LOG_INTERVAL_S, clock=lambda: self._now)
         self._ack_batch = max(32, min(256, self.cfg.max_inflight // 2))
         self._dead = _DeadLetterTallies()
+        self._pending: deque[tuple[StoredReading, float]] = deque()  # see _fill_with_batches
 
     # ------------------------------------------------------------- queries
 
@@ -302,8 +349,8 @@ class Bridge:
 
     @property
     def inflight(self) -> int:
-        """Readings published and not yet acknowledged."""
-        return 0 if self.conn is None else len(self.conn.inflight)
+        """Readings published and not yet acknowledged (alone or in batches)."""
+        return 0 if self.conn is None else len(self.conn.inflight) + self.conn.batched
 
     @property
     def unsettled(self) -> int:
@@ -313,8 +360,10 @@ class Bridge:
     @property
     def window_load(self) -> int:
         """What counts against the window: every unacknowledged QoS 1 message (readings
-        and control messages) plus readings acknowledged but not yet deleted."""
-        in_flight = 0 if self.conn is None else len(self.conn.sent_at)
+        and control messages; a batch by its readings) plus readings acknowledged but not
+        yet deleted."""
+        conn = self.conn
+        in_flight = 0 if conn is None else len(conn.sent_at) + conn.batched - len(conn.batches)
         return in_flight + len(self._acked) + len(self._rejected)
 
     # ---------------------------------------------------------------- step
@@ -358,6 +407,9 @@ class Bridge:
     def _next_wait(self, now: float) -> float:
         if self._acked or self._rejected:
             return ACK_FLUSH_S
+        linger_left = self._pending[0][1] + self.cfg.batch_linger - now if self._pending else 0
+        if linger_left > 0:  # a live batch lingering: come back when it is due
+            return min(IDLE_POLL_S, linger_left)
         if self.bucket.wait_for_one() > 0:
             return self.bucket.wait_for_one()
         return IDLE_POLL_S
@@ -384,21 +436,28 @@ class Bridge:
     def _on_ack(self, conn: _Connection, event: Acked, now: float) -> None:
         conn.sent_at.pop(event.mid, None)
         seq = conn.inflight.pop(event.mid, None)
-        if seq is None:
+        seqs = (seq,) if seq is not None else conn.batches.pop(event.mid, ())
+        if not seqs:
             return  # a control message
+        if seq is None:
+            conn.batched -= len(seqs)
         if self._first_pending_at is None:
             self._first_pending_at = now
+        # One PUBACK settles every reading of a batch the same way.
         if event.reason_code < PUBACK_FAILURE:
-            self._acked.append(seq)
+            self._acked.extend(seqs)
         else:
-            self._rejected.append(Rejection(seq, event.reason_code, event.reason))
+            self._rejected.extend(Rejection(s, event.reason_code, event.reason) for s in seqs)
 
     def _on_connected(self, conn: _Connection, event: Connected, now: float) -> None:
         conn.connected = True
         receive_max = event.receive_maximum
         conn.window = min(self.cfg.max_inflight, receive_max or self.cfg.max_inflight)
+        conn.receive_max = receive_max or 65535
+        conn.aliases = TopicAliases(event.topic_alias_maximum)
         self.backoff.reset()
         self.leases.release()
+        self._pending.clear()
         self.drained = False
         self.counters.set(BROKER_CONNECTED, 1)
         self._log_connected(conn, receive_max)
@@ -435,7 +494,7 @@ class Bridge:
                 now - oldest,
                 self.cfg.ack_timeout,
                 _times(count, "times"),
-                len(conn.inflight),
+                self.inflight,
             )
         self._drop_connection(now, self.backoff.next_delay())
         return True
@@ -449,6 +508,7 @@ class Bridge:
         self.publisher.close()
         self.conn = None
         self.leases.release()
+        self._pending.clear()  # leased, never sent: leased again after reconnecting
         self.counters.set(BROKER_CONNECTED, 0)
         self.next_attempt = now + delay
 
@@ -532,34 +592,140 @@ class Bridge:
         assert conn is not None
         if not self._flush_outbox(conn, now):
             return  # control messages first; readings wait for the window
+        if self.cfg.payload == "reading":
+            self._fill_with_readings(conn, now)
+        else:
+            self._fill_with_batches(conn, now)
+
+    def _fill_with_readings(self, conn: _Connection, now: float) -> None:
         room = conn.window - self.window_load
         if room <= 0:
             return
         room = self.bucket.take(room, now)
         if room <= 0:
             return
-        rows = self.leases.take(room, live_first=self.cfg.live_first)
-        if not rows:
-            if not conn.sent_at and not self._acked and not self._rejected:
-                self.drained = True
-                self.leases.release()  # pick up rows requeued behind the cursor
-            return
-        self.drained = False
         now_us = self.clock.wall_us()
-        live_us = int(self.cfg.live_window * 1_000_000)
-        epoch = self.spool.epoch
-        for row in rows:
-            replay = now_us - row.ts_us > live_us
-            topic = render_topic(self.prefix, row.device, row.sensor, row.metric)
-            mid = self.publisher.publish(topic, render_payload(row, epoch, replay), 1, False)
-            if mid is None:
-                self._publish_refused(conn, now)
+        for row in self._lease(conn, room):
+            if not self._publish_reading(conn, row, self._is_replay(row, now_us), now, now_us):
                 return
-            conn.inflight[mid] = row.seq
-            conn.sent_at[mid] = now
-            for companion in self.companions:
-                for msg in companion.on_reading(row, replay, now_us):
-                    self._send_control(msg)
+
+    def _lease(self, conn: _Connection, n: int) -> list[StoredReading]:
+        rows = self.leases.take(n, live_first=self.cfg.live_first)
+        if rows:
+            self.drained = False
+        elif not (conn.sent_at or self._acked or self._rejected or self._pending):
+            self.drained = True
+            self.leases.release()  # pick up rows requeued behind the cursor
+        return rows
+
+    def _is_replay(self, row: StoredReading, now_us: int) -> bool:
+        return now_us - row.ts_us > int(self.cfg.live_window * 1_000_000)
+
+    def _publish_reading(
+        self, conn: _Connection, row: StoredReading, replay: bool, now: float, now_us: int
+    ) -> bool:
+        """One reading, one message (topic alias when the broker grants them)."""
+        topic = render_topic(self.prefix, row.device, row.sensor, row.metric)
+        topic, props = conn.aliases.for_topic(topic)
+        payload = render_payload(row, self.spool.epoch, replay)
+        mid = self.publisher.publish(topic, payload, 1, False, props)
+        if mid is None:
+            self._publish_refused(conn, now)
+            return False
+        conn.inflight[mid] = row.seq
+        conn.sent_at[mid] = now
+        self._tell_companions(row, replay, now_us)
+        return True
+
+    def _tell_companions(self, row: StoredReading, replay: bool, now_us: int) -> None:
+        for companion in self.companions:
+            for msg in companion.on_reading(row, replay, now_us):
+                self._send_control(msg)
+
+    def _fill_with_batches(self, conn: _Connection, now: float) -> None:
+        """``batch``/``mixed``: lease up to the window, then send what is due.
+
+        ``_pending`` holds rows leased but not yet sent, with when they were leased
+        (a live batch lingers); it is cleared with the leases on every (re)connect.
+        """
+        room = self.cfg.max_inflight - self._reading_load - len(self._pending)
+        if room > 0:
+            self._pending.extend((row, now) for row in self._lease(conn, room))
+        now_us = self.clock.wall_us()
+        while self._pending and self._send_next(conn, now, now_us):
+            pass
+
+    def _send_next(self, conn: _Connection, now: float, now_us: int) -> bool:
+        """Send the head of the pending rows: a live reading alone (``mixed``) or a batch."""
+        head = self._pending[0][0]
+        if self.cfg.payload == "mixed" and not self._is_replay(head, now_us):
+            if self.window_load >= conn.window or not self.bucket.take(1, now):
+                return False
+            self._pending.popleft()
+            return self._publish_reading(conn, head, False, now, now_us)
+        rows, replay = self._batch_run(now_us)
+        room = self.cfg.max_inflight - self._reading_load
+        if not self._batch_due(rows, replay, now) or room <= 0:
+            return False
+        if len(conn.sent_at) >= conn.receive_max or not self.bucket.take(1, now):
+            return False
+        return self._publish_batch(conn, rows[:room], replay[:room], now, now_us)
+
+    @property
+    def _reading_load(self) -> int:
+        """Readings unacknowledged or not yet deleted: what bounds batches (a crash resends
+        at most max_inflight readings). Control messages count only against the broker's
+        Receive Maximum (``conn.receive_max``), so they do not cut a batch short."""
+        conn = self.conn
+        in_flight = 0 if conn is None else len(conn.inflight) + conn.batched
+        return in_flight + len(self._acked) + len(self._rejected)
+
+    def _batch_run(self, now_us: int) -> tuple[list[StoredReading], list[bool]]:
+        """The pending rows that may share the head's batch: same device, in order; in
+        ``mixed`` only replays. At most batch_max_readings (and max_inflight) of them."""
+        cap = min(self.cfg.batch_max_readings, self.cfg.max_inflight)
+        device, mixed = self._pending[0][0].device, self.cfg.payload == "mixed"
+        rows: list[StoredReading] = []
+        replay: list[bool] = []
+        for row, _ in itertools.islice(self._pending, cap):
+            flag = self._is_replay(row, now_us)
+            if row.device != device or (mixed and not flag):
+                break
+            rows.append(row)
+            replay.append(flag)
+        return rows, replay
+
+    def _batch_due(self, rows: list[StoredReading], replay: list[bool], now: float) -> bool:
+        """Full, holding backlog (never waits), closed by a row that cannot join, or
+        lingered long enough: a live batch waits at most bridge.batch_linger to fill."""
+        full = len(rows) >= min(self.cfg.batch_max_readings, self.cfg.max_inflight)
+        closed = len(rows) < len(self._pending)
+        lingered = now - self._pending[0][1] >= self.cfg.batch_linger
+        return full or closed or any(replay) or lingered
+
+    def _publish_batch(
+        self,
+        conn: _Connection,
+        rows: list[StoredReading],
+        replay: list[bool],
+        now: float,
+        now_us: int,
+    ) -> bool:
+        device = rows[0].device
+        n, payload = encode_within(rows, device, self.spool.epoch, replay, self.cfg.batch_max_bytes)
+        topic = batch_topic(self.prefix, device)
+        mid = self.publisher.publish(topic, payload, 1, False, BATCH_PROPERTIES)
+        if mid is None:
+            self._publish_refused(conn, now)
+            return False
+        for _ in range(n):
+            self._pending.popleft()
+        conn.batches[mid] = tuple(row.seq for row in rows[:n])
+        conn.batched += n
+        conn.sent_at[mid] = now
+        for row, flag in zip(rows[:n], replay[:n], strict=True):
+            self._tell_companions(row, flag, now_us)
+        return True
 
     def _publish_refused(self, conn: _Connection, now: float) -> None:
         # paho lost the connection under us: stop now, resend after reconnect.

@@ -52,6 +52,8 @@ MAX_ROWS = 1_000_000_000
 MAX_FREE_BYTES = 1 << 60  # 1 EiB: any real disk; keeps every size well inside SQLite int64
 MAX_TOPIC_PREFIX_BYTES = 1024
 PASSWORD_FILE_MAX_BYTES = 64 * 1024
+MIN_BATCH_BYTES = 256  # below this a batch holds a reading or two: per-reading is cheaper
+MAX_BATCH_BYTES = 16 * 1024 * 1024  # what mqttspool.batch.decode inflates at most
 
 
 def _zero_or_a_rate(rate: float) -> float:
@@ -248,6 +250,12 @@ class BridgeConfig(_Section):
     # Added by the bridge (issue 9.16): when the oldest unacknowledged QoS 1 message has
     # waited this long, drop the connection and resend after reconnecting.
     ack_timeout: float = Field(default=30, gt=0, le=86_400, allow_inf_nan=False)
+    # Batch payloads (DESIGN.md "Batch payload"): one reading per message, all in
+    # zlib batches, or live readings alone and the backlog (replay) in batches.
+    payload: Literal["reading", "batch", "mixed"] = "reading"
+    batch_max_readings: int = Field(default=1000, ge=1, le=65535)
+    batch_max_bytes: int = Field(default=65536, ge=MIN_BATCH_BYTES, le=MAX_BATCH_BYTES)
+    batch_linger: float = Field(default=10, ge=0, le=3600, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _backoff_order(self) -> BridgeConfig:

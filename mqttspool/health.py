@@ -94,6 +94,10 @@ KNOWN_SETTINGS = frozenset(
                 "max_rate",
                 "live_first",
                 "ack_timeout",
+                "payload",
+                "batch_max_readings",
+                "batch_max_bytes",
+                "batch_linger",
             )
         ),
         "homeassistant.discovery",

@@ -140,10 +140,13 @@ def kind_for_exception(exc: BaseException) -> FailureKind:
 
 @dataclass(frozen=True)
 class Connected:
-    """CONNACK success. ``receive_maximum`` is the broker's (None for MQTT 3.1.1)."""
+    """CONNACK success. ``receive_maximum`` is the broker's (None for MQTT 3.1.1);
+    ``topic_alias_maximum`` the highest topic alias it accepts (0: none, and always
+    0 for MQTT 3.1.1)."""
 
     generation: int
     receive_maximum: int | None
+    topic_alias_maximum: int = 0
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,19 @@ Event = Connected | ConnectFailed | Disconnected | Acked
 
 
 @dataclass(frozen=True)
+class PublishProperties:
+    """MQTT v5 PUBLISH properties the bridge sets; a 3.1.1 connection sends none of them.
+
+    ``topic_alias`` (1..the broker's Topic Alias Maximum) maps the topic for the rest
+    of this connection; a publish with an empty topic and an alias uses the mapping.
+    """
+
+    content_type: str | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()
+    topic_alias: int | None = None
+
+
+@dataclass(frozen=True)
 class Will:
     """The last will: retained ``payload`` on ``topic``."""
 
@@ -199,8 +215,16 @@ class Publisher(Protocol):
         """Start a connection attempt; returns its generation. Events report the result."""
         ...
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> int | None:
-        """Queue a message; returns its mid, or None when not connected."""
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        properties: PublishProperties | None = None,
+    ) -> int | None:
+        """Queue a message; returns its mid, or None when not connected. ``properties``
+        are sent on MQTT v5 and ignored on 3.1.1 (where an empty topic is never valid)."""
         ...
 
     def events(self) -> list[Event]:
@@ -252,12 +276,25 @@ class MqttPublisher:
         self._connect_thread.start()
         return gen
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> int | None:
-        """Hand one message to paho; returns its mid (on_publish may already have fired)."""
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        properties: PublishProperties | None = None,
+    ) -> int | None:
+        """Hand one message to paho; returns its mid (on_publish may already have fired).
+
+        paho 2.2 sends an empty topic as is on MQTT v5 (with a TopicAlias property the
+        broker resolves it) and keeps no alias state of its own; a fresh client per
+        connection means paho never resends such a message on another connection.
+        """
         client = self._client
         if client is None:
             return None
-        info = client.publish(topic, payload, qos=qos, retain=retain)
+        props = _paho_properties(properties) if self.config.protocol == "5" else None
+        info = client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return None
         return int(info.mid)
@@ -346,6 +383,19 @@ class MqttPublisher:
         client.loop_start()
 
 
+def _paho_properties(properties: PublishProperties | None) -> Properties | None:
+    if properties is None:
+        return None
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if properties.content_type is not None:
+        props.ContentType = properties.content_type
+    if properties.user_properties:
+        props.UserProperty = list(properties.user_properties)
+    if properties.topic_alias is not None:
+        props.TopicAlias = properties.topic_alias
+    return props
+
+
 def _on_connect(emit: Callable[[Event], None], gen: int) -> Any:
     def on_connect(
         client: mqtt.Client,
@@ -362,7 +412,8 @@ def _on_connect(emit: Callable[[Event], None], gen: int) -> Any:
         receive_max = getattr(properties, "ReceiveMaximum", None) if properties else None
         if client.protocol == MQTTProtocolVersion.MQTTv5 and receive_max is None:
             receive_max = 65535  # v5 default when the broker does not say
-        emit(Connected(gen, receive_max))
+        alias_max = getattr(properties, "TopicAliasMaximum", 0) if properties else 0
+        emit(Connected(gen, receive_max, int(alias_max or 0)))
 
     return on_connect
 

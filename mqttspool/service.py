@@ -353,6 +353,8 @@ def drain(settings: Settings, timeout: float | None, clock: Clock | None = None)
     clock = clock or SystemClock()
     spool = open_spool(settings.spool, clock, integrity_check=True)
     bridge, publisher = make_bridge(settings, spool, clock, Counters())
+    # Nothing more arrives while draining: a batch of fresh readings need not linger.
+    bridge.cfg = bridge.cfg.model_copy(update={"batch_linger": 0.0})
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
     total = spool.depth()

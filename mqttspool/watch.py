@@ -7,6 +7,9 @@ is numbered per spool (one epoch), and one spool may carry several devices
 the epoch's whole seq sequence, never per device: interleaved devices are
 not gaps. Gaps may close later (``live_first`` sends fresh readings ahead of
 the backlog), so the summary reports what is still missing at the end.
+Batches (``{device}/batch``) are decoded with :func:`mqttspool.batch.decode`
+and every reading in them is tracked exactly like a per-reading message, so
+duplicates and gaps are found across both forms.
 
 :func:`classify_topic` tells readings from control messages by the topic's
 shape below the configured prefix, never by a level's name alone, so a
@@ -20,8 +23,9 @@ import enum
 import json
 from dataclasses import dataclass, field
 
+from mqttspool.batch import DecodedReading, decode
 from mqttspool.errors import ReadingError
-from mqttspool.reading import WireMessage, parse_payload
+from mqttspool.reading import WireMessage, parse_payload, validate_reading
 
 
 class TopicKind(enum.Enum):
@@ -124,6 +128,19 @@ class WatchTracker:
         except ReadingError:
             self.invalid += 1
             raise
+        return self._account(msg)
+
+    def observe_batch(self, payload: bytes) -> list[Observation]:
+        """Account for every reading of one batch payload, in order; raises
+        :class:`~mqttspool.batch.BatchError` (a ReadingError) if it is not a valid batch."""
+        try:
+            messages = [_wire_message(r) for r in decode(payload)]
+        except ReadingError:
+            self.invalid += 1
+            raise
+        return [self._account(msg) for msg in messages]
+
+    def _account(self, msg: WireMessage) -> Observation:
         self.received += 1
         state = self.epochs.setdefault(msg.epoch, EpochState())
         if msg.id in state.ids:
@@ -160,6 +177,20 @@ class WatchTracker:
             "invalid": self.invalid,
             "epochs": epochs,
         }
+
+
+def _wire_message(decoded: DecodedReading) -> WireMessage:
+    """A batch's reading as the per-reading parser would have returned it."""
+    doc = decoded.payload_doc()
+    envelope = {k: doc.pop(k) for k in ("id", "seq", "replay")}
+    reading = validate_reading(doc)
+    return WireMessage(
+        id=decoded.id,
+        seq=decoded.seq,
+        epoch=decoded.epoch,
+        reading=reading,
+        replay=bool(envelope["replay"]),
+    )
 
 
 def format_observation(obs: Observation) -> str:

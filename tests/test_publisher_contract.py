@@ -27,11 +27,13 @@ from mqttspool.mqtt import (
     FailureKind,
     MqttPublisher,
     Publisher,
+    PublishProperties,
 )
 
 ALLOWED = "mqttspool/edge-01/contract/t"
 DENIED = "mqttspool/edge-02/contract/t"  # the ACL lets edge-01 write only its own subtree
 RECEIVE_MAXIMUM = 1000  # mosquitto/auth.conf: max_inflight_messages 1000
+TOPIC_ALIAS_MAXIMUM = 10  # mosquitto's default max_topic_alias
 
 
 @dataclass
@@ -52,7 +54,10 @@ def _closed_port() -> int:
 def _fake_backend() -> Backend:
     return Backend(
         reachable=lambda: FakePublisher(
-            auto=True, receive_maximum=RECEIVE_MAXIMUM, denied_prefix="mqttspool/edge-02/"
+            auto=True,
+            receive_maximum=RECEIVE_MAXIMUM,
+            denied_prefix="mqttspool/edge-02/",
+            topic_alias_maximum=TOPIC_ALIAS_MAXIMUM,
         ),
         unreachable=lambda: FakePublisher(auto=True, reachable=False),
     )
@@ -117,6 +122,40 @@ def connected(pub: Publisher) -> Connected:
 def test_connect_reports_connected_with_receive_maximum(backend: Backend) -> None:
     event = connected(backend.reachable())
     assert event.receive_maximum == RECEIVE_MAXIMUM
+    assert event.topic_alias_maximum == TOPIC_ALIAS_MAXIMUM
+
+
+def _acks(pub: Publisher, n: int, timeout: float = 10.0) -> dict[int, int | str]:
+    """mid -> "ok" (any success code, e.g. 0x10 no subscribers) or the failure code."""
+    out: dict[int, int | str] = {}
+    deadline = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        for event in pub.events():
+            if isinstance(event, Acked):
+                out[event.mid] = "ok" if event.reason_code < 0x80 else event.reason_code
+        pub.wait(0.05)
+    return out
+
+
+def test_publish_with_v5_properties_is_acked(backend: Backend) -> None:
+    pub = backend.reachable()
+    connected(pub)
+    props = PublishProperties("application/vnd.mqttspool.batch+json", (("encoding", "zlib"),))
+    mid = pub.publish(ALLOWED, b"x\x9c\x03\x00\x00\x00\x00\x01", 1, False, props)
+    assert _acks(pub, 1) == {mid: "ok"}
+
+
+def test_empty_topic_with_an_alias_publishes_to_the_aliased_topic(backend: Backend) -> None:
+    """The broker resolves the alias: an empty topic on the denied topic's alias is denied."""
+    pub = backend.reachable()
+    connected(pub)
+    mids = [
+        pub.publish(ALLOWED, b"1", 1, False, PublishProperties(topic_alias=1)),
+        pub.publish(DENIED, b"2", 1, False, PublishProperties(topic_alias=2)),
+        pub.publish("", b"3", 1, False, PublishProperties(topic_alias=1)),
+        pub.publish("", b"4", 1, False, PublishProperties(topic_alias=2)),
+    ]
+    assert _acks(pub, 4) == dict(zip(mids, ["ok", 0x87, "ok", 0x87], strict=True))
 
 
 def test_qos1_publish_is_acked_with_success(backend: Backend) -> None:

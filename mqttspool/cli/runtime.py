@@ -137,18 +137,21 @@ def _print_message(msg: Received, prefix: str, tracker: WatchTracker, as_json: b
     )
 
     kind = classify_topic(msg.topic, prefix)
-    if kind is TopicKind.BATCH:
-        print(f"# {msg.topic}: batch of {len(msg.payload)} bytes (not decoded)", flush=True)
-        return
-    if kind is not TopicKind.READING:
+    if kind not in (TopicKind.READING, TopicKind.BATCH):
         print(f"# {msg.topic}: {msg.payload[:500].decode(errors='replace')}", flush=True)
         return
     try:
-        obs = tracker.observe(msg.payload)
+        if kind is TopicKind.BATCH:
+            observations = tracker.observe_batch(msg.payload)
+            print(f"# {msg.topic}: batch of {len(observations)} reading(s)", flush=True)
+        else:
+            observations = [tracker.observe(msg.payload)]
     except ReadingError as exc:
-        print(f"# {msg.topic}: not a reading: {exc}", file=sys.stderr)
+        what = "batch" if kind is TopicKind.BATCH else "reading"
+        print(f"# {msg.topic}: not a {what}: {exc}", file=sys.stderr)
         return
-    print(observation_json(obs) if as_json else format_observation(obs), flush=True)
+    for obs in observations:
+        print(observation_json(obs) if as_json else format_observation(obs), flush=True)
 
 
 def _print_status(status: queue.SimpleQueue[str]) -> None:

@@ -16,9 +16,18 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from mqttspool.mqtt import Acked, Connected, ConnectFailed, Disconnected, Event, FailureKind
+from mqttspool.mqtt import (
+    Acked,
+    Connected,
+    ConnectFailed,
+    Disconnected,
+    Event,
+    FailureKind,
+    PublishProperties,
+)
 
 NOT_AUTHORIZED = 0x87
+TOPIC_ALIAS_INVALID = 0x94
 
 
 @dataclass
@@ -30,6 +39,8 @@ class Sent:
     payload: bytes
     qos: int
     retain: bool
+    properties: PublishProperties | None = None
+    resolved_topic: str = ""  # the topic the broker delivers on (after topic aliases)
 
     def doc(self) -> dict[str, Any]:
         """The payload as JSON."""
@@ -51,6 +62,8 @@ class FakePublisher:
     closes: int = 0
     next_mid: int = 0
     refuse_publish: bool = False
+    topic_alias_maximum: int = 0  # what ``auto`` mode's CONNACK grants
+    aliases: dict[int, str] = field(default_factory=dict)  # this connection's, like a broker
     _open: bool = False
 
     @property
@@ -62,21 +75,46 @@ class FakePublisher:
         """A new generation; in ``auto`` mode CONNACK (or a refusal) at once."""
         self.generation += 1
         if self.auto and self.reachable:
-            self.accept(self.receive_maximum)
+            self.accept(self.receive_maximum, self.topic_alias_maximum)
         elif self.auto:
             self.fail(FailureKind.NETWORK, "connection refused (fake)")
         return self.generation
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> int | None:
-        """Record the message (None when not connected); in ``auto`` mode PUBACK it."""
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        properties: PublishProperties | None = None,
+    ) -> int | None:
+        """Record the message (None when not connected); in ``auto`` mode PUBACK it.
+
+        Topic aliases resolve like a broker resolves them; an alias above the granted
+        maximum, or an empty topic with an unknown alias, ends the connection (0x94).
+        """
         if self.refuse_publish or not self._open:
             return None
         self.next_mid += 1
-        self.sent.append(Sent(self.next_mid, topic, payload, qos, retain))
+        resolved = self._resolve(topic, properties)
+        if resolved is None:
+            self.drop(FailureKind.PROTOCOL, "Topic alias invalid", TOPIC_ALIAS_INVALID)
+            return self.next_mid
+        self.sent.append(Sent(self.next_mid, topic, payload, qos, retain, properties, resolved))
         if self.auto and qos > 0:
-            denied = self.denied_prefix is not None and topic.startswith(self.denied_prefix)
+            denied = self.denied_prefix is not None and resolved.startswith(self.denied_prefix)
             self.ack([self.next_mid], NOT_AUTHORIZED if denied else 0)
         return self.next_mid
+
+    def _resolve(self, topic: str, properties: PublishProperties | None) -> str | None:
+        alias = properties.topic_alias if properties else None
+        if alias is None:
+            return topic or None
+        if not 1 <= alias <= self.topic_alias_maximum:
+            return None
+        if topic:
+            self.aliases[alias] = topic
+        return self.aliases.get(alias)
 
     def events(self) -> list[Event]:
         """Everything queued since the last call."""
@@ -98,10 +136,12 @@ class FakePublisher:
 
     # -- test helpers --
 
-    def accept(self, receive_maximum: int | None = 65535) -> None:
-        """The broker's CONNACK (success)."""
+    def accept(self, receive_maximum: int | None = 65535, topic_alias_maximum: int = 0) -> None:
+        """The broker's CONNACK (success); a new connection starts with no aliases."""
         self._open = True
-        self.pending.append(Connected(self.generation, receive_maximum))
+        self.topic_alias_maximum = topic_alias_maximum
+        self.aliases = {}
+        self.pending.append(Connected(self.generation, receive_maximum, topic_alias_maximum))
 
     def fail(self, kind: FailureKind, reason: str, code: int | None = None) -> None:
         """The connection attempt fails."""
@@ -115,16 +155,24 @@ class FakePublisher:
         self.pending.append(Disconnected(self.generation, kind, reason, code))
 
     def data(self) -> list[Sent]:
-        """The readings sent (not status, snapshot or Home Assistant messages)."""
+        """The readings sent one per message (not batches, status, snapshot or Home Assistant)."""
         return [s for s in self.sent if s.payload.startswith(b'{"id"')]
+
+    def batches(self) -> list[Sent]:
+        """The batch messages sent (topic ``.../batch``)."""
+        return [s for s in self.sent if s.resolved_topic.endswith("/batch")]
 
     def ack(self, mids: list[int], code: int = 0, reason: str = "Success") -> None:
         """PUBACK ``mids`` with ``code``."""
         self.pending.extend(Acked(self.generation, m, code, reason) for m in mids)
 
     def control(self) -> list[Sent]:
-        """Everything sent that is not a reading (status, snapshot, Home Assistant)."""
-        return [s for s in self.sent if not s.payload.startswith(b'{"id"')]
+        """Everything sent that is not a reading or batch (status, snapshot, Home Assistant)."""
+        return [
+            s
+            for s in self.sent
+            if not s.payload.startswith(b'{"id"') and not s.resolved_topic.endswith("/batch")
+        ]
 
     def ack_control(self) -> None:
         """PUBACK every control message sent so far (the bridge ignores repeats)."""

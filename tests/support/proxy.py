@@ -9,6 +9,8 @@ Put it between a client and the broker to inject network faults::
     proxy.refuse()      # reset every new connection right after accept
     proxy.restore()     # back to "pass" (and reset connections a blackhole poisoned)
     proxy.delay = 0.05  # add 50 ms each way (100 ms RTT), order preserved
+    proxy.bytes_up, proxy.bytes_down   # bytes forwarded client->target, target->client
+    proxy.capture_up = bytearray()      # also keep every client->target byte (None: don't)
     proxy.close()
 
 Semantics worth knowing:
@@ -196,6 +198,12 @@ class _Link:
         if self.proxy.mode == "blackhole" or self.poisoned or side not in self.directions:
             self.poisoned = True
             return
+        if side is self.client:
+            self.proxy.bytes_up += len(data)
+            if self.proxy.capture_up is not None:
+                self.proxy.capture_up += data
+        else:
+            self.proxy.bytes_down += len(data)
         self.directions[side].push(data)
 
     def forward_eof(self, side: _Side) -> None:
@@ -268,6 +276,10 @@ class TcpProxy:
         self.connect_timeout = connect_timeout
         self.mode: ProxyMode = "pass"
         self.links: set[_Link] = set()
+        # Bytes forwarded (what a metered link would bill), updated on the proxy's loop.
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.capture_up: bytearray | None = None
         self._accepted = 0
         self._counted = threading.Condition()
         self.loop = asyncio.new_event_loop()

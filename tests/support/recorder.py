@@ -15,7 +15,10 @@ its session (a killed broker without persistence).
 
 Data payloads follow DESIGN.md (`{"id": "dev:epoch:seq", "seq": 42, ...}`);
 status ("online"/"offline") and spool snapshots are recorded too but are not
-"data" (no `id`/`seq`).
+"data" (no `id`/`seq`). Batches (`.../batch`, DESIGN.md "Batch payload") are
+decoded on arrival with `mqttspool.batch.decode`: `data()`, `data_ids()`,
+`seqs()`, `duplicates()` and `wait_data_ids()` count every reading in them
+exactly like a single-reading message (`Message.readings()`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from mqttspool.batch import BatchError, decode
 
 if TYPE_CHECKING:
     from .broker import MosquittoBroker
@@ -60,10 +65,30 @@ class Message:
     arrived: float
 
     parsed: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    # The per-reading documents of a decoded batch (None: not a valid batch).
+    batch: tuple[dict[str, Any], ...] | None = field(default=None, compare=False, repr=False)
+    content_type: str | None = field(default=None, compare=False)
+    user_properties: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     def data(self) -> dict[str, Any] | None:
         """The payload as a reading dict if it is one (has str `id`, int `seq`), else None."""
         return self.parsed if self.parsed is not None else _parse_reading(self.payload)
+
+    def readings(self) -> list[dict[str, Any]]:
+        """Every reading this message carries: a batch's, or the single one (or none)."""
+        if self.batch is not None:
+            return list(self.batch)
+        doc = self.data()
+        return [] if doc is None else [doc]
+
+
+def _parse_batch(topic: str, payload: bytes) -> tuple[dict[str, Any], ...] | None:
+    if not topic.endswith("/batch"):
+        return None
+    try:
+        return tuple(r.payload_doc() for r in decode(payload))
+    except BatchError:
+        return None
 
 
 def _parse_reading(payload: bytes) -> dict[str, Any] | None:
@@ -237,8 +262,8 @@ class Recorder:
             return list(self._messages)
 
     def data(self) -> list[dict[str, Any]]:
-        """Parsed reading payloads (messages with `id` and `seq`), in arrival order."""
-        return [doc for doc in (m.data() for m in self.messages()) if doc is not None]
+        """Parsed reading payloads (single or in batches), in arrival order."""
+        return [doc for m in self.messages() for doc in m.readings()]
 
     def data_ids(self) -> list[str]:
         """Reading ids in arrival order (duplicates included)."""
@@ -293,7 +318,7 @@ class Recorder:
         """Wait until at least `count` distinct reading ids have arrived; return them."""
 
         def distinct(messages: list[Message]) -> set[str]:
-            return {str(doc["id"]) for doc in (m.data() for m in messages) if doc is not None}
+            return {str(doc["id"]) for m in messages for doc in m.readings()}
 
         return distinct(self.wait_for(lambda messages: len(distinct(messages)) >= count, timeout))
 
@@ -381,6 +406,7 @@ class Recorder:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         payload = bytes(msg.payload)
+        props = msg.properties
         message = Message(
             topic=msg.topic,
             payload=payload,
@@ -389,6 +415,9 @@ class Recorder:
             arrived=time.monotonic(),
             # Parsed once here so waits and queries over many messages stay cheap.
             parsed=_parse_reading(payload),
+            batch=_parse_batch(msg.topic, payload),
+            content_type=getattr(props, "ContentType", None),
+            user_properties=tuple(getattr(props, "UserProperty", ())),
         )
         with self._cond:
             self._messages.append(message)

@@ -1,0 +1,128 @@
+"""Bytes on the wire per reading: one JSON message per reading vs zlib batches.
+
+Usage::
+
+    python bench/wire.py [--readings 20000] [--batch-max-readings 1000]
+
+A realistic backlog (10 streams sampled every second, random-walk values with
+2-3 decimals, timestamps jittered by a few ms, three days old) is drained by
+the real bridge (paho, in-process) through a TCP proxy in front of a local
+mosquitto; the proxy counts every byte in both directions (CONNECT, MQTT
+headers, PUBACKs, status and snapshot messages included). Modes:
+
+* ``reading v3.1.1``: one JSON message per reading, no MQTT v5 properties
+  (the baseline);
+* ``reading v5``: the same with topic aliases (mosquitto grants 10);
+* ``batch``: ``bridge.payload = "batch"``.
+
+Printed: bytes per reading of each and the ratio to the baseline. This is a
+measurement of size, not of time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support.broker import MosquittoBroker  # noqa: E402
+from support.proxy import TcpProxy  # noqa: E402
+from test_bridge_faults import running_bridge, settings_for  # noqa: E402
+
+from mqttspool.reading import Reading  # noqa: E402
+from mqttspool.spool import open_spool  # noqa: E402
+
+STREAMS = [
+    ("bme280", "temperature", "°C", 21.0, 0.01, 2),
+    ("bme280", "humidity", "%RH", 45.0, 0.05, 2),
+    ("bme280", "pressure", "hPa", 1013.0, 0.02, 2),
+    ("sht3x", "temperature", "°C", 20.5, 0.01, 2),
+    ("sht3x", "humidity", "%RH", 48.0, 0.05, 2),
+    ("bh1750", "illuminance", "lx", 300.0, 2.0, 1),
+    ("ads1115", "voltage", "V", 3.3, 0.001, 3),
+    ("ads1115", "current", "A", 0.5, 0.001, 3),
+    ("cpu_temp", "temperature", "°C", 48.0, 0.1, 1),
+    ("system", "load", None, 0.4, 0.01, 2),
+]
+
+
+def realistic_backlog(n: int, rng: random.Random) -> list[Reading]:
+    """``n`` readings: 10 streams every second, random walks, jittered timestamps."""
+    start = datetime.now(UTC) - timedelta(days=3)
+    values = [s[3] for s in STREAMS]
+    out = []
+    for i in range(n):
+        k = i % len(STREAMS)
+        sensor, metric, unit, _start, step, decimals = STREAMS[k]
+        values[k] += rng.gauss(0, step)
+        ts = start + timedelta(seconds=i // len(STREAMS), microseconds=rng.randint(0, 20_000))
+        value = round(values[k], decimals)
+        out.append(
+            Reading(device="edge-01", sensor=sensor, metric=metric, value=value, unit=unit, ts=ts)
+        )
+    return out
+
+
+def measure(broker: MosquittoBroker, tmp: Path, readings: list[Reading], **cfg: object) -> float:
+    """Drain ``readings`` through a counting proxy; returns bytes per reading."""
+    protocol = str(cfg.pop("protocol", "5"))
+    proxy = TcpProxy(broker.host, broker.port)
+    try:
+        settings = settings_for(tmp, proxy.port, max_inflight=1000, **cfg)
+        settings.broker.protocol = protocol  # type: ignore[assignment]
+        spool = open_spool(settings.spool)
+        spool.append(readings)
+        spool.close()
+        with running_bridge(settings) as (_bridge, spool):
+            deadline = time.monotonic() + 300
+            while spool.depth() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if spool.depth():
+                raise SystemExit(f"drain did not finish: {spool.depth()} readings left")
+        return (proxy.bytes_up + proxy.bytes_down) / len(readings)
+    finally:
+        proxy.close()
+
+
+def main() -> None:
+    """Measure every mode against the same backlog and print the ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readings", type=int, default=20_000)
+    parser.add_argument("--batch-max-readings", type=int, default=1000)
+    args = parser.parse_args()
+    readings = realistic_backlog(args.readings, random.Random(42))
+    modes: list[tuple[str, dict[str, object]]] = [
+        ("reading v3.1.1", {"protocol": "3.1.1"}),
+        ("reading v5", {}),
+        ("batch", {"payload": "batch", "batch_max_readings": args.batch_max_readings}),
+    ]
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        broker = MosquittoBroker(tmp / "broker")
+        broker.start()
+        try:
+            results = []
+            for i, (name, cfg) in enumerate(modes):
+                (tmp / str(i)).mkdir()
+                results.append((name, measure(broker, tmp / str(i), readings, **cfg)))
+        finally:
+            broker.stop()
+    print(f"bytes on the wire per reading ({args.readings} readings, both directions):")
+    base = results[0][1]
+    for name, per_reading in results:
+        print(
+            f"  {name:15s}: {per_reading:7.2f} B/reading"
+            f"  (baseline / this = {base / per_reading:.1f}x)"
+        )
+
+
+if __name__ == "__main__":
+    main()
