@@ -271,6 +271,18 @@ class MetricsConfig(_Section):
     port: int = Field(default=9108, ge=1, le=65535)
 
 
+class IngestConfig(_Section):
+    """``[ingest]``: the reference consumer (``mqttspool ingest``)."""
+
+    db: str = Field(default="mqttspool-ingest.db", min_length=1)  # a path or postgresql://
+    group: Name = "mqttspool-ingest"  # shared-subscription group
+    client_id: str = ""  # default: mqttspool-ingest-<group>-<hostname>
+    session_expiry: int = Field(default=DAY_S, ge=60, le=MAX_DURATION_S)
+    batch_max: int = Field(default=500, ge=1, le=10_000)  # messages per transaction
+    batch_linger: float = Field(default=0.2, gt=0, le=60, allow_inf_nan=False)
+    status_interval: PositiveSeconds = 60
+
+
 class LogConfig(_Section):
     """``[log]``."""
 
@@ -327,6 +339,7 @@ class Settings(BaseSettings):
     sensors: list[SensorConfig] = Field(default_factory=list)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @field_validator("sensors", mode="before")

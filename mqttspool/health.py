@@ -101,6 +101,18 @@ KNOWN_SETTINGS = frozenset(
         "metrics.enabled",
         "metrics.host",
         "metrics.port",
+        *(
+            f"ingest.{k}"
+            for k in (
+                "db",
+                "group",
+                "client_id",
+                "session_expiry",
+                "batch_max",
+                "batch_linger",
+                "status_interval",
+            )
+        ),
         "log.level",
         "log.format",
     }

@@ -534,3 +534,124 @@ class Subscriber:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.messages.put(Received(msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+
+# ---------------------------------------------------- acknowledging subscriber
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A QoS 1 message held unacknowledged until :meth:`AckingSubscriber.ack` (for ``ingest``).
+
+    ``connection`` numbers the connection it came on: after a reconnect the
+    broker resends every unacknowledged message of the session, so an ack for
+    an older connection is skipped (the resent copy is acknowledged instead).
+    """
+
+    connection: int
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class AckingSubscriber:
+    """A subscriber with a persistent MQTT v5 session that acknowledges on request only.
+
+    paho's manual-ack mode: a PUBACK goes out when :meth:`ack` is called, so a
+    consumer acknowledges a message after it is durably stored and a crash in
+    between makes the broker resend it (the session, by ``client_id``, outlives
+    the process for ``session_expiry`` seconds).
+    """
+
+    def __init__(
+        self, config: BrokerConfig, client_id: str, topics: list[str], session_expiry: int
+    ) -> None:
+        self.config = config
+        self.client_id = client_id
+        self.topics = topics
+        self.session_expiry = session_expiry
+        self.messages: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
+        self.status: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._connection = 0
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=True,
+        )
+        client.reconnect_delay_set(1, 30)
+        _apply_credentials(client, config)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        self._client = client
+
+    def start(self) -> None:
+        """Connect in the background (resuming the session); reconnects by itself."""
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.session_expiry
+        self._client.connect_async(
+            self.config.host,
+            self.config.port,
+            keepalive=self.config.keepalive,
+            clean_start=False,
+            properties=props,
+        )
+        self._client.loop_start()
+
+    def ack(self, delivery: Delivery) -> None:
+        """Send the PUBACK for ``delivery`` (skipped if it came on an earlier connection)."""
+        if delivery.qos > 0 and delivery.connection == self._connection:
+            self._client.ack(delivery.mid, delivery.qos)
+
+    def stop(self) -> None:
+        """Disconnect (the session stays on the broker) and stop the network thread."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            self.status.put(f"broker {self.config.address()}: connection refused: {reason_code}")
+            return
+        self._connection += 1
+        client.subscribe([(topic, 1) for topic in self.topics])
+        resumed = "resumed session" if flags.session_present else "new session"
+        self.status.put(
+            f"connected to {self.config.address()} as {self.client_id} ({resumed}),"
+            f" subscribed to {', '.join(self.topics)}"
+        )
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.status.put(f"disconnected from {self.config.address()}: {reason_code}")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.messages.put(
+            Delivery(self._connection, msg.mid, msg.qos, msg.topic, bytes(msg.payload), msg.retain)
+        )
+
+
+def _apply_credentials(client: mqtt.Client, config: BrokerConfig) -> None:
+    password = config.resolved_password()
+    if config.username:
+        client.username_pw_set(config.username, password.get_secret_value() if password else None)
+    if config.tls.enabled:
+        _check_tls_files(config)
+        client.tls_set_context(_tls_context(config))
+        if config.tls.insecure:
+            client.tls_insecure_set(True)
