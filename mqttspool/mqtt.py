@@ -586,6 +586,7 @@ class AckingSubscriber:
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         self._client = client
 
     def start(self) -> None:
@@ -625,10 +626,21 @@ class AckingSubscriber:
         self._connection += 1
         client.subscribe([(topic, 1) for topic in self.topics])
         resumed = "resumed session" if flags.session_present else "new session"
-        self.status.put(
-            f"connected to {self.config.address()} as {self.client_id} ({resumed}),"
-            f" subscribed to {', '.join(self.topics)}"
-        )
+        self.status.put(f"connected to {self.config.address()} as {self.client_id} ({resumed})")
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [t for t, rc in zip(self.topics, reason_codes, strict=False) if rc.is_failure]
+        if refused:
+            self.status.put(f"broker {self.config.address()} refused subscription(s): {refused}")
+        else:
+            self.status.put(f"subscribed to {', '.join(self.topics)}")
 
     def _on_disconnect(
         self,

@@ -87,6 +87,7 @@ class IngestConsumer:
         deliveries = self.gather(wait)
         if not deliveries:
             return 0
+        logger.debug("ingest: storing %d message(s)", len(deliveries))
         batch = WriteBatch()
         for d in deliveries:
             self.decoder.add(batch, d.topic, d.payload)
