@@ -37,11 +37,13 @@ from typing import Protocol
 from mqttspool.config import Settings
 from mqttspool.counters import BROKER_CONNECTED, MESSAGES_PUBLISHED, Counters
 from mqttspool.errors import SpoolCorruptError, SpoolError, SpoolGoneError
+from mqttspool.gate import READINGS_PAUSED, ConsumerGate
 from mqttspool.logthrottle import LogThrottle
 from mqttspool.mqtt import (
     Acked,
     Connected,
     ConnectFailed,
+    ConsumerState,
     Disconnected,
     Event,
     FailureKind,
@@ -292,6 +294,7 @@ class Bridge:
         self._log_throttle = LogThrottle(FAILURE_LOG_INTERVAL_S, clock=lambda: self._now)
         self._ack_batch = max(32, min(256, self.cfg.max_inflight // 2))
         self._dead = _DeadLetterTallies()
+        self.gate = ConsumerGate.for_bridge(self.cfg)
 
     # ------------------------------------------------------------- queries
 
@@ -370,6 +373,8 @@ class Bridge:
             return  # a late event of a client already thrown away
         if isinstance(event, Acked):
             self._on_ack(conn, event, now)
+        elif isinstance(event, ConsumerState):
+            self.gate.on_consumer_state(event.online)
         elif isinstance(event, Connected):
             self._on_connected(conn, event, now)
         elif isinstance(event, ConnectFailed):
@@ -386,6 +391,8 @@ class Bridge:
         seq = conn.inflight.pop(event.mid, None)
         if seq is None:
             return  # a control message
+        if self.gate.keeps(event.reason_code, now):
+            return  # nobody received it: the row stays spooled (bridge.require_subscribers)
         if self._first_pending_at is None:
             self._first_pending_at = now
         if event.reason_code < PUBACK_FAILURE:
@@ -401,6 +408,7 @@ class Bridge:
         self.leases.release()
         self.drained = False
         self.counters.set(BROKER_CONNECTED, 1)
+        self.gate.on_connect()
         self._log_connected(conn, receive_max)
         # Connect messages go first; whatever the last connection left unsent follows.
         left_over = list(self._outbox)
@@ -535,10 +543,12 @@ class Bridge:
         room = conn.window - self.window_load
         if room <= 0:
             return
-        room = self.bucket.take(room, now)
+        room = self._gated(room, len(conn.inflight), now)
+        room = self.bucket.take(room, now) if room > 0 else 0
         if room <= 0:
             return
         rows = self.leases.take(room, live_first=self.cfg.live_first)
+        self.gate.on_leased(len(rows))
         if not rows:
             if not conn.sent_at and not self._acked and not self._rejected:
                 self.drained = True
@@ -560,6 +570,17 @@ class Bridge:
             for companion in self.companions:
                 for msg in companion.on_reading(row, replay, now_us):
                     self._send_control(msg)
+
+    def _gated(self, room: int, readings_in_flight: int, now: float) -> int:
+        """``room`` as far as the consumer gate allows (see :mod:`mqttspool.gate`)."""
+        allowance = self.gate.allowance(now, readings_in_flight)
+        if allowance.release_leases:
+            self.leases.release()  # rows kept on PUBACK 0x10 lie behind the cursor
+        if self.gate.changed:
+            self.gate.changed = False
+            self.counters.set(READINGS_PAUSED, 1 if self.gate.paused else 0)
+            self._publish_snapshot(now)  # the retained snapshot shows the paused state
+        return room if allowance.readings is None else min(room, allowance.readings)
 
     def _publish_refused(self, conn: _Connection, now: float) -> None:
         # paho lost the connection under us: stop now, resend after reconnect.
@@ -602,8 +623,9 @@ class Bridge:
         )
 
     def snapshot(self) -> dict[str, object]:
-        """The retained spool document (depth, oldest age, dead letters, drops)."""
-        return read_stats_json(self.spool.stats(), self.device, self.clock.wall_us())
+        """The retained spool document (depth, oldest age, dead letters, drops, paused)."""
+        doc = read_stats_json(self.spool.stats(), self.device, self.clock.wall_us())
+        return {**doc, **self.gate.snapshot_fields()}
 
     # -------------------------------------------------------------- settle
 

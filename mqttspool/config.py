@@ -248,6 +248,16 @@ class BridgeConfig(_Section):
     # Added by the bridge (issue 9.16): when the oldest unacknowledged QoS 1 message has
     # waited this long, drop the connection and resend after reconnecting.
     ack_timeout: float = Field(default=30, gt=0, le=86_400, allow_inf_nan=False)
+    # Added by ingest (issue 14): hold readings until a consumer receives them.
+    require_subscribers: bool = False
+    consumer_topic: str = Field(default="", max_length=MAX_TOPIC_PREFIX_BYTES)
+
+    @field_validator("consumer_topic")
+    @classmethod
+    def _no_wildcards(cls, v: str) -> str:
+        if "+" in v or "#" in v:
+            raise ValueError("must be one topic, without + or # wildcards")
+        return v
 
     @model_validator(mode="after")
     def _backoff_order(self) -> BridgeConfig:

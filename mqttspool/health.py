@@ -94,6 +94,8 @@ KNOWN_SETTINGS = frozenset(
                 "max_rate",
                 "live_first",
                 "ack_timeout",
+                "require_subscribers",
+                "consumer_topic",
             )
         ),
         "homeassistant.discovery",

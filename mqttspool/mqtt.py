@@ -30,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from mqttspool.config import BrokerConfig
 from mqttspool.errors import ConfigError
+from mqttspool.gate import consumer_online
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,15 @@ class Acked:
     reason: str
 
 
-Event = Connected | ConnectFailed | Disconnected | Acked
+@dataclass(frozen=True)
+class ConsumerState:
+    """The retained consumer-state topic (``bridge.consumer_topic``) says online or not."""
+
+    generation: int
+    online: bool
+
+
+Event = Connected | ConnectFailed | Disconnected | Acked | ConsumerState
 
 
 @dataclass(frozen=True)
@@ -222,10 +231,13 @@ class Publisher(Protocol):
 class MqttPublisher:
     """A :class:`Publisher` on paho-mqtt 2.x (MQTT v5 by default, 3.1.1 selectable)."""
 
-    def __init__(self, config: BrokerConfig, client_id: str, will: Will | None) -> None:
+    def __init__(
+        self, config: BrokerConfig, client_id: str, will: Will | None, consumer_topic: str = ""
+    ) -> None:
         self.config = config
         self.client_id = client_id
         self.will = will
+        self.consumer_topic = consumer_topic  # subscribed on every connect when set
         self._password = config.resolved_password()
         _check_tls_files(config)
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
@@ -322,9 +334,12 @@ class MqttPublisher:
             client.tls_set_context(_tls_context(self.config))
             if self.config.tls.insecure:
                 client.tls_insecure_set(True)
-        client.on_connect = _on_connect(self._emit, gen)
+        client.on_connect = _on_connect(self._emit, gen, self.consumer_topic)
         client.on_disconnect = _on_disconnect(self._emit, gen)
         client.on_publish = _on_publish(self._emit, gen)
+        if self.consumer_topic:
+            client.on_message = _on_consumer_state(self._emit, gen)
+            client.on_subscribe = _on_consumer_subscribe(self.consumer_topic, self.broker)
         return client
 
     def _connect_and_loop(self, client: mqtt.Client, gen: int) -> None:
@@ -346,7 +361,7 @@ class MqttPublisher:
         client.loop_start()
 
 
-def _on_connect(emit: Callable[[Event], None], gen: int) -> Any:
+def _on_connect(emit: Callable[[Event], None], gen: int, consumer_topic: str) -> Any:
     def on_connect(
         client: mqtt.Client,
         userdata: Any,
@@ -362,9 +377,38 @@ def _on_connect(emit: Callable[[Event], None], gen: int) -> Any:
         receive_max = getattr(properties, "ReceiveMaximum", None) if properties else None
         if client.protocol == MQTTProtocolVersion.MQTTv5 and receive_max is None:
             receive_max = 65535  # v5 default when the broker does not say
+        if consumer_topic:
+            client.subscribe(consumer_topic, qos=1)
         emit(Connected(gen, receive_max))
 
     return on_connect
+
+
+def _on_consumer_state(emit: Callable[[Event], None], gen: int) -> Any:
+    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        emit(ConsumerState(gen, consumer_online(bytes(msg.payload))))
+
+    return on_message
+
+
+def _on_consumer_subscribe(topic: str, broker: str) -> Any:
+    def on_subscribe(
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if any(rc.is_failure for rc in reason_codes):
+            logger.error(
+                "broker %s refused the subscription to bridge.consumer_topic %r (%s):"
+                " readings stay spooled; check the broker's ACL",
+                broker,
+                topic,
+                ", ".join(str(rc) for rc in reason_codes),
+            )
+
+    return on_subscribe
 
 
 def _on_disconnect(emit: Callable[[Event], None], gen: int) -> Any:
