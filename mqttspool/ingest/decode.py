@@ -13,7 +13,10 @@ from mqttspool.ingest.store import IngestRow, Snapshot, Undecodable, WriteBatch
 from mqttspool.reading import WireMessage, parse_payload, to_us
 from mqttspool.watch import TopicKind, classify_topic
 
-BatchDecoder = Callable[[bytes], list[WireMessage]]
+# mqttspool.batch.decode: payload -> readings with the per-reading fields as
+# attributes (id, seq, epoch, device, sensor, metric, value, unit, ts_us,
+# time_synced, replay); typed loosely so this module does not need batch.py.
+BatchDecoder = Callable[[bytes], list[Any]]
 
 
 def row_from(msg: WireMessage) -> IngestRow:
@@ -34,11 +37,28 @@ def row_from(msg: WireMessage) -> IngestRow:
     )
 
 
+def row_from_batch(d: Any) -> IngestRow:
+    """The stored form of one reading decoded from a batch (same id as per-reading)."""
+    return IngestRow(
+        id=str(d.id),
+        device=str(d.device),
+        epoch=str(d.epoch),
+        seq=int(d.seq),
+        sensor=str(d.sensor),
+        metric=str(d.metric),
+        value=float(d.value),
+        unit=None if d.unit is None else str(d.unit),
+        ts_us=int(d.ts_us),
+        time_synced=bool(d.time_synced),
+        replay=bool(d.replay),
+    )
+
+
 def load_batch_decoder() -> BatchDecoder | None:
     """``mqttspool.batch.decode`` when this build has it (batch payloads), else None.
 
-    The one place batch decoding plugs in: it must turn a ``{prefix}/{device}/batch``
-    payload into the same :class:`WireMessage` per reading as ``parse_payload``.
+    The one place batch decoding plugs in: each decoded reading becomes a row
+    through :func:`row_from_batch`, so dedupe and gaps work as for single readings.
     """
     try:
         module = importlib.import_module("mqttspool.batch")
@@ -83,18 +103,18 @@ class Decoder:
             if kind is TopicKind.READING:
                 batch.rows.append(row_from(parse_payload(payload)))
             elif kind is TopicKind.BATCH:
-                batch.rows.extend(row_from(m) for m in self._decode_batch(payload))
+                batch.rows.extend(self._decode_batch(payload))
             elif kind is TopicKind.SPOOL:
                 batch.snapshots.append(snapshot_from(payload))
         except ReadingError as exc:
             batch.undecodable.append(Undecodable(topic, str(exc), payload))
 
-    def _decode_batch(self, payload: bytes) -> list[WireMessage]:
+    def _decode_batch(self, payload: bytes) -> list[IngestRow]:
         if self.batch_decoder is None:
             raise ReadingError("", "batch payload, but this build has no mqttspool.batch decoder")
         try:
-            return self.batch_decoder(payload)
+            return [row_from_batch(d) for d in self.batch_decoder(payload)]
         except ReadingError:
             raise
-        except (ValueError, zlib.error) as exc:
+        except (ValueError, TypeError, AttributeError, zlib.error) as exc:
             raise ReadingError("", f"batch payload cannot be decoded: {exc}") from exc
