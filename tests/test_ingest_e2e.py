@@ -218,3 +218,24 @@ def test_report_tells_explained_from_unexplained_gaps(
     assert text.returncode == 1
     assert "    unexplained gap: seq 3..4 (2 reading(s))" in text.stdout.splitlines()
     assert "seq 4..5" not in text.stdout
+
+
+def test_devices_hold_readings_until_ingest_subscribes(
+    broker: MosquittoBroker, ingest_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    db = str(tmp_path / "ingest.db")
+    spool = tmp_path / "spool.db"
+    seqs = spool_with_backlog(spool, 100)
+    epoch = epoch_of(spool)
+    env = mqttspool_env(spool, broker.port, bridge__require_subscribers="true")
+    drain = Daemon(env, ("drain", "--timeout", "30"))
+    try:
+        drain.wait_log("no matching subscribers", 15)  # ingest not there yet: kept, paused
+        ingest_factory(db)
+        assert drain.wait(30) == 0  # the probe reached ingest; the rest followed
+    finally:
+        drain.stop()
+    wait_until(lambda: count_in(db) == 100, 20, "100 rows")
+    assert ids_in(db) == sorted(f"edge-01:{epoch}:{s}" for s in seqs)
+    rc, [row] = report(env, db)
+    assert (rc, row["received"], row["missing"]) == (0, 100, 0)
