@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sqlite3
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -239,3 +241,27 @@ def test_devices_hold_readings_until_ingest_subscribes(
     assert ids_in(db) == sorted(f"edge-01:{epoch}:{s}" for s in seqs)
     rc, [row] = report(env, db)
     assert (rc, row["received"], row["missing"]) == (0, 100, 0)
+
+
+def test_prometheus_gauge_exports_unexplained_missing(
+    broker: MosquittoBroker, ingest_factory: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    pytest.importorskip("prometheus_client")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    db = str(tmp_path / "ingest.db")
+    ingest_factory(
+        db,
+        metrics__enabled="true",
+        metrics__port=port,
+        ingest__status_interval=0.2,
+    )
+    _publish(broker, [_reading("dev-b", "bbbb", s) for s in (1, 2, 5)])
+    wanted = 'mqttspool_ingest_unexplained_missing{devices="dev-b",epoch="bbbb"} 2.0'
+
+    def scraped() -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            return wanted in resp.read().decode()
+
+    wait_until(scraped, 20, wanted)

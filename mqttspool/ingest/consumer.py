@@ -124,6 +124,7 @@ class IngestConsumer:
 
     def run(self, stop: threading.Event, status_interval: float) -> None:
         """Step until ``stop`` is set, logging a status line every ``status_interval`` s."""
+        self.refresh_reports()  # the metrics show the stored state from the start
         next_status = self.clock() + status_interval
         while not stop.is_set():
             self.step()
