@@ -49,11 +49,13 @@ from mqttspool.batch import CONTENT_TYPE, ENCODING_PROPERTY, batch_topic, encode
 from mqttspool.config import Settings
 from mqttspool.counters import BROKER_CONNECTED, MESSAGES_PUBLISHED, Counters
 from mqttspool.errors import SpoolCorruptError, SpoolError, SpoolGoneError
+from mqttspool.gate import READINGS_PAUSED, ConsumerGate
 from mqttspool.logthrottle import LogThrottle
 from mqttspool.mqtt import (
     Acked,
     Connected,
     ConnectFailed,
+    ConsumerState,
     Disconnected,
     Event,
     FailureKind,
@@ -317,8 +319,7 @@ class Bridge:
         self.clock = clock
         self.counters = counters or Counters()
         self.companions = list(companions)
-        self.prefix = settings.topics.prefix
-        self.device = settings.device.id
+        self.prefix, self.device = settings.topics.prefix, settings.device.id
         self._client_id = client_id_for(settings.broker, self.device)
         self.backoff = Backoff(self.cfg.reconnect_min, self.cfg.reconnect_max, rng)
         self.bucket = TokenBucket(self.cfg.max_rate)
@@ -330,7 +331,7 @@ class Bridge:
         self.published_total = self.rejected_total = 0
         self._acked: list[int] = []
         self._rejected: list[Rejection] = []
-        self._first_pending_at: float | None = None
+        self._first_pending_at: float | None = None  # the oldest ack not yet settled
         self._next_snapshot = 0.0
         self._now = 0.0  # the time of the current step, for the log throttle
         self._unacked_since: float | None = None
@@ -339,6 +340,7 @@ class Bridge:
         self._ack_batch = max(32, min(256, self.cfg.max_inflight // 2))
         self._dead = _DeadLetterTallies()
         self._pending: deque[tuple[StoredReading, float]] = deque()  # see _fill_with_batches
+        self.gate = ConsumerGate.for_bridge(self.cfg)
 
     # ------------------------------------------------------------- queries
 
@@ -422,6 +424,8 @@ class Bridge:
             return  # a late event of a client already thrown away
         if isinstance(event, Acked):
             self._on_ack(conn, event, now)
+        elif isinstance(event, ConsumerState):
+            self.gate.on_consumer_state(event.online)
         elif isinstance(event, Connected):
             self._on_connected(conn, event, now)
         elif isinstance(event, ConnectFailed):
@@ -441,6 +445,8 @@ class Bridge:
             return  # a control message
         if seq is None:
             conn.batched -= len(seqs)
+        if self.gate.keeps(event.reason_code, now):
+            return  # nobody received it: the row stays spooled (bridge.require_subscribers)
         if self._first_pending_at is None:
             self._first_pending_at = now
         # One PUBACK settles every reading of a batch the same way.
@@ -460,6 +466,7 @@ class Bridge:
         self._pending.clear()
         self.drained = False
         self.counters.set(BROKER_CONNECTED, 1)
+        self.gate.on_connect()
         self._log_connected(conn, receive_max)
         # Connect messages go first; whatever the last connection left unsent follows.
         left_over = list(self._outbox)
@@ -601,7 +608,8 @@ class Bridge:
         room = conn.window - self.window_load
         if room <= 0:
             return
-        room = self.bucket.take(room, now)
+        room = self._gated(room, len(conn.inflight), now)
+        room = self.bucket.take(room, now) if room > 0 else 0
         if room <= 0:
             return
         now_us = self.clock.wall_us()
@@ -611,6 +619,7 @@ class Bridge:
 
     def _lease(self, conn: _Connection, n: int) -> list[StoredReading]:
         rows = self.leases.take(n, live_first=self.cfg.live_first)
+        self.gate.on_leased(len(rows))
         if rows:
             self.drained = False
         elif not (conn.sent_at or self._acked or self._rejected or self._pending):
@@ -649,6 +658,8 @@ class Bridge:
         (a live batch lingers); it is cleared with the leases on every (re)connect.
         """
         room = self.cfg.max_inflight - self._reading_load - len(self._pending)
+        if room > 0:
+            room = self._gated(room, self._reading_load + len(self._pending), now)
         if room > 0:
             self._pending.extend((row, now) for row in self._lease(conn, room))
         now_us = self.clock.wall_us()
@@ -727,6 +738,17 @@ class Bridge:
             self._tell_companions(row, flag, now_us)
         return True
 
+    def _gated(self, room: int, readings_in_flight: int, now: float) -> int:
+        """``room`` as far as the consumer gate allows (see :mod:`mqttspool.gate`)."""
+        allowance = self.gate.allowance(now, readings_in_flight)
+        if allowance.release_leases:
+            self.leases.release()  # rows kept on PUBACK 0x10 lie behind the cursor
+        if self.gate.changed:
+            self.gate.changed = False
+            self.counters.set(READINGS_PAUSED, 1 if self.gate.paused else 0)
+            self._publish_snapshot(now)  # the retained snapshot shows the paused state
+        return room if allowance.readings is None else min(room, allowance.readings)
+
     def _publish_refused(self, conn: _Connection, now: float) -> None:
         # paho lost the connection under us: stop now, resend after reconnect.
         lost = Disconnected(conn.generation, FailureKind.NETWORK, "publish refused")
@@ -768,8 +790,9 @@ class Bridge:
         )
 
     def snapshot(self) -> dict[str, object]:
-        """The retained spool document (depth, oldest age, dead letters, drops)."""
-        return read_stats_json(self.spool.stats(), self.device, self.clock.wall_us())
+        """The retained spool document (depth, oldest age, dead letters, drops, paused)."""
+        doc = read_stats_json(self.spool.stats(), self.device, self.clock.wall_us())
+        return {**doc, **self.gate.snapshot_fields()}
 
     # -------------------------------------------------------------- settle
 

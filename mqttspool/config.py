@@ -256,6 +256,16 @@ class BridgeConfig(_Section):
     batch_max_readings: int = Field(default=1000, ge=1, le=65535)
     batch_max_bytes: int = Field(default=65536, ge=MIN_BATCH_BYTES, le=MAX_BATCH_BYTES)
     batch_linger: float = Field(default=10, ge=0, le=3600, allow_inf_nan=False)
+    # Added by ingest (issue 14): hold readings until a consumer receives them.
+    require_subscribers: bool = False
+    consumer_topic: str = Field(default="", max_length=MAX_TOPIC_PREFIX_BYTES)
+
+    @field_validator("consumer_topic")
+    @classmethod
+    def _no_wildcards(cls, v: str) -> str:
+        if "+" in v or "#" in v:
+            raise ValueError("must be one topic, without + or # wildcards")
+        return v
 
     @model_validator(mode="after")
     def _backoff_order(self) -> BridgeConfig:
@@ -277,6 +287,18 @@ class MetricsConfig(_Section):
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=9108, ge=1, le=65535)
+
+
+class IngestConfig(_Section):
+    """``[ingest]``: the reference consumer (``mqttspool ingest``)."""
+
+    db: str = Field(default="mqttspool-ingest.db", min_length=1)  # a path or postgresql://
+    group: Name = "mqttspool-ingest"  # shared-subscription group
+    client_id: str = ""  # default: mqttspool-ingest-<group>-<hostname>
+    session_expiry: int = Field(default=DAY_S, ge=60, le=MAX_DURATION_S)
+    batch_max: int = Field(default=500, ge=1, le=10_000)  # messages per transaction
+    batch_linger: float = Field(default=0.2, gt=0, le=60, allow_inf_nan=False)
+    status_interval: PositiveSeconds = 60
 
 
 class LogConfig(_Section):
@@ -335,6 +357,7 @@ class Settings(BaseSettings):
     sensors: list[SensorConfig] = Field(default_factory=list)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @field_validator("sensors", mode="before")

@@ -98,6 +98,8 @@ KNOWN_SETTINGS = frozenset(
                 "batch_max_readings",
                 "batch_max_bytes",
                 "batch_linger",
+                "require_subscribers",
+                "consumer_topic",
             )
         ),
         "homeassistant.discovery",
@@ -105,6 +107,18 @@ KNOWN_SETTINGS = frozenset(
         "metrics.enabled",
         "metrics.host",
         "metrics.port",
+        *(
+            f"ingest.{k}"
+            for k in (
+                "db",
+                "group",
+                "client_id",
+                "session_expiry",
+                "batch_max",
+                "batch_linger",
+                "status_interval",
+            )
+        ),
         "log.level",
         "log.format",
     }

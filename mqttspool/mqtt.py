@@ -30,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from mqttspool.config import BrokerConfig
 from mqttspool.errors import ConfigError
+from mqttspool.gate import consumer_online
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +180,15 @@ class Acked:
     reason: str
 
 
-Event = Connected | ConnectFailed | Disconnected | Acked
+@dataclass(frozen=True)
+class ConsumerState:
+    """The retained consumer-state topic (``bridge.consumer_topic``) says online or not."""
+
+    generation: int
+    online: bool
+
+
+Event = Connected | ConnectFailed | Disconnected | Acked | ConsumerState
 
 
 @dataclass(frozen=True)
@@ -246,10 +255,13 @@ class Publisher(Protocol):
 class MqttPublisher:
     """A :class:`Publisher` on paho-mqtt 2.x (MQTT v5 by default, 3.1.1 selectable)."""
 
-    def __init__(self, config: BrokerConfig, client_id: str, will: Will | None) -> None:
+    def __init__(
+        self, config: BrokerConfig, client_id: str, will: Will | None, consumer_topic: str = ""
+    ) -> None:
         self.config = config
         self.client_id = client_id
         self.will = will
+        self.consumer_topic = consumer_topic  # subscribed on every connect when set
         self._password = config.resolved_password()
         _check_tls_files(config)
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
@@ -359,9 +371,12 @@ class MqttPublisher:
             client.tls_set_context(_tls_context(self.config))
             if self.config.tls.insecure:
                 client.tls_insecure_set(True)
-        client.on_connect = _on_connect(self._emit, gen)
+        client.on_connect = _on_connect(self._emit, gen, self.consumer_topic)
         client.on_disconnect = _on_disconnect(self._emit, gen)
         client.on_publish = _on_publish(self._emit, gen)
+        if self.consumer_topic:
+            client.on_message = _on_consumer_state(self._emit, gen)
+            client.on_subscribe = _on_consumer_subscribe(self.consumer_topic, self.broker)
         return client
 
     def _connect_and_loop(self, client: mqtt.Client, gen: int) -> None:
@@ -396,7 +411,7 @@ def _paho_properties(properties: PublishProperties | None) -> Properties | None:
     return props
 
 
-def _on_connect(emit: Callable[[Event], None], gen: int) -> Any:
+def _on_connect(emit: Callable[[Event], None], gen: int, consumer_topic: str) -> Any:
     def on_connect(
         client: mqtt.Client,
         userdata: Any,
@@ -413,9 +428,38 @@ def _on_connect(emit: Callable[[Event], None], gen: int) -> Any:
         if client.protocol == MQTTProtocolVersion.MQTTv5 and receive_max is None:
             receive_max = 65535  # v5 default when the broker does not say
         alias_max = getattr(properties, "TopicAliasMaximum", 0) if properties else 0
+        if consumer_topic:
+            client.subscribe(consumer_topic, qos=1)
         emit(Connected(gen, receive_max, int(alias_max or 0)))
 
     return on_connect
+
+
+def _on_consumer_state(emit: Callable[[Event], None], gen: int) -> Any:
+    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        emit(ConsumerState(gen, consumer_online(bytes(msg.payload))))
+
+    return on_message
+
+
+def _on_consumer_subscribe(topic: str, broker: str) -> Any:
+    def on_subscribe(
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if any(rc.is_failure for rc in reason_codes):
+            logger.error(
+                "broker %s refused the subscription to bridge.consumer_topic %r (%s):"
+                " readings stay spooled; check the broker's ACL",
+                broker,
+                topic,
+                ", ".join(str(rc) for rc in reason_codes),
+            )
+
+    return on_subscribe
 
 
 def _on_disconnect(emit: Callable[[Event], None], gen: int) -> Any:
@@ -585,3 +629,136 @@ class Subscriber:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.messages.put(Received(msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+
+# ---------------------------------------------------- acknowledging subscriber
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A QoS 1 message held unacknowledged until :meth:`AckingSubscriber.ack` (for ``ingest``).
+
+    ``connection`` numbers the connection it came on: after a reconnect the
+    broker resends every unacknowledged message of the session, so an ack for
+    an older connection is skipped (the resent copy is acknowledged instead).
+    """
+
+    connection: int
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class AckingSubscriber:
+    """A subscriber with a persistent MQTT v5 session that acknowledges on request only.
+
+    paho's manual-ack mode: a PUBACK goes out when :meth:`ack` is called, so a
+    consumer acknowledges a message after it is durably stored and a crash in
+    between makes the broker resend it (the session, by ``client_id``, outlives
+    the process for ``session_expiry`` seconds).
+    """
+
+    def __init__(
+        self, config: BrokerConfig, client_id: str, topics: list[str], session_expiry: int
+    ) -> None:
+        self.config = config
+        self.client_id = client_id
+        self.topics = topics
+        self.session_expiry = session_expiry
+        self.messages: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
+        self.status: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._connection = 0
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=True,
+        )
+        client.reconnect_delay_set(1, 30)
+        _apply_credentials(client, config)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        self._client = client
+
+    def start(self) -> None:
+        """Connect in the background (resuming the session); reconnects by itself."""
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.session_expiry
+        self._client.connect_async(
+            self.config.host,
+            self.config.port,
+            keepalive=self.config.keepalive,
+            clean_start=False,
+            properties=props,
+        )
+        self._client.loop_start()
+
+    def ack(self, delivery: Delivery) -> None:
+        """Send the PUBACK for ``delivery`` (skipped if it came on an earlier connection)."""
+        if delivery.qos > 0 and delivery.connection == self._connection:
+            self._client.ack(delivery.mid, delivery.qos)
+
+    def stop(self) -> None:
+        """Disconnect (the session stays on the broker) and stop the network thread."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            self.status.put(f"broker {self.config.address()}: connection refused: {reason_code}")
+            return
+        self._connection += 1
+        client.subscribe([(topic, 1) for topic in self.topics])
+        resumed = "resumed session" if flags.session_present else "new session"
+        self.status.put(f"connected to {self.config.address()} as {self.client_id} ({resumed})")
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [t for t, rc in zip(self.topics, reason_codes, strict=False) if rc.is_failure]
+        if refused:
+            self.status.put(f"broker {self.config.address()} refused subscription(s): {refused}")
+        else:
+            self.status.put(f"subscribed to {', '.join(self.topics)}")
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.status.put(f"disconnected from {self.config.address()}: {reason_code}")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.messages.put(
+            Delivery(self._connection, msg.mid, msg.qos, msg.topic, bytes(msg.payload), msg.retain)
+        )
+
+
+def _apply_credentials(client: mqtt.Client, config: BrokerConfig) -> None:
+    password = config.resolved_password()
+    if config.username:
+        client.username_pw_set(config.username, password.get_secret_value() if password else None)
+    if config.tls.enabled:
+        _check_tls_files(config)
+        client.tls_set_context(_tls_context(config))
+        if config.tls.insecure:
+            client.tls_insecure_set(True)

@@ -127,7 +127,10 @@ def make_bridge(
 ) -> tuple[Bridge, MqttPublisher]:
     """A bridge with a real paho publisher."""
     publisher = MqttPublisher(
-        settings.broker, client_id_for(settings.broker, settings.device.id), will_for(settings)
+        settings.broker,
+        client_id_for(settings.broker, settings.device.id),
+        will_for(settings),
+        consumer_topic=settings.bridge.consumer_topic,
     )
     bridge = Bridge(settings, spool, publisher, clock, counters, make_companions(settings))
     return bridge, publisher

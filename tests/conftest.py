@@ -6,6 +6,8 @@
   `broker_factory("tls", require_certificate=True)`,
   `broker_factory(max_inflight_messages=20)`.
 * `proxy_factory` — `proxy_factory(broker, delay=0.05)` → `support.proxy.TcpProxy`.
+* `postgres_server` (session) / `postgres_url` — a real PostgreSQL on an ephemeral
+  127.0.0.1 port (`support.postgres`); `postgres_url` is a fresh database per test.
 * `recorder_factory` — `recorder_factory(broker, port=proxy.port)` → a
   subscribed `support.recorder.Recorder`.
 
@@ -16,6 +18,7 @@ the environment variable CI is "true", so CI cannot pass by skipping.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -31,6 +34,7 @@ from support.broker import (
     find_mosquitto,
 )
 from support.certs import CertBundle, OpensslMissingError, find_openssl, generate_certs
+from support.postgres import PostgresMissingError, PostgresServer
 from support.proxy import Endpoint, ProxyFactory, TcpProxy
 from support.recorder import DEFAULT_TOPIC, Recorder, RecorderFactory
 
@@ -135,3 +139,23 @@ def recorder_factory(broker_factory: BrokerFactory) -> Iterator[RecorderFactory]
     yield make
     for recorder in recorders:
         recorder.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the session (fails under CI=true when not installed)."""
+    try:
+        server = PostgresServer()
+    except PostgresMissingError as exc:
+        _unavailable(str(exc))
+    if importlib.util.find_spec("psycopg") is None:
+        _unavailable("psycopg is not installed: pip install 'mqttspool[postgres]'")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a fresh, empty database on the session's PostgreSQL server."""
+    return postgres_server.create_database()

@@ -36,9 +36,11 @@ def register(add: Add) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per reading")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="stop after S s")
     add("health", cmd_health, "exit 0 while the daemon runs and is healthy")
+    from mqttspool.ingest import cli as ingest_cli  # noqa: PLC0415
     from mqttspool.sensors import cli as sensors_cli  # noqa: PLC0415
 
     sensors_cli.register(add)
+    ingest_cli.register(add)
 
 
 def exclusive(handler: Handler) -> Handler:
