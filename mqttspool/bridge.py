@@ -47,9 +47,9 @@ from typing import Protocol
 
 from mqttspool.batch import CONTENT_TYPE, ENCODING_PROPERTY, batch_topic, encode_within
 from mqttspool.config import Settings
-from mqttspool.counters import BROKER_CONNECTED, MESSAGES_PUBLISHED, Counters
+from mqttspool.counters import BROKER_CONNECTED, MESSAGES_PUBLISHED, READINGS_PAUSED, Counters
 from mqttspool.errors import SpoolCorruptError, SpoolError, SpoolGoneError
-from mqttspool.gate import READINGS_PAUSED, ConsumerGate
+from mqttspool.gate import ConsumerGate
 from mqttspool.logthrottle import LogThrottle
 from mqttspool.mqtt import (
     Acked,

@@ -48,3 +48,4 @@ class Counters:
 SENSOR_READS = "sensor_reads_total"  # [sensor, result] result: ok | error
 MESSAGES_PUBLISHED = "messages_published_total"  # [] acknowledged data messages
 BROKER_CONNECTED = "broker_connected"  # gauge 0/1
+READINGS_PAUSED = "readings_paused"  # gauge 0/1: the consumer gate holds readings back

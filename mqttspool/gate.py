@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 NO_MATCHING_SUBSCRIBERS = 0x10
 PUBACK_FAILURE = 0x80
-READINGS_PAUSED = "readings_paused"  # Counters gauge: 1 while the gate holds readings back
 
 
 def consumer_online(payload: bytes) -> bool:

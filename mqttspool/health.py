@@ -160,6 +160,7 @@ class Heartbeat:
     sampler_limit_s: float | None = None
     unacked_for_s: float | None = None
     unacked_limit_s: float | None = None
+    readings_paused: str | None = None  # why the consumer gate holds readings back, if it does
 
     def to_json(self) -> str:
         """Compact JSON."""

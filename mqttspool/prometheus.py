@@ -44,7 +44,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from mqttspool.counters import BROKER_CONNECTED, MESSAGES_PUBLISHED, SENSOR_READS, Counters
+from mqttspool.counters import (
+    BROKER_CONNECTED,
+    MESSAGES_PUBLISHED,
+    READINGS_PAUSED,
+    SENSOR_READS,
+    Counters,
+)
 from mqttspool.errors import ConfigError
 from mqttspool.logthrottle import LogThrottle
 
@@ -121,6 +127,13 @@ class SpoolCollector:
         )
         connected.add_metric([], self.counters.gauge(BROKER_CONNECTED) or 0.0)
         yield connected
+        paused = GaugeMetricFamily(
+            "mqttspool_readings_paused",
+            "1 while readings are held back for a consumer (bridge.require_subscribers,"
+            " bridge.consumer_topic), else 0.",
+        )
+        paused.add_metric([], self.counters.gauge(READINGS_PAUSED) or 0.0)
+        yield paused
         reads = CounterMetricFamily(
             "mqttspool_sensor_reads_total",
             "Sensor reads by sensor and result (ok or error).",

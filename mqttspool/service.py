@@ -284,6 +284,7 @@ class Service:
             sampler_limit_s=None if sampler is None else _sampler_limit(sampler),
             unacked_for_s=unacked_for(self.bridge, now),
             unacked_limit_s=self._unacked_limit_s(),
+            readings_paused=self.bridge.gate.paused if self.bridge else None,
         )
         try:
             write_heartbeat(self.heartbeat_file, beat)

@@ -59,6 +59,7 @@ def test_contract_example(tmp_path: Path) -> None:
         "dropped",
         "last_publish",
         "spool_path",
+        "readings_paused",
     ]
     assert doc["device"] == "edge-01"
     assert doc["depth"] == 1

@@ -13,8 +13,8 @@ from fakes.publisher import FakePublisher
 
 from mqttspool.bridge import Bridge
 from mqttspool.config import load_config
-from mqttspool.counters import Counters
-from mqttspool.gate import READINGS_PAUSED, ConsumerGate, consumer_online
+from mqttspool.counters import READINGS_PAUSED, Counters
+from mqttspool.gate import ConsumerGate, consumer_online
 from mqttspool.mqtt import ConsumerState
 from mqttspool.reading import Reading, from_us
 from mqttspool.spool import Spool, open_spool

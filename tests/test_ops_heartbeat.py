@@ -106,6 +106,12 @@ def test_health_is_0_while_run_runs_and_1_after_sigterm(tmp_path: Path) -> None:
     assert after.stdout.startswith("unhealthy: daemon is stopped (since ")
 
 
+class _FakeGate:
+    """The consumer gate as the heartbeat sees it: nothing held back."""
+
+    paused: str | None = None
+
+
 class _FakeBridge:
     """Only what the heartbeat asks a bridge: when its oldest unacknowledged message went out."""
 
@@ -113,6 +119,7 @@ class _FakeBridge:
 
     def __init__(self, since: float | None) -> None:
         self.since = since
+        self.gate = _FakeGate()
 
     def unacked_since(self) -> float | None:
         return self.since

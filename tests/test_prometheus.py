@@ -72,6 +72,7 @@ def test_scrape_reads_spool_and_telemetry_at_scrape_time() -> None:
             "mqttspool_dead_letters 3.0",
             "mqttspool_messages_published_total 5.0",
             "mqttspool_broker_connected 1.0",
+            "mqttspool_readings_paused 0.0",
             'mqttspool_sensor_reads_total{result="error",sensor="bme280"} 1.0',
             'mqttspool_sensor_reads_total{result="ok",sensor="bme280"} 4.0',
             f'mqttspool_build_info{{version="{__version__}"}} 1.0',
@@ -101,6 +102,7 @@ def test_spool_closed_leaves_out_spool_metrics_only() -> None:
     assert names == {
         "mqttspool_messages_published_total",
         "mqttspool_broker_connected",
+        "mqttspool_readings_paused",
         "mqttspool_build_info",
     }
 

@@ -196,6 +196,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     dropped = ", ".join(f"{k}={v}" for k, v in doc["dropped"].items()) or "none"
     print(f"dropped:      {dropped}")
     print(f"last publish: {doc['last_publish'] or 'never'}")
+    if doc["readings_paused"]:
+        print(f"paused:       readings held back ({doc['readings_paused']})")
     return EXIT_OK
 
 
@@ -215,12 +217,25 @@ def status_document(settings: Settings) -> dict[str, Any]:
             "dropped": {},
             "last_publish": None,
             "spool_path": str(path),
+            "readings_paused": None,
         }
     spool = open_spool(settings.spool, create=False)
     try:
-        return read_stats_json(spool.stats(), settings.device.id, now_us)
+        doc = read_stats_json(spool.stats(), settings.device.id, now_us)
     finally:
         spool.close()
+    return {**doc, "readings_paused": _readings_paused(path)}
+
+
+def _readings_paused(path: Path) -> str | None:
+    """Why a running daemon holds readings back for a consumer (from its heartbeat), if it does."""
+    from mqttspool.health import heartbeat_path, read_heartbeat  # noqa: PLC0415
+
+    try:
+        beat = read_heartbeat(heartbeat_path(path))
+    except (OSError, ValueError):
+        return None
+    return beat.readings_paused if beat.state == "running" else None
 
 
 # ------------------------------------------------------------- check-config
