@@ -151,8 +151,8 @@ class Connected:
 
 
 @dataclass(frozen=True)
-class ConnectFailed:
-    """The attempt failed before or at CONNACK; ``reason_code`` is the CONNACK's, if any."""
+class Failure:
+    """What went wrong with a connection: its kind, a readable reason, the MQTT code if any."""
 
     generation: int
     kind: FailureKind
@@ -161,13 +161,13 @@ class ConnectFailed:
 
 
 @dataclass(frozen=True)
-class Disconnected:
-    """An established connection ended; ``reason_code`` is the DISCONNECT's, if any."""
+class ConnectFailed(Failure):
+    """The attempt failed before or at CONNACK; ``reason_code`` is the CONNACK's, if any."""
 
-    generation: int
-    kind: FailureKind
-    reason: str
-    reason_code: int | None = None
+
+@dataclass(frozen=True)
+class Disconnected(Failure):
+    """An established connection ended; ``reason_code`` is the DISCONNECT's, if any."""
 
 
 @dataclass(frozen=True)
