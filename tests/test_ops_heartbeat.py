@@ -6,7 +6,6 @@ import errno
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from daemon import Daemon, mqttspool_env, run_cli, wait_until
+from support.tmpfs import small_tmpfs
 
 from mqttspool import service as service_module
 from mqttspool.config import Settings, load_config
@@ -165,22 +165,8 @@ def test_sighup_stops_the_daemon_gracefully(tmp_path: Path) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs (needs root, as the spool's disk-full tests do)."""
-    root = tmp_path / "small"
-    root.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot mount a tmpfs in CI: {proc.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.strip()}")
-    try:
-        yield root
-    finally:
-        subprocess.run(["umount", str(root)], check=True)
+    with small_tmpfs(tmp_path / "small", "1m"):
+        yield tmp_path / "small"
 
 
 def _fill(directory: Path) -> None:

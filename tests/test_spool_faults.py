@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from support.tmpfs import small_tmpfs
 
 from mqttspool.config import SpoolConfig
 from mqttspool.errors import SpoolFullError
@@ -70,22 +71,8 @@ class SmallDisk:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
     root = tmp_path / "small"
-    root.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot mount a tmpfs in CI: {proc.stderr.strip()}")
-        yield SmallDisk(root, on_tmpfs=False)  # PRAGMA max_page_count stands in
-        return
-    try:
-        yield SmallDisk(root, on_tmpfs=True)
-    finally:
-        subprocess.run(["umount", str(root)], check=True)
+    with small_tmpfs(root, "1m", fallback=True) as mounted:
+        yield SmallDisk(root, on_tmpfs=mounted)  # without: PRAGMA max_page_count stands in
 
 
 def _limit_pages_if_no_tmpfs(disk: SmallDisk, spool: Spool, pages: int) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+from support.tmpfs import small_tmpfs
 
 from mqttspool.config import SpoolConfig
 from mqttspool.errors import SpoolFullError
@@ -36,20 +37,8 @@ def batch(first: int, n: int = 8) -> list[Reading]:
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "small"
-    root.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(root)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (these tests need root): {proc.stderr.strip()}")
-    try:
-        yield root
-    finally:
-        subprocess.run(["umount", "-l", str(root)], check=True)
+    with small_tmpfs(tmp_path / "small", "2m"):
+        yield tmp_path / "small"
 
 
 def _fill_disk(root: Path) -> Path:
