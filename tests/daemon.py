@@ -52,12 +52,23 @@ def mqttspool_env(spool: Path, port: int, **settings: object) -> dict[str, str]:
     return env
 
 
+def clean_env(**variables: str) -> dict[str, str]:
+    """This process's environment without any ``MQTTSPOOL_*`` variable, plus ``variables``."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MQTTSPOOL_")}
+    return env | variables
+
+
 def run_cli(
-    args: list[str], env: Mapping[str, str], timeout: float = 60, stdin: str | None = None
+    args: list[str],
+    env: Mapping[str, str],
+    timeout: float = 60,
+    stdin: str | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``python -m mqttspool ARGS`` to completion."""
     return subprocess.run(
         [sys.executable, "-m", "mqttspool", *args],
+        cwd=cwd,
         env=dict(env),
         input=stdin,
         capture_output=True,

@@ -10,24 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from daemon import clean_env, run_cli
 
 from mqttspool.config import SpoolConfig
 from mqttspool.spool import open_spool
 
 
 def run(tmp_path: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MQTTSPOOL_")}
-    env |= {"MQTTSPOOL_SPOOL__PATH": str(tmp_path / "spool.db"), "MQTTSPOOL_DEVICE__ID": "edge-01"}
-    return subprocess.run(
-        [sys.executable, "-m", "mqttspool", *args],
-        cwd=tmp_path,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    env = clean_env(
+        MQTTSPOOL_SPOOL__PATH=str(tmp_path / "spool.db"), MQTTSPOOL_DEVICE__ID="edge-01"
     )
+    return run_cli(list(args), env, stdin=stdin, cwd=tmp_path)
 
 
 def status(tmp_path: Path) -> dict[str, object]:

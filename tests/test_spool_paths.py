@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from daemon import clean_env, run_cli
 from fakes.clock import FakeClock
 
 from mqttspool.config import SpoolConfig
@@ -23,18 +22,8 @@ from mqttspool.spool import Rejection, Spool, open_spool
 
 
 def run(cwd: Path, spool: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.lower().startswith("mqttspool_")}
-    env |= {"MQTTSPOOL_SPOOL__PATH": str(spool), "MQTTSPOOL_DEVICE__ID": "edge-01"}
-    return subprocess.run(
-        [sys.executable, "-m", "mqttspool", *args],
-        cwd=cwd,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = clean_env(MQTTSPOOL_SPOOL__PATH=str(spool), MQTTSPOOL_DEVICE__ID="edge-01")
+    return run_cli(list(args), env, stdin=stdin, cwd=cwd)
 
 
 def _digest(path: Path) -> str:
