@@ -547,11 +547,13 @@ class Bridge:
         self.drained = False
         now_us = self.clock.wall_us()
         live_us = int(self.cfg.live_window * 1_000_000)
-        epoch = self.spool.epoch
+        epoch_of = self.spool.epoch_of  # each row keeps the epoch it was spooled in
         for row in rows:
             replay = now_us - row.ts_us > live_us
             topic = render_topic(self.prefix, row.device, row.sensor, row.metric)
-            mid = self.publisher.publish(topic, render_payload(row, epoch, replay), 1, False)
+            mid = self.publisher.publish(
+                topic, render_payload(row, epoch_of(row.seq), replay), 1, False
+            )
             if mid is None:
                 self._publish_refused(conn, now)
                 return

@@ -744,3 +744,74 @@ def test_a_cut_right_after_a_spool_is_created_leaves_it_openable(
     assert sorted(p.name for p in powercut.path.iterdir()) == ["spool.db", "spool.db-journal"]
     result = run_cli(["status", "--json"], env)  # the first start after the cut
     assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------- issue 13 part 3: ids never reused at NORMAL
+
+
+def ids_by_epoch(recorder: Recorder) -> dict[str, set[int]]:
+    """epoch -> seqs delivered under it (edge-01)."""
+    found: dict[str, set[int]] = defaultdict(set)
+    for doc in recorder.data():
+        if doc["device"] == DEVICE:
+            found[str(doc["id"]).split(":")[1]].add(int(doc["seq"]))
+    return found
+
+
+def sensor_deliveries(recorder: Recorder) -> int:
+    """Deliveries of simulated-sensor readings so far (resends included)."""
+    return sum(1 for d in recorder.data() if d["sensor"] == "sim")
+
+
+def run_until_delivered(env: dict[str, str], recorder: Recorder, more: int) -> Daemon:
+    """Start ``run`` and return once ``more`` further sensor readings were delivered."""
+    target = sensor_deliveries(recorder) + more
+    daemon = Daemon(env)
+    try:
+        recorder.wait_for(lambda _: sensor_deliveries(recorder) >= target, 30)
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon
+
+
+@pytest.mark.timeout(90)
+def test_a_cut_at_normal_starts_a_new_epoch_so_no_id_is_reused(
+    powercut: PowerCutMount, broker: MosquittoBroker, recorder_factory: RecorderFactory
+) -> None:
+    recorder = recorder_factory(broker)
+    spool = powercut.path / "spool.db"
+    old = backlog(spool, 200)  # durable before the cut (FULL), published after it
+    env = mqttspool_env(
+        spool,
+        broker.port,
+        spool__synchronous="normal",
+        bridge__max_inflight=MAX_INFLIGHT,
+        sensors=SIMULATED,
+    )
+    first_epoch = status(env, "before the cut")["epoch"]
+    daemon = run_until_delivered(env, recorder, 60)  # published; at NORMAL not yet durable
+    try:
+        powercut.cut(daemon.proc)
+    finally:
+        daemon.stop()
+    powercut.mount()
+    wait_quiet(recorder)
+    daemon = run_until_delivered(env, recorder, 60)
+    daemon.terminate()
+    assert daemon.wait(20) == 0
+    second_epoch = status(env, "after the restart")["epoch"]
+    assert second_epoch != first_epoch  # the unclean stop at NORMAL began a new epoch
+    daemon = run_until_delivered(env, recorder, 10)  # after a clean stop: same epoch
+    daemon.terminate()
+    assert daemon.wait(20) == 0
+    assert status(env, "after a clean restart")["epoch"] == second_epoch
+    drain_to_empty(env, "final")
+    wait_quiet(recorder)
+    # A consumer deduping on id never drops a new reading: no id means two readings.
+    assert_ids_never_reused(recorder, "NORMAL cut")
+    epochs = ids_by_epoch(recorder)
+    assert set(old) <= epochs[first_epoch]  # the old epoch's rows kept their ids...
+    resent = {str(d["id"]).split(":")[1] for d in recorder.data() if d["sensor"] == "backlog"}
+    assert resent == {first_epoch}  # ...also when resent after the new epoch began
+    assert set(epochs) == {first_epoch, second_epoch}

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mqttspool.spool import schema
+from mqttspool.spool.epochs import SHUTDOWN_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class _Salvaged:
     counters: Counter[str]
     rows: list[tuple[Any, ...]]
     dead: list[tuple[Any, ...]]
+    starts: list[tuple[Any, ...]]  # epoch_start rows (schema 3)
+    shutdown: Any  # meta.shutdown: how the last run/drain stopped
 
 
 def quarantine(path: Path) -> Path:
@@ -121,6 +124,8 @@ def _read_all(aside: Path) -> _Salvaged:
             counters=Counter({str(k): _int(v) for k, v in meta if str(k).startswith(_COUNTED)}),
             rows=list(_salvage_rows(src, "reading", _COLUMNS, int(hwm or 0))),
             dead=list(_salvage_rows(src, "dead_letter", _DEAD_COLUMNS, 0)),
+            starts=_try_all(src, "SELECT seq, epoch FROM epoch_start ORDER BY seq"),
+            shutdown=_try_one(src, f"SELECT value FROM meta WHERE key = '{SHUTDOWN_KEY}'"),
         )
     finally:
         src.close()
@@ -132,6 +137,11 @@ _COUNTED = ("dropped.", "count.")
 def _write_salvaged(dst: sqlite3.Connection, found: _Salvaged, epoch_kept: bool) -> None:
     if epoch_kept:
         dst.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (str(found.epoch),))
+        _write_epoch_starts(dst, found)
+    # An unreadable record counts as unknown: the next writer start decides by its setting.
+    dst.execute("DELETE FROM meta WHERE key = ?", (SHUTDOWN_KEY,))
+    if found.shutdown is not None:
+        _meta_set(dst, SHUTDOWN_KEY, str(found.shutdown))
     dst.executemany(
         f"INSERT INTO reading ({_COLUMNS}, boot_id, mono_ns) VALUES (?,?,?,?,?,?,?,?,'',0)",
         found.rows,
@@ -143,6 +153,21 @@ def _write_salvaged(dst: sqlite3.Connection, found: _Salvaged, epoch_kept: bool)
         top = max([int(found.hwm or 0), *(r[0] for r in found.rows), *(d[0] for d in found.dead)])
         dst.execute("DELETE FROM sqlite_sequence WHERE name = 'reading'")
         dst.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('reading', ?)", (top,))
+
+
+def _write_epoch_starts(dst: sqlite3.Connection, found: _Salvaged) -> None:
+    """Keep the old epochs' seq ranges, so salvaged rows keep their ids.
+
+    Unreadable (or not ending in the kept epoch): one range from seq 1 in the
+    kept epoch. Older rows are then sent under the kept epoch: possibly a
+    duplicate under a second id, never an id of another reading (the kept
+    epoch began above them).
+    """
+    starts = [(int(seq), str(epoch)) for seq, epoch in found.starts]
+    if not starts or starts[-1][1] != str(found.epoch):
+        starts = [(1, str(found.epoch))]
+    dst.execute("DELETE FROM epoch_start")
+    dst.executemany("INSERT INTO epoch_start (seq, epoch) VALUES (?, ?)", starts)
 
 
 def _count_lost(found: _Salvaged) -> tuple[int, bool]:

@@ -32,6 +32,16 @@ from mqttspool.reading import Reading, StoredReading, format_ts
 from mqttspool.spool import schema
 from mqttspool.spool.dberrors import DB_ERRORS, free_bytes, is_corrupt, is_full, mapped
 from mqttspool.spool.drops import DropCounters
+from mqttspool.spool.epochs import (
+    CLEAN,
+    SHUTDOWN_KEY,
+    EpochChange,
+    EpochMap,
+    begin_epoch,
+    new_epoch_reason,
+    read_starts,
+    running_marker,
+)
 from mqttspool.spool.headroom import Reserve, wal_pages
 from mqttspool.timekeeping import Clock
 
@@ -116,6 +126,7 @@ class Spool:
         self._file_checked_at = time.monotonic()
         self._identity = _identity(path)
         self._gone: SpoolGoneError | None = None
+        self._epochs: EpochMap | None = None  # loaded on first use (read-only opens skip it)
 
     # ----------------------------------------------------------------- ingest
 
@@ -369,6 +380,51 @@ class Spool:
         """Move one row to ``dead_letter`` with the broker's reason."""
         self.settle((), [Rejection(seq, code, reason)])
 
+    # ----------------------------------------------------------------- epochs
+
+    @mapped("read the epochs")
+    def epoch_of(self, seq: int) -> str:
+        """The epoch of the row with ``seq``: its id is ``device:epoch:seq``."""
+        if self._epochs is None:
+            self._epochs = EpochMap(read_starts(self.db.connection()), self.epoch)
+        return self._epochs.of(seq)
+
+    @mapped("record the start of a run")
+    def begin_writing(self) -> EpochChange | None:
+        """Record that a ``run``/``drain`` owns the spool; begin a new epoch if one is needed.
+
+        After an unclean stop that could have lost commits (see
+        :func:`~mqttspool.spool.epochs.new_epoch_reason`) a new epoch starts
+        above the high-water mark. The record (and the new epoch) is committed
+        at FULL, so it is durable before the first reading gets a seq.
+        """
+        change: EpochChange | None = None
+        with self._synchronous("FULL"), self._write() as cur:
+            row = cur.execute("SELECT value FROM meta WHERE key = ?", (SHUTDOWN_KEY,)).fetchone()
+            reason = new_epoch_reason(None if row is None else str(row[0]), self.config.synchronous)
+            if reason is not None:
+                token, first = begin_epoch(cur)
+                change = EpochChange(self.epoch, token, reason, first)
+            _meta_set(cur, SHUTDOWN_KEY, running_marker(self.config.synchronous))
+        if change is not None:
+            self.epoch, self._epochs = change.new, None
+            logger.warning(
+                "spool %s: new epoch %s (was %s) from seq %d: %s; queued readings keep their"
+                " ids, new ones cannot collide with ids already published",
+                self.path,
+                change.new,
+                change.old,
+                change.first_seq,
+                change.reason,
+            )
+        return change
+
+    @mapped("record a clean shutdown")
+    def mark_clean(self) -> None:
+        """Record a clean stop, at FULL: every earlier commit is durable with it."""
+        with self._synchronous("FULL"), self._write() as cur:
+            _meta_set(cur, SHUTDOWN_KEY, CLEAN)
+
     # ------------------------------------------------------------ dead letters
 
     @mapped("list dead letters")
@@ -591,6 +647,15 @@ class Spool:
     def _unsynced_commit(self) -> Iterator[None]:
         """Run the next write of this thread with ``synchronous=NORMAL``, then restore."""
         self.db.execute_sql("PRAGMA synchronous = NORMAL")
+        try:
+            yield
+        finally:
+            self.db.execute_sql(f"PRAGMA synchronous = {self.config.synchronous.upper()}")
+
+    @contextlib.contextmanager
+    def _synchronous(self, level: str) -> Iterator[None]:
+        """Run the next write of this thread at ``level`` (e.g. FULL: fsync'd), then restore."""
+        self.db.execute_sql(f"PRAGMA synchronous = {level}")
         try:
             yield
         finally:
