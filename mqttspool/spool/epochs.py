@@ -24,7 +24,11 @@ from __future__ import annotations
 import bisect
 import secrets
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from mqttspool.spool.dberrors import DB_ERRORS
 
 SHUTDOWN_KEY = "shutdown"
 CLEAN = "clean"
@@ -107,11 +111,11 @@ class EpochMap:
         return list(zip(self._seqs, self._epochs, strict=True))
 
 
-def read_starts(conn: sqlite3.Connection | sqlite3.Cursor) -> list[tuple[int, str]]:
+def read_starts(execute: Callable[[str], Any]) -> list[tuple[int, str]]:
     """Every ``epoch_start`` row; [] when the table is missing (schema < 3, read-only open)."""
     try:
-        rows = conn.execute("SELECT seq, epoch FROM epoch_start ORDER BY seq").fetchall()
-    except sqlite3.OperationalError as exc:
+        rows = execute("SELECT seq, epoch FROM epoch_start ORDER BY seq").fetchall()
+    except DB_ERRORS as exc:
         if "no such table" in str(exc):
             return []
         raise

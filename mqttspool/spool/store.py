@@ -386,7 +386,7 @@ class Spool:
     def epoch_of(self, seq: int) -> str:
         """The epoch of the row with ``seq``: its id is ``device:epoch:seq``."""
         if self._epochs is None:
-            self._epochs = EpochMap(read_starts(self.db.connection()), self.epoch)
+            self._epochs = EpochMap(read_starts(self.db.execute_sql), self.epoch)
         return self._epochs.of(seq)
 
     @mapped("record the start of a run")
