@@ -13,7 +13,10 @@ dead letter).
 Flow control: every unacknowledged QoS 1 message -- readings and control
 messages (status, spool snapshot, Home Assistant) alike -- counts against the
 window ``min(bridge.max_inflight, broker Receive Maximum)``; control messages
-wait in an outbox for room and go before readings. When the oldest
+wait in an outbox for room and go before readings. Readings deleted in a
+settle commit not yet fsync'd count too (a power cut would bring them back),
+so one power cut resends at most the window; a settle is fsync'd when the
+window waits for its room or such deletes would fill half of it. When the oldest
 unacknowledged message has waited ``bridge.ack_timeout`` the connection is
 dropped and everything resent after reconnecting.
 
@@ -313,9 +316,11 @@ class Bridge:
     @property
     def window_load(self) -> int:
         """What counts against the window: every unacknowledged QoS 1 message (readings
-        and control messages) plus readings acknowledged but not yet deleted."""
+        and control messages), readings acknowledged but not yet deleted, and readings
+        deleted in a commit not yet fsynced (a power cut would resend them too)."""
         in_flight = 0 if self.conn is None else len(self.conn.sent_at)
-        return in_flight + len(self._acked) + len(self._rejected)
+        unsettled = len(self._acked) + len(self._rejected)
+        return in_flight + unsettled + self.spool.unsynced_deletes
 
     # ---------------------------------------------------------------- step
 
@@ -611,6 +616,7 @@ class Bridge:
 
     def _maybe_settle(self, now: float) -> None:
         if not self._acked and not self._rejected:
+            self._maybe_sync_deletes()
             return
         conn = self.conn
         pending = len(self._acked) + len(self._rejected)
@@ -630,7 +636,9 @@ class Bridge:
             return
         acked, rejected = self._acked, self._rejected
         try:
-            self.spool.settle(acked, rejected)
+            self.spool.settle(
+                acked, rejected, durable=self._settle_durably(len(acked) + len(rejected))
+            )
         except (SpoolCorruptError, SpoolGoneError):
             raise  # not retried here: the service salvages a corrupt spool, stops on a gone one
         except SpoolError as exc:
@@ -643,6 +651,32 @@ class Bridge:
         self.counters.inc(MESSAGES_PUBLISHED, n=len(acked))
         if rejected:
             self._log_dead_letters(rejected)
+
+    def _maybe_sync_deletes(self) -> None:
+        """Unsynced deletes over half the window (it shrank on reconnect): fsync them."""
+        conn = self.conn
+        if conn is None or self.spool.unsynced_deletes <= conn.window // 2:
+            return
+        try:
+            self.spool.sync_deletes()
+        except (SpoolCorruptError, SpoolGoneError):
+            raise
+        except SpoolError as exc:
+            if self._log_throttle.note("sync"):
+                logger.error("cannot fsync deleted readings: %s; publishing pauses", exc)
+
+    def _settle_durably(self, n: int) -> bool:
+        """Fsync this settle when the window waits for its room, or unsynced deletes
+        would take over half of it.
+
+        Rows deleted in an unsynced commit count against the window (a power cut
+        resends them), so a cut resends at most the window. A full window (a
+        backlog drain) needs the room now: fsync, once per settle batch. With
+        room to spare (live readings trickling) the delete commits cheaply at
+        NORMAL, until the unsynced deletes would fill half the window.
+        """
+        window = self.cfg.max_inflight if self.conn is None else self.conn.window
+        return self.window_load >= window or self.spool.unsynced_deletes + n > window // 2
 
     def _log_dead_letters(self, rejected: list[Rejection]) -> None:
         """One line per reason code per interval (an ACL can reject thousands a minute)."""

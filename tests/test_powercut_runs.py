@@ -255,11 +255,6 @@ class Cutter:
 # Invariants mqttspool breaks today (see the strict-xfail tests below, which reproduce
 # each deterministically). A campaign that hits one finishes its other checks, then
 # reports XFAIL naming the seed, the cut and the numbers; any other violation fails.
-RESURRECTED_ACKS = (
-    "settle() commits deletes of acknowledged rows at synchronous=NORMAL, so a power cut"
-    " resurrects every row acknowledged since the last fsync'd commit: more duplicates"
-    " than bridge.max_inflight"
-)
 SALVAGE_NOT_ATOMIC = (
     "recover_spool() renames the corrupt spool aside and creates a fresh one before the"
     " salvaged rows are committed; a cut in between leaves a fresh spool (new epoch) that"
@@ -427,17 +422,15 @@ def test_powercut_run(
     )
     assert_ids_never_reused(recorder, cutter.where)
     assert dup_totals[0] == 0
-    check_duplicates(per_cut(dup_totals), "run", bugs)
-
-
-def check_duplicates(per_cut_dups: list[int], scenario: str, bugs: KnownBugs) -> None:
-    """At most max_inflight duplicates per cut; more is the known settle() bug."""
-    print(f"{scenario}: duplicates per cut {per_cut_dups}")
-    for n, dups in enumerate(per_cut_dups, start=1):
-        if dups > MAX_INFLIGHT:
-            where = f"seed {SEED}, {scenario} cut {n}"
-            bugs.hit(RESURRECTED_ACKS, f"{where}: {dups} duplicates > {MAX_INFLIGHT}")
+    check_duplicates(per_cut(dup_totals), "run")
     bugs.report()
+
+
+def check_duplicates(per_cut_dups: list[int], scenario: str) -> None:
+    """At most max_inflight duplicates per cut."""
+    print(f"{scenario}: duplicates per cut {per_cut_dups}")
+    over = [(n, dups) for n, dups in enumerate(per_cut_dups, start=1) if dups > MAX_INFLIGHT]
+    assert not over, f"seed {SEED}, {scenario}: (cut, duplicates) over {MAX_INFLIGHT}: {over}"
 
 
 # ------------------------------------------------------------------- drain
@@ -492,7 +485,7 @@ def test_powercut_drain(
     total = high_water(spool)
     assert sorted(delivered(recorder)) == list(range(1, total + 1))
     assert_ids_never_reused(recorder, cutter.where)
-    check_duplicates(per_cut(dup_totals), "drain", KnownBugs())
+    check_duplicates(per_cut(dup_totals), "drain")
 
 
 # ---------------------------------------------------------- requeue
@@ -668,7 +661,6 @@ def test_powercut_salvage(
 # ------------------------------------------- known bugs, reproduced deterministically
 
 
-@pytest.mark.xfail(strict=True, reason=RESURRECTED_ACKS)
 @pytest.mark.timeout(60)
 def test_a_cut_mid_drain_resends_at_most_max_inflight(
     powercut: PowerCutMount, broker: MosquittoBroker, recorder_factory: RecorderFactory

@@ -52,7 +52,13 @@ CALLS: dict[str, Callable[[Spool], Any]] = {
     "epoch_of": lambda s: s.epoch_of(1),
     "begin_writing": lambda s: s.begin_writing(),
     "mark_clean": lambda s: s.mark_clean(),
+    "sync_deletes": lambda s: _sync_unsynced(s),
 }
+
+
+def _sync_unsynced(s: Spool) -> None:
+    s._unsynced_deletes = 1  # as if a settle had committed unsynced
+    s.sync_deletes()
 
 
 def _unlink_then_check(s: Spool) -> None:

@@ -127,6 +127,8 @@ class Spool:
         self._identity = _identity(path)
         self._gone: SpoolGoneError | None = None
         self._epochs: EpochMap | None = None  # loaded on first use (read-only opens skip it)
+        self._unsynced_lock = threading.Lock()
+        self._unsynced_deletes = 0
 
     # ----------------------------------------------------------------- ingest
 
@@ -330,25 +332,34 @@ class Spool:
         return int(row[0] or 0)
 
     @mapped("delete acknowledged readings")
-    def settle(self, acked: Iterable[int], rejected: Iterable[Rejection] = ()) -> None:
+    def settle(
+        self, acked: Iterable[int], rejected: Iterable[Rejection] = (), durable: bool = False
+    ) -> None:
         """Delete acknowledged rows and dead-letter rejected ones, in one transaction.
 
-        This commit is not fsynced (``synchronous=NORMAL`` for it alone, still
-        crash-safe in WAL mode): losing it to a power cut only means those rows
-        are sent again, which at-least-once allows, while an fsync per batch of
-        PUBACKs would cap the drain rate. The next fsynced commit (a sampling
-        round) makes it durable too. A full disk releases the reserve and retries.
+        Unless ``durable``, this commit is not fsynced (``synchronous=NORMAL``
+        for it alone, still crash-safe in WAL mode): losing it to a power cut
+        only means those rows are sent again, which at-least-once allows, while
+        an fsync per batch of PUBACKs would cap the drain rate. Such rows are
+        counted in :attr:`unsynced_deletes` until an fsynced commit of this
+        spool (a sampling round at FULL, a ``durable`` settle) covers them; the
+        bridge counts them against its window and asks for ``durable`` before
+        they would fill it, so a power cut resends at most the window. A full
+        disk releases the reserve and retries.
         """
         acked, rejected = list(acked), list(rejected)
         if not acked and not rejected:
             return
         self._maybe_check_file()
         now = self.clock.wall_us()
-        with self._unsynced_commit():
-            self._on_full_retry(lambda: self._settle_once(acked, rejected, now))
+        with self._synchronous("FULL" if durable else "NORMAL"):
+            deleted = self._on_full_retry(lambda: self._settle_once(acked, rejected, now))
+        if not durable:
+            with self._unsynced_lock:
+                self._unsynced_deletes += deleted
         # No log line per rejected row here: the bridge logs them rate-limited, with a summary.
 
-    def _settle_once(self, acked: list[int], rejected: list[Rejection], now: int) -> None:
+    def _settle_once(self, acked: list[int], rejected: list[Rejection], now: int) -> int:
         with self._write() as cur:
             deleted = 0
             for i in range(0, len(acked), DELETE_CHUNK):
@@ -371,6 +382,17 @@ class Spool:
             if acked:
                 _meta_set(cur, "last_publish_us", str(now))
             self._persist_drops(cur, Counter())
+        return deleted
+
+    @mapped("make deletes durable")
+    def sync_deletes(self) -> None:
+        """Fsync now, so every earlier :meth:`settle` is durable (:attr:`unsynced_deletes` 0).
+
+        One small FULL commit: its WAL fsync covers every earlier commit.
+        """
+        if self._unsynced_deletes:
+            with self._synchronous("FULL"), self._write() as cur:
+                _meta_set(cur, "deletes_synced_ns", str(time.time_ns()))
 
     def ack(self, seqs: Iterable[int]) -> None:
         """Delete acknowledged rows (one transaction)."""
@@ -644,21 +666,14 @@ class Spool:
             self._on_full_retry(once)
 
     @contextlib.contextmanager
-    def _unsynced_commit(self) -> Iterator[None]:
-        """Run the next write of this thread with ``synchronous=NORMAL``, then restore."""
-        self.db.execute_sql("PRAGMA synchronous = NORMAL")
-        try:
-            yield
-        finally:
-            self.db.execute_sql(f"PRAGMA synchronous = {self.config.synchronous.upper()}")
-
-    @contextlib.contextmanager
     def _synchronous(self, level: str) -> Iterator[None]:
-        """Run the next write of this thread at ``level`` (e.g. FULL: fsync'd), then restore."""
+        """Run the next writes of this thread at ``level`` (FULL: fsynced; NORMAL), then restore."""
         self.db.execute_sql(f"PRAGMA synchronous = {level}")
+        self._txn.level = level
         try:
             yield
         finally:
+            self._txn.level = None
             self.db.execute_sql(f"PRAGMA synchronous = {self.config.synchronous.upper()}")
 
     @contextlib.contextmanager
@@ -671,9 +686,13 @@ class Spool:
         cur = conn.cursor()
         self._txn.undo = []
         cur.execute("BEGIN IMMEDIATE")
+        # Exact while we hold the write lock: every delete counted so far committed before us.
+        unsynced = self._unsynced_deletes
         try:
             yield cur
             cur.execute("COMMIT")
+            if (getattr(self._txn, "level", None) or self.config.synchronous.upper()) == "FULL":
+                self._covered(unsynced)  # the WAL fsync made the earlier commits durable too
             if self._disk_full:
                 self._checkpoint()  # hand the WAL's new frames back at once
         except BaseException:
@@ -685,6 +704,16 @@ class Spool:
             raise
         finally:
             self._txn.undo = []
+
+    def _covered(self, n: int) -> None:
+        with self._unsynced_lock:
+            self._unsynced_deletes -= n
+
+    @property
+    def unsynced_deletes(self) -> int:
+        """Rows :meth:`settle` deleted in commits not yet fsynced: a power cut would bring
+        them back (and the bridge send them again)."""
+        return self._unsynced_deletes
 
     def _persist_drops(self, cur: sqlite3.Cursor, dropped: Counter[str]) -> None:
         self._drops.persist(cur, dropped, self._txn.undo.append)
