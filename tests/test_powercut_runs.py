@@ -107,35 +107,22 @@ def duplicate_count(recorder: Recorder, device: str = DEVICE) -> int:
 
 
 def run_after_cut(
-    args: list[str],
-    env: dict[str, str],
-    where: str,
-    bugs: KnownBugs | None,
-    ok: tuple[int, ...] = (0,),
+    args: list[str], env: dict[str, str], where: str, ok: tuple[int, ...] = (0,)
 ) -> subprocess.CompletedProcess[str]:
-    """``mqttspool ARGS`` after a reboot; it must succeed (the spool opens).
-
-    The known hot-journal failure is recorded in ``bugs`` and the command retried once
-    (the failed start rolled the journal back); without ``bugs`` it fails the test.
-    """
+    """``mqttspool ARGS`` after a reboot; it must succeed (the spool opens)."""
     result = run_cli(args, env, timeout=90)
-    if result.returncode != 0 and bugs is not None and _HOT_JOURNAL_ERROR in result.stderr:
-        bugs.hit(HOT_JOURNAL_AT_CREATE, f"{where}: {args[0]} exited {result.returncode}")
-        result = run_cli(args, env, timeout=90)
     assert result.returncode in ok, f"{where}: {args[0]} failed: {result.stdout}{result.stderr}"
     return result
 
 
-def status(env: dict[str, str], where: str, bugs: KnownBugs | None = None) -> dict[str, Any]:
+def status(env: dict[str, str], where: str) -> dict[str, Any]:
     """``status --json`` -- it must work after every cut (the spool opens)."""
-    return dict(json.loads(run_after_cut(["status", "--json"], env, where, bugs).stdout))
+    return dict(json.loads(run_after_cut(["status", "--json"], env, where).stdout))
 
 
-def drain_to_empty(
-    env: dict[str, str], where: str, bugs: KnownBugs | None = None, rejections: bool = False
-) -> None:
+def drain_to_empty(env: dict[str, str], where: str, rejections: bool = False) -> None:
     """An uncut ``drain`` to the end (exit 1 expected when the broker rejects readings)."""
-    result = run_after_cut(["drain", "--timeout", "60"], env, where, bugs, ok=(0, 1))
+    result = run_after_cut(["drain", "--timeout", "60"], env, where, ok=(0, 1))
     assert result.returncode == (1 if rejections else 0), f"{where}: {result.stderr}"
     assert ("drained with rejections" in result.stderr) == rejections, result.stderr
 
@@ -261,13 +248,6 @@ SALVAGE_NOT_ATOMIC = (
     " opens fine, and the salvageable readings are never delivered nor counted"
 )
 
-HOT_JOURNAL_AT_CREATE = (
-    "a cut right after a new spool's schema commit leaves its rollback journal on disk"
-    " (hot); classify_file() reads the committed header before SQLite rolls the journal"
-    " back, so the next start fails once: 'cannot open: no such table: meta' (exit 1)"
-)
-_HOT_JOURNAL_ERROR = "no such table: meta"
-
 
 @dataclass
 class KnownBugs:
@@ -349,14 +329,13 @@ def test_powercut_enqueue(
     env = mqttspool_env(spool, broker.port, spool__min_free_bytes=0)
     accepted: list[int] = []
     first = 0
-    bugs = KnownBugs()
     for _ in range(PER_SCENARIO):
         more, first = enqueue_until_cut(cutter, env, first)
         accepted += more
         if not spool.exists():
             assert not accepted, f"{cutter.where}: the spool vanished"
             continue
-        status(env, cutter.where, bugs)
+        status(env, cutter.where)
         stored = set(table_seqs(spool).values())
         lost = sorted(set(map(float, accepted)) - stored)
         assert not lost, f"{cutter.where}: enqueue exited 0, then {len(lost)} were lost: {lost[:5]}"
@@ -369,7 +348,6 @@ def test_powercut_enqueue(
     assert sorted(delivered(recorder)) == list(range(1, total + 1))
     assert_ids_never_reused(recorder, cutter.where)
     assert duplicate_count(recorder) == 0
-    bugs.report()
 
 
 # --------------------------------------------------------------------- run
@@ -404,13 +382,12 @@ def test_powercut_run(
     env = mqttspool_env(spool, proxy.port, bridge__max_rate=500, sensors=SIMULATED, **settings)
     epochs: set[str] = set()
     dup_totals: list[int] = []
-    bugs = KnownBugs()
     for _ in range(PER_SCENARIO):
         proxy.refuse() if cutter.rng.random() < 0.4 else proxy.restore()
         run_and_cut(cutter, env, recorder)
         dup_totals.append(duplicate_count(recorder))
         if spool.exists():
-            epochs.add(status(env, cutter.where, bugs)["epoch"])
+            epochs.add(status(env, cutter.where)["epoch"])
     drain_to_empty(mqttspool_env(spool, broker.port, **settings), cutter.where)
     wait_quiet(recorder)
     dup_totals.append(duplicate_count(recorder))
@@ -423,7 +400,6 @@ def test_powercut_run(
     assert_ids_never_reused(recorder, cutter.where)
     assert dup_totals[0] == 0
     check_duplicates(per_cut(dup_totals), "run")
-    bugs.report()
 
 
 def check_duplicates(per_cut_dups: list[int], scenario: str) -> None:
@@ -649,7 +625,7 @@ def test_powercut_salvage(
             cutter.cut_after(cutter.rng.uniform(0.2, 1.5), daemon.proc)
         finally:
             daemon.stop()
-        drain_to_empty(env, cutter.where, bugs)  # salvages if the cut came first
+        drain_to_empty(env, cutter.where)  # salvages if the cut came first
         wait_quiet(recorder)
         detail = salvage_outcome(corrupt, recorder, env, cutter)
         if detail is not None:
@@ -711,7 +687,6 @@ def test_a_cut_during_salvage_loses_no_salvageable_reading(
     assert salvage_outcome(corrupt, recorder, env, cutter) is None
 
 
-@pytest.mark.xfail(strict=True, reason=HOT_JOURNAL_AT_CREATE)
 @pytest.mark.timeout(60)
 def test_a_cut_right_after_a_spool_is_created_leaves_it_openable(
     powercut: PowerCutMount,
@@ -736,6 +711,14 @@ def test_a_cut_right_after_a_spool_is_created_leaves_it_openable(
     assert sorted(p.name for p in powercut.path.iterdir()) == ["spool.db", "spool.db-journal"]
     result = run_cli(["status", "--json"], env)  # the first start after the cut
     assert result.returncode == 0, result.stderr
+    # The schema never committed durably: the creation was rolled back, the file is empty.
+    assert json.loads(result.stdout)["epoch"] is None
+    assert "rolled back the journal of an interrupted creation" in result.stderr
+    assert not (powercut.path / "spool.db-journal").exists()
+    result = run_cli(["enqueue", "-"], env, stdin=enqueue_input(range(5, 6)))
+    assert result.returncode == 0, result.stderr
+    assert status(env, "after the cut")["depth"] == 1
+    assert table_seqs(powercut.path / "spool.db") == {1: 5.0}
 
 
 # ------------------------------------------- issue 13 part 3: ids never reused at NORMAL

@@ -115,7 +115,35 @@ MODELS: list[type[_Model]] = [ReadingRow, DeadLetterRow, MetaRow, EpochStartRow]
 
 
 def classify_file(path: Path) -> str:
-    """``missing``, ``empty``, ``ours``, ``foreign`` (SQLite of another app) or ``not_sqlite``."""
+    """``missing``, ``empty``, ``ours``, ``foreign`` (SQLite of another app) or ``not_sqlite``.
+
+    A ``-journal`` beside a spool (ours or empty) is the hot journal of a
+    creation cut short by a crash or power cut: SQLite rolls it back first, so
+    the header read is the committed one (an empty file if the schema never
+    committed), never a schema whose tables the journal is about to undo.
+    """
+    kind = _classify_header(path)
+    if kind in ("ours", "empty") and Path(f"{path}-journal").exists():
+        _roll_back_hot_journal(path)
+        kind = _classify_header(path)
+    return kind
+
+
+def _roll_back_hot_journal(path: Path) -> None:
+    """Let SQLite roll back a hot rollback journal (any read does; a stale one is removed)."""
+    try:
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise translate(exc, path, "roll back its interrupted creation (-journal)") from exc
+    if not Path(f"{path}-journal").exists():
+        logger.warning("spool %s: rolled back the journal of an interrupted creation", path)
+
+
+def _classify_header(path: Path) -> str:
     try:
         with path.open("rb") as fh:
             header = fh.read(100)
