@@ -16,10 +16,12 @@ scenario cuts at random moments from a seeded RNG, restarts, and asserts:
   saw, compared per id);
 * duplicates caused by one cut are at most ``bridge.max_inflight``.
 
-Invariants mqttspool breaks today are reproduced deterministically by strict
-xfail tests at the end (an *armed* cut replaces one exact fsync); a campaign
-that hits one of them finishes its other checks and reports XFAIL naming the
-seed and the cut.
+Bugs the campaigns found (now fixed) are reproduced deterministically by the
+tests at the end, where an *armed* cut replaces one exact fsync: a cut mid
+``drain`` (at most ``max_inflight`` resent), at every step of a salvage
+(resumed, nothing lost or counted twice), right after a spool's creation (the
+next start succeeds), and at ``synchronous = "normal"`` (a new epoch, no id
+reused).
 
 Scenarios: ``enqueue``, ``run`` (simulated sensor; the broker reachable or
 refused through a proxy), ``drain`` of a backlog, ``dead-letters requeue``,
@@ -237,32 +239,6 @@ class Cutter:
         self.fs.cut(*victims, frozen=snapshot)
         self.fs.mount()
         return committed
-
-
-# Invariants mqttspool breaks today (see the strict-xfail tests below, which reproduce
-# each deterministically). A campaign that hits one finishes its other checks, then
-# reports XFAIL naming the seed, the cut and the numbers; any other violation fails.
-SALVAGE_NOT_ATOMIC = (
-    "recover_spool() renames the corrupt spool aside and creates a fresh one before the"
-    " salvaged rows are committed; a cut in between leaves a fresh spool (new epoch) that"
-    " opens fine, and the salvageable readings are never delivered nor counted"
-)
-
-
-@dataclass
-class KnownBugs:
-    """Hits of known, unfixed invariant violations during one campaign."""
-
-    hits: list[str] = field(default_factory=list)
-
-    def hit(self, bug: str, detail: str) -> None:
-        """Record one hit (reported at the end, after every other check)."""
-        self.hits.append(f"{detail}: {bug}")
-
-    def report(self) -> None:
-        """XFAIL naming every hit, if there was one."""
-        if self.hits:
-            pytest.xfail(f"{len(self.hits)} known-bug hit(s): " + " | ".join(self.hits[:3]))
 
 
 def per_cut(totals: list[int]) -> list[int]:
@@ -588,26 +564,23 @@ def asides(path: Path) -> list[Path]:
     ]
 
 
-def salvage_outcome(
+def check_salvage(
     corrupt: CorruptSpool, recorder: Recorder, env: dict[str, str], cutter: Cutter
-) -> str | None:
-    """Check one salvage after its cut; returns a known-bug hit's detail, or None."""
+) -> None:
+    """Check one salvage after its cut: nothing salvageable lost, the loss counted once."""
     report = status(env, cutter.where)
     digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in asides(corrupt.path)]
     assert corrupt.digest in digests, f"{cutter.where}: the corrupt spool is gone"
     prefix = f"{DEVICE}:{corrupt.epoch}:"
     ours = {int(d["seq"]) for d in recorder.data() if str(d["id"]).startswith(prefix)}
     missing = corrupt.readable - ours
-    if missing and report["epoch"] != corrupt.epoch:
-        return (
-            f"{cutter.where}: {len(missing)} of {len(corrupt.readable)} salvageable readings"
-            f" lost; the spool now has epoch {report['epoch']} (was {corrupt.epoch}),"
-            f" dropped {report['dropped']}"
-        )
-    assert not missing, f"{cutter.where}: {len(missing)} salvageable readings never delivered"
+    assert not missing, (
+        f"{cutter.where}: {len(missing)} of {len(corrupt.readable)} salvageable readings"
+        f" never delivered; the spool has epoch {report['epoch']} (was {corrupt.epoch}),"
+        f" dropped {report['dropped']}"
+    )
     unreadable = SALVAGE_ROWS - len(corrupt.readable)
     assert report["dropped"].get("corrupt", 0) == unreadable, report
-    return None
 
 
 @pytest.mark.timeout(TIMEOUT)
@@ -616,7 +589,6 @@ def test_powercut_salvage(
 ) -> None:
     recorder = recorder_factory(broker)
     cutter = Cutter(powercut, "salvage")
-    bugs = KnownBugs()
     for n in range(PER_SCENARIO):
         corrupt = make_corrupt_spool(powercut, powercut.path / f"s{n}" / "spool.db", cutter.rng)
         env = mqttspool_env(corrupt.path, broker.port, spool__min_free_bytes=0)
@@ -627,14 +599,11 @@ def test_powercut_salvage(
             daemon.stop()
         drain_to_empty(env, cutter.where)  # salvages if the cut came first
         wait_quiet(recorder)
-        detail = salvage_outcome(corrupt, recorder, env, cutter)
-        if detail is not None:
-            bugs.hit(SALVAGE_NOT_ATOMIC, detail)
+        check_salvage(corrupt, recorder, env, cutter)
     assert_ids_never_reused(recorder, cutter.where)
-    bugs.report()
 
 
-# ------------------------------------------- known bugs, reproduced deterministically
+# ---------------------------------- bugs the campaigns found, reproduced deterministically
 
 
 @pytest.mark.timeout(60)
@@ -663,7 +632,6 @@ def test_a_cut_mid_drain_resends_at_most_max_inflight(
     assert resent <= MAX_INFLIGHT, f"one cut: {resent} duplicates > max_inflight {MAX_INFLIGHT}"
 
 
-@pytest.mark.xfail(strict=True, reason=SALVAGE_NOT_ATOMIC)
 @pytest.mark.timeout(60)
 def test_a_cut_during_salvage_loses_no_salvageable_reading(
     powercut: PowerCutMount, broker: MosquittoBroker, recorder_factory: RecorderFactory
@@ -684,7 +652,7 @@ def test_a_cut_during_salvage_loses_no_salvageable_reading(
     powercut.mount()
     drain_to_empty(env, "after the cut")
     wait_quiet(recorder)
-    assert salvage_outcome(corrupt, recorder, env, cutter) is None
+    check_salvage(corrupt, recorder, env, cutter)
 
 
 @pytest.mark.timeout(60)
@@ -790,3 +758,46 @@ def test_a_cut_at_normal_starts_a_new_epoch_so_no_id_is_reused(
     resent = {str(d["id"]).split(":")[1] for d in recorder.data() if d["sensor"] == "backlog"}
     assert resent == {first_epoch}  # ...also when resent after the new epoch began
     assert set(epochs) == {first_epoch, second_epoch}
+
+
+@pytest.mark.parametrize(
+    ("target", "nth"),
+    [
+        ("spool.db.salvage", 1),  # the intent: nothing moved yet
+        ("spool.db.salvage-tmp", 1),  # the salvaged spool's schema
+        ("spool.db.salvage-tmp-wal", 1),  # the salvaged rows' commit
+    ],
+)
+@pytest.mark.timeout(60)
+def test_a_cut_at_any_step_of_a_salvage_is_resumed_exactly(
+    powercut: PowerCutMount,
+    broker: MosquittoBroker,
+    recorder_factory: RecorderFactory,
+    target: str,
+    nth: int,
+) -> None:
+    recorder = recorder_factory(broker)
+    cutter = Cutter(powercut, f"salvage-at-{target}")
+    corrupt = make_corrupt_spool(powercut, powercut.path / "s" / "spool.db", cutter.rng)
+    env = mqttspool_env(corrupt.path, broker.port, spool__min_free_bytes=0)
+    powercut.arm_cut_at_fsync(target, nth)
+    daemon = Daemon(env, ("drain", "--timeout", "60"))
+    try:
+        powercut.wait_cut(30)
+        powercut.finish_cut(daemon.proc)
+    finally:
+        daemon.stop()
+    powercut.mount()
+    # The cut hit the salvage: before its intent was durable nothing moved; after
+    # it the corrupt spool is quarantined and no spool is in place yet.
+    first_step = target == "spool.db.salvage"
+    assert corrupt.path.exists() == first_step
+    assert corrupt.path.with_name("spool.db.salvage").exists() != first_step
+    drain_to_empty(env, f"after a cut at {target}")  # resumes (or redoes) the salvage
+    wait_quiet(recorder)
+    # Every salvageable reading delivered under the old epoch, the unreadable ones
+    # counted once, the corrupt file kept byte for byte, nothing left half-done.
+    check_salvage(corrupt, recorder, env, cutter)
+    left = sorted(p.name for p in corrupt.path.parent.iterdir() if ".salvage" in p.name)
+    assert left == []
+    assert_ids_never_reused(recorder, cutter.where)

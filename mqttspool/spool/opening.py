@@ -9,7 +9,16 @@ from mqttspool.config import SpoolConfig
 from mqttspool.errors import SpoolCorruptError, SpoolError, SpoolFullError
 from mqttspool.spool import schema
 from mqttspool.spool.headroom import Reserve
-from mqttspool.spool.salvage import quarantine, salvage_into
+from mqttspool.spool.readonly import read_meta_if_ours
+from mqttspool.spool.salvage import (
+    SalvageReport,
+    aside_name,
+    clear_intent,
+    pending_aside,
+    quarantine,
+    record_intent,
+    salvage_into,
+)
 from mqttspool.spool.store import Spool
 from mqttspool.timekeeping import Clock, SystemClock
 
@@ -33,6 +42,8 @@ def open_spool(
     """
     clock = clock or SystemClock()
     path = Path(config.path)
+    if create and pending_aside(path) is not None:
+        return recover_spool(config, clock)  # a salvage was cut short: finish it first
     kind = schema.classify_file(path)
     schema.refuse_foreign(path, kind)
     if kind in ("missing", "empty"):
@@ -75,22 +86,47 @@ def recover_spool(config: SpoolConfig, clock: Clock | None = None) -> Spool:
     The corrupt file is never deleted. Every readable row keeps its seq; the
     epoch is kept when readable so ids stay stable. Queued rows that could not
     be read are counted as dropped with reason ``corrupt``.
+
+    Crash- and power-cut-safe: ``<name>.salvage`` (fsync'd before anything
+    moves) names the quarantined file until the salvaged spool, built and
+    fsync'd in ``<name>.salvage-tmp``, is in place. A start that finds it
+    resumes: it salvages again from the quarantined file (from scratch, so
+    nothing is counted twice), or only clears it when the salvage had landed.
     """
     clock = clock or SystemClock()
     path = Path(config.path)
-    aside = quarantine(path)
-    report = salvage_into(aside, path)
+    aside = pending_aside(path)
+    if aside is None:
+        aside = aside_name(path)
+        record_intent(path, aside)
+    if _salvaged_from(path) != str(aside):
+        quarantine(path, aside)
+        if not aside.exists():
+            logger.error("spool %s: the file %s to salvage is gone; starting empty", path, aside)
+        else:
+            _log_salvage(path, salvage_into(aside, path))
+    clear_intent(path)
+    spool = Spool(path, config, clock, schema.attach(path, migrate=True))
+    spool.reserve.ensure()
+    return spool
+
+
+def _salvaged_from(path: Path) -> str | None:
+    """``meta.salvaged_from`` of the spool at ``path`` if it is a readable spool, else None."""
+    if schema.classify_file(path) != "ours":
+        return None
+    return read_meta_if_ours(path, "salvaged_from")
+
+
+def _log_salvage(path: Path, report: SalvageReport) -> None:
     logger.error(
         "spool %s was corrupt: moved aside to %s; salvaged %d reading(s) and %d dead letter(s),"
         " %d reading(s) unreadable (counted as dropped, reason corrupt%s); epoch %s",
         path,
-        aside,
+        report.quarantined,
         report.rows,
         report.dead_letters,
         report.lost,
         "" if report.exact else ", estimated: the row counters were unreadable",
         "kept" if report.epoch_kept else "renewed",
     )
-    spool = Spool(path, config, clock, schema.attach(path, migrate=True))
-    spool.reserve.ensure()
-    return spool
