@@ -38,12 +38,32 @@ def open_spool(
     ``create=False`` (read-only commands) a missing or empty file is refused
     with :class:`SpoolError` and nothing is created or migrated. With
     ``integrity_check`` a spool failing ``PRAGMA quick_check`` is quarantined
-    and salvaged.
+    and salvaged; so is one that cannot be read at all, unless ``create`` is
+    False (read-only commands then raise :class:`SpoolCorruptError`).
     """
     clock = clock or SystemClock()
     path = Path(config.path)
     if create and pending_aside(path) is not None:
         return recover_spool(config, clock)  # a salvage was cut short: finish it first
+    _create_if_missing(path, create)
+    try:
+        epoch, disk_full = _attach(path, migrate=create)
+        spool = Spool(path, config, clock, epoch, disk_full)
+        if integrity_check and not spool.integrity_ok():
+            spool.close()
+            raise SpoolCorruptError(path, "PRAGMA quick_check failed")
+    except SpoolCorruptError as exc:
+        if not create:  # a read-only command never moves the spool (a daemon may hold it)
+            raise _left_as_is(path, exc) from exc
+        logger.error("%s", exc)
+        return recover_spool(config, clock)
+    if create:
+        spool.reserve.ensure()
+    return spool
+
+
+def _create_if_missing(path: Path, create: bool) -> None:
+    """Refuse a foreign file; create a missing or empty spool (refuse it if not ``create``)."""
     kind = schema.classify_file(path)
     schema.refuse_foreign(path, kind)
     if kind in ("missing", "empty"):
@@ -52,18 +72,15 @@ def open_spool(
                 path, f"no spool here ({kind} file); nothing was created. Check spool.path"
             )
         schema.create(path)
-    try:
-        epoch, disk_full = _attach(path, migrate=create)
-        spool = Spool(path, config, clock, epoch, disk_full)
-        if integrity_check and not spool.integrity_ok():
-            spool.close()
-            raise SpoolCorruptError(path, "PRAGMA quick_check failed")
-    except SpoolCorruptError as exc:
-        logger.error("%s", exc)
-        return recover_spool(config, clock)
-    if create:
-        spool.reserve.ensure()
-    return spool
+
+
+def _left_as_is(path: Path, exc: SpoolCorruptError) -> SpoolCorruptError:
+    detail = str(exc).removeprefix(f"spool {path}: ")
+    return SpoolCorruptError(
+        path,
+        f"is corrupt ({detail}); nothing was changed. `mqttspool run` or `mqttspool drain`"
+        " moves it aside and salvages every readable reading",
+    )
 
 
 def _attach(path: Path, migrate: bool) -> tuple[str, bool]:
@@ -101,8 +118,9 @@ def recover_spool(config: SpoolConfig, clock: Clock | None = None) -> Spool:
         record_intent(path, aside)
     if _salvaged_from(path) != str(aside):
         quarantine(path, aside)
-        if not aside.exists():
+        if not aside.exists():  # nothing at either name: nothing left to salvage
             logger.error("spool %s: the file %s to salvage is gone; starting empty", path, aside)
+            schema.create(path)
         else:
             _log_salvage(path, salvage_into(aside, path))
     clear_intent(path)
