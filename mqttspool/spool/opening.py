@@ -18,6 +18,7 @@ from mqttspool.spool.salvage import (
     quarantine,
     record_intent,
     salvage_into,
+    salvage_lock,
 )
 from mqttspool.spool.store import Spool
 from mqttspool.timekeeping import Clock, SystemClock
@@ -44,7 +45,10 @@ def open_spool(
     clock = clock or SystemClock()
     path = Path(config.path)
     if create and pending_aside(path) is not None:
-        return recover_spool(config, clock)  # a salvage was cut short: finish it first
+        with salvage_lock(path):  # another writer may be finishing it right now
+            aside = pending_aside(path)
+            if aside is not None:  # a salvage was cut short: finish it first
+                _salvage(path, aside)
     _create_if_missing(path, create)
     try:
         epoch, disk_full = _attach(path, migrate=create)
@@ -112,10 +116,19 @@ def recover_spool(config: SpoolConfig, clock: Clock | None = None) -> Spool:
     """
     clock = clock or SystemClock()
     path = Path(config.path)
-    aside = pending_aside(path)
-    if aside is None:
-        aside = aside_name(path)
-        record_intent(path, aside)
+    with salvage_lock(path):
+        aside = pending_aside(path)
+        if aside is None:
+            aside = aside_name(path)
+            record_intent(path, aside)
+        _salvage(path, aside)
+    spool = Spool(path, config, clock, schema.attach(path, migrate=True))
+    spool.reserve.ensure()
+    return spool
+
+
+def _salvage(path: Path, aside: Path) -> None:
+    """Quarantine (what is still at ``path``), salvage from ``aside``, install, clear the intent."""
     if _salvaged_from(path) != str(aside):
         quarantine(path, aside)
         if not aside.exists():  # nothing at either name: nothing left to salvage
@@ -124,9 +137,6 @@ def recover_spool(config: SpoolConfig, clock: Clock | None = None) -> Spool:
         else:
             _log_salvage(path, salvage_into(aside, path))
     clear_intent(path)
-    spool = Spool(path, config, clock, schema.attach(path, migrate=True))
-    spool.reserve.ensure()
-    return spool
 
 
 def _salvaged_from(path: Path) -> str | None:

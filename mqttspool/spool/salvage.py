@@ -12,6 +12,7 @@ estimated from the gaps between readable seqs (logged as an estimate).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
@@ -97,6 +98,25 @@ def intent_path(path: Path) -> Path:
 def tmp_path_for(path: Path) -> Path:
     """``<name>.salvage-tmp``: the salvaged spool until it is complete and fsync'd."""
     return path.with_name(f"{path.name}.salvage-tmp")
+
+
+@contextlib.contextmanager
+def salvage_lock(path: Path) -> Iterator[None]:
+    """One salvage of ``path`` at a time across processes (``<name>.salvage-lock``, flock).
+
+    ``run``/``drain`` hold the spool lock, but ``enqueue`` may resume a salvage
+    too: two salvages building the same ``.salvage-tmp`` would install a torn one.
+    """
+    lock = path.with_name(f"{path.name}.salvage-lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise SpoolError(path, f"cannot open {lock}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (unlinking it would race)
 
 
 def pending_aside(path: Path) -> Path | None:
