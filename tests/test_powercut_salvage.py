@@ -10,14 +10,22 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 from fakes.clock import FakeClock
 
 from mqttspool.config import SpoolConfig
 from mqttspool.reading import Reading, from_us
-from mqttspool.spool import open_spool
-from mqttspool.spool.salvage import aside_name, quarantine, record_intent, tmp_path_for
+from mqttspool.spool import Spool, open_spool
+from mqttspool.spool.opening import _salvage
+from mqttspool.spool.salvage import (
+    aside_name,
+    quarantine,
+    record_intent,
+    salvage_lock,
+    tmp_path_for,
+)
 
 
 def _spool_with_rows(path: Path, n: int) -> tuple[SpoolConfig, str]:
@@ -83,3 +91,25 @@ def test_a_salvage_cut_after_it_landed_only_clears_its_intent(tmp_path: Path) ->
         aside.name,
         *(f"{aside.name}{s}" for s in ("-shm", "-wal") if Path(f"{aside}{s}").exists()),
     ]
+
+
+def test_a_writer_waits_for_a_salvage_in_progress_and_does_not_redo_it(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    cfg, _ = _spool_with_rows(path, 7)
+    aside = aside_name(path)
+    record_intent(path, aside)
+    quarantine(path, aside)
+    opened: list[Spool] = []
+    with salvage_lock(path):  # another process is salvaging
+        writer = threading.Thread(target=lambda: opened.append(open_spool(cfg, FakeClock())))
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive() and not path.exists()  # it waits instead of salvaging too
+        _salvage(path, aside)  # the other process finishes
+    writer.join(30)
+    (spool,) = opened
+    try:
+        assert spool.all_seqs() == list(range(1, 8))
+        assert spool.read_meta("salvaged_from") == str(aside)  # the first salvage, kept
+    finally:
+        spool.close()
