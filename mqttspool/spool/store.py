@@ -418,16 +418,11 @@ class Spool:
         After an unclean stop that could have lost commits (see
         :func:`~mqttspool.spool.epochs.new_epoch_reason`) a new epoch starts
         above the high-water mark. The record (and the new epoch) is committed
-        at FULL, so it is durable before the first reading gets a seq.
+        at FULL, so it is durable before the first reading gets a seq. A full
+        disk releases the reserve and retries (a start must not fail on it).
         """
-        change: EpochChange | None = None
-        with self._synchronous("FULL"), self._write() as cur:
-            row = cur.execute("SELECT value FROM meta WHERE key = ?", (SHUTDOWN_KEY,)).fetchone()
-            reason = new_epoch_reason(None if row is None else str(row[0]), self.config.synchronous)
-            if reason is not None:
-                token, first = begin_epoch(cur)
-                change = EpochChange(self.epoch, token, reason, first)
-            _meta_set(cur, SHUTDOWN_KEY, running_marker(self.config.synchronous))
+        with self._synchronous("FULL"):
+            change = self._on_full_retry(self._begin_writing_once)
         if change is not None:
             self.epoch, self._epochs = change.new, None
             logger.warning(
@@ -441,11 +436,28 @@ class Spool:
             )
         return change
 
+    def _begin_writing_once(self) -> EpochChange | None:
+        with self._write() as cur:
+            row = cur.execute("SELECT value FROM meta WHERE key = ?", (SHUTDOWN_KEY,)).fetchone()
+            reason = new_epoch_reason(None if row is None else str(row[0]), self.config.synchronous)
+            if reason is None:
+                change = None
+            else:
+                token, first = begin_epoch(cur)
+                change = EpochChange(self.epoch, token, reason, first)
+            _meta_set(cur, SHUTDOWN_KEY, running_marker(self.config.synchronous))
+        return change
+
     @mapped("record a clean shutdown")
     def mark_clean(self) -> None:
         """Record a clean stop, at FULL: every earlier commit is durable with it."""
-        with self._synchronous("FULL"), self._write() as cur:
-            _meta_set(cur, SHUTDOWN_KEY, CLEAN)
+
+        def once() -> None:
+            with self._write() as cur:
+                _meta_set(cur, SHUTDOWN_KEY, CLEAN)
+
+        with self._synchronous("FULL"):
+            self._on_full_retry(once)
 
     # ------------------------------------------------------------ dead letters
 
