@@ -31,7 +31,7 @@ Campaign size: ``MQTTSPOOL_POWERCUT_CUTS=N`` spreads N cuts over the five
 scenarios (the full campaign is ``N=200``); unset, each scenario makes
 ``DEFAULT_CUTS`` cuts. ``MQTTSPOOL_POWERCUT_SEED`` (an integer) changes the
 cut moments; a failure message names the seed and the cut. Full campaign
-(about 9 minutes on two shared cores; the default run about 30 s)::
+(about 9 minutes on two shared cores; the default run of tests/test_powercut_*.py about 45 s)::
 
     MQTTSPOOL_POWERCUT_CUTS=200 python3 -m pytest -q tests/test_powercut_runs.py
 """
