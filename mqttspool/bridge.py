@@ -13,7 +13,10 @@ dead letter).
 Flow control: every unacknowledged QoS 1 message -- readings and control
 messages (status, spool snapshot, Home Assistant) alike -- counts against the
 window ``min(bridge.max_inflight, broker Receive Maximum)``; control messages
-wait in an outbox for room and go before readings. When the oldest
+wait in an outbox for room and go before readings. Readings deleted in a
+settle commit not yet fsync'd count too (a power cut would bring them back),
+so one power cut resends at most the window; a settle is fsync'd when the
+window waits for its room or such deletes would fill half of it. When the oldest
 unacknowledged message has waited ``bridge.ack_timeout`` the connection is
 dropped and everything resent after reconnecting.
 
@@ -362,11 +365,13 @@ class Bridge:
     @property
     def window_load(self) -> int:
         """What counts against the window: every unacknowledged QoS 1 message (readings
-        and control messages; a batch by its readings) plus readings acknowledged but not
-        yet deleted."""
+        and control messages; a batch by its readings), readings acknowledged but not yet
+        deleted, and readings deleted in a commit not yet fsynced (a power cut would resend
+        them too)."""
         conn = self.conn
         in_flight = 0 if conn is None else len(conn.sent_at) + conn.batched - len(conn.batches)
-        return in_flight + len(self._acked) + len(self._rejected)
+        unsettled = len(self._acked) + len(self._rejected)
+        return in_flight + unsettled + self.spool.unsynced_deletes
 
     # ---------------------------------------------------------------- step
 
@@ -636,7 +641,7 @@ class Bridge:
         """One reading, one message (topic alias when the broker grants them)."""
         topic = render_topic(self.prefix, row.device, row.sensor, row.metric)
         topic, props = conn.aliases.for_topic(topic)
-        payload = render_payload(row, self.spool.epoch, replay)
+        payload = render_payload(row, self.spool.epoch_of(row.seq), replay)
         mid = self.publisher.publish(topic, payload, 1, False, props)
         if mid is None:
             self._publish_refused(conn, now)
@@ -689,18 +694,24 @@ class Bridge:
         Receive Maximum (``conn.receive_max``), so they do not cut a batch short."""
         conn = self.conn
         in_flight = 0 if conn is None else len(conn.inflight) + conn.batched
-        return in_flight + len(self._acked) + len(self._rejected)
+        return in_flight + len(self._acked) + len(self._rejected) + self.spool.unsynced_deletes
 
     def _batch_run(self, now_us: int) -> tuple[list[StoredReading], list[bool]]:
-        """The pending rows that may share the head's batch: same device, in order; in
-        ``mixed`` only replays. At most batch_max_readings (and max_inflight) of them."""
+        """The pending rows that may share the head's batch: same device and epoch (a batch
+        carries one of each), in order; in ``mixed`` only replays. At most
+        batch_max_readings (and max_inflight) of them."""
         cap = min(self.cfg.batch_max_readings, self.cfg.max_inflight)
-        device, mixed = self._pending[0][0].device, self.cfg.payload == "mixed"
+        head, mixed, epoch_of = (
+            self._pending[0][0],
+            self.cfg.payload == "mixed",
+            self.spool.epoch_of,
+        )
+        device, epoch = head.device, epoch_of(head.seq)
         rows: list[StoredReading] = []
         replay: list[bool] = []
         for row, _ in itertools.islice(self._pending, cap):
             flag = self._is_replay(row, now_us)
-            if row.device != device or (mixed and not flag):
+            if row.device != device or epoch_of(row.seq) != epoch or (mixed and not flag):
                 break
             rows.append(row)
             replay.append(flag)
@@ -723,7 +734,8 @@ class Bridge:
         now_us: int,
     ) -> bool:
         device = rows[0].device
-        n, payload = encode_within(rows, device, self.spool.epoch, replay, self.cfg.batch_max_bytes)
+        epoch = self.spool.epoch_of(rows[0].seq)
+        n, payload = encode_within(rows, device, epoch, replay, self.cfg.batch_max_bytes)
         topic = batch_topic(self.prefix, device)
         mid = self.publisher.publish(topic, payload, 1, False, BATCH_PROPERTIES)
         if mid is None:
@@ -798,6 +810,7 @@ class Bridge:
 
     def _maybe_settle(self, now: float) -> None:
         if not self._acked and not self._rejected:
+            self._maybe_sync_deletes()
             return
         conn = self.conn
         pending = len(self._acked) + len(self._rejected)
@@ -817,7 +830,9 @@ class Bridge:
             return
         acked, rejected = self._acked, self._rejected
         try:
-            self.spool.settle(acked, rejected)
+            self.spool.settle(
+                acked, rejected, durable=self._settle_durably(len(acked) + len(rejected))
+            )
         except (SpoolCorruptError, SpoolGoneError):
             raise  # not retried here: the service salvages a corrupt spool, stops on a gone one
         except SpoolError as exc:
@@ -830,6 +845,32 @@ class Bridge:
         self.counters.inc(MESSAGES_PUBLISHED, n=len(acked))
         if rejected:
             self._log_dead_letters(rejected)
+
+    def _maybe_sync_deletes(self) -> None:
+        """Unsynced deletes over half the window (it shrank on reconnect): fsync them."""
+        conn = self.conn
+        if conn is None or self.spool.unsynced_deletes <= conn.window // 2:
+            return
+        try:
+            self.spool.sync_deletes()
+        except (SpoolCorruptError, SpoolGoneError):
+            raise
+        except SpoolError as exc:
+            if self._log_throttle.note("sync"):
+                logger.error("cannot fsync deleted readings: %s; publishing pauses", exc)
+
+    def _settle_durably(self, n: int) -> bool:
+        """Fsync this settle when the window waits for its room, or unsynced deletes
+        would take over half of it.
+
+        Rows deleted in an unsynced commit count against the window (a power cut
+        resends them), so a cut resends at most the window. A full window (a
+        backlog drain) needs the room now: fsync, once per settle batch. With
+        room to spare (live readings trickling) the delete commits cheaply at
+        NORMAL, until the unsynced deletes would fill half the window.
+        """
+        window = self.cfg.max_inflight if self.conn is None else self.conn.window
+        return self.window_load >= window or self.spool.unsynced_deletes + n > window // 2
 
     def _log_dead_letters(self, rejected: list[Rejection]) -> None:
         """One line per reason code per interval (an ACL can reject thousands a minute)."""

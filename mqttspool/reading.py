@@ -2,7 +2,9 @@
 
 A :class:`Reading` is what producers hand to the spool. A :class:`StoredReading`
 is a reading with its spool ``seq``; :func:`render_payload` turns it into the
-compact JSON documented in DESIGN.md, ``id = device:epoch:seq``.
+compact JSON documented in DESIGN.md, ``id = device:epoch:seq``, where
+``epoch`` is the epoch the row was spooled in (``Spool.epoch_of(seq)``; a
+spool begins a new one after an unclean stop at ``synchronous = "normal"``).
 """
 
 from __future__ import annotations
@@ -183,6 +185,9 @@ def render_topic(prefix: str, device: str, sensor: str, metric: str) -> str:
 
 def render_payload(row: StoredReading, epoch: str, replay: bool) -> bytes:
     """Compact UTF-8 JSON payload of one reading (see DESIGN.md, wire format).
+
+    ``epoch`` is the row's own epoch (``Spool.epoch_of(row.seq)``), not
+    necessarily the spool's current one.
 
     Hand-assembled because it is the drain's hot path: names match
     ``[A-Za-z0-9_-]`` and the epoch is hex, so only ``unit`` needs JSON escaping;

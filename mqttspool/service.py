@@ -16,7 +16,10 @@ Threads of ``run``:
 
 Shutdown (SIGTERM, SIGINT or SIGHUP): stop sampling, let the bridge wait up to
 ``bridge.shutdown_timeout`` for in-flight acks and publish ``offline``, write a
-``stopped`` heartbeat, close the spool, exit 0.
+``stopped`` heartbeat, record the clean stop in the spool (``meta.shutdown``,
+fsync'd), close the spool, exit 0. A ``run`` or ``drain`` start records
+``running`` first and, after an unclean stop at ``spool.synchronous =
+"normal"``, begins a new epoch (:mod:`mqttspool.spool.epochs`).
 """
 
 from __future__ import annotations
@@ -169,6 +172,7 @@ class Service:
             for signum in STOP_SIGNALS:
                 signal.signal(signum, self.request_stop)
         self.spool = open_spool(self.settings.spool, self.clock, integrity_check=True)
+        self.spool.begin_writing()  # a new epoch if the last stop may have lost commits
         logger.info(
             "mqttspool %s starting: device %s, spool %s (epoch %s, %d queued), broker %s",
             _version(),
@@ -186,6 +190,8 @@ class Service:
         finally:
             left = self._stop_components()
             self._heartbeat("stopped" if code == EXIT_OK else "failed")
+            if code == EXIT_OK:
+                self._record_clean_stop()
             self.spool.close()
             if self._metrics is not None:
                 self._metrics.stop()
@@ -262,6 +268,23 @@ class Service:
         self.spool = recover_spool(self.settings.spool, self.clock)
         self.recoveries += 1
         self._start_components()
+
+    def _record_clean_stop(self) -> None:
+        """Mark the spool cleanly stopped, unless a thread that may still write is alive."""
+        assert self.spool is not None
+        alive = [name for name, up in self._threads_alive().items() if up]
+        try:
+            if not alive:
+                self.spool.mark_clean()
+                return
+        except SpoolError as exc:
+            logger.warning(
+                "cannot record the clean stop (%s); the next start begins a new epoch"
+                " if spool.synchronous = normal",
+                exc,
+            )
+            return
+        logger.warning("the %s thread did not stop in time: not recording a clean stop", alive[0])
 
     def _threads_alive(self) -> dict[str, bool]:
         return {
@@ -356,6 +379,7 @@ def drain(settings: Settings, timeout: float | None, clock: Clock | None = None)
     """Publish the backlog until the spool is empty or ``timeout`` expires."""
     clock = clock or SystemClock()
     spool = open_spool(settings.spool, clock, integrity_check=True)
+    spool.begin_writing()  # a new epoch if the last stop may have lost commits
     bridge, publisher = make_bridge(settings, spool, clock, Counters())
     # Nothing more arrives while draining: a batch of fresh readings need not linger.
     bridge.cfg = bridge.cfg.model_copy(update={"batch_linger": 0.0})
@@ -384,6 +408,7 @@ def drain(settings: Settings, timeout: float | None, clock: Clock | None = None)
                 )
             publisher.wait(min(delay, 0.25))
         bridge.shutdown(min(settings.bridge.shutdown_timeout, 5.0), time.monotonic, publisher.wait)
+        spool.mark_clean()
         return DrainResult(
             bridge.published_total, spool.depth(), ever_connected, bridge.rejected_total
         )

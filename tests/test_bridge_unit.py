@@ -106,10 +106,10 @@ def test_acks_are_deleted_in_batches(
     calls: list[int] = []
     real = spool.settle
 
-    def counting(acked: Any, rejected: Any = ()) -> None:
+    def counting(acked: Any, rejected: Any = (), durable: bool = False) -> None:
         acked = list(acked)
         calls.append(len(acked))
-        real(acked, rejected)
+        real(acked, rejected, durable)
 
     monkeypatch.setattr(spool, "settle", counting)
     connect(bridge, pub, 0.0)

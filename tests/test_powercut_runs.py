@@ -16,10 +16,12 @@ scenario cuts at random moments from a seeded RNG, restarts, and asserts:
   saw, compared per id);
 * duplicates caused by one cut are at most ``bridge.max_inflight``.
 
-Invariants mqttspool breaks today are reproduced deterministically by strict
-xfail tests at the end (an *armed* cut replaces one exact fsync); a campaign
-that hits one of them finishes its other checks and reports XFAIL naming the
-seed and the cut.
+Bugs the campaigns found (now fixed) are reproduced deterministically by the
+tests at the end, where an *armed* cut replaces one exact fsync: a cut mid
+``drain`` (at most ``max_inflight`` resent), at every step of a salvage
+(resumed, nothing lost or counted twice), right after a spool's creation (the
+next start succeeds), and at ``synchronous = "normal"`` (a new epoch, no id
+reused).
 
 Scenarios: ``enqueue``, ``run`` (simulated sensor; the broker reachable or
 refused through a proxy), ``drain`` of a backlog, ``dead-letters requeue``,
@@ -29,7 +31,7 @@ Campaign size: ``MQTTSPOOL_POWERCUT_CUTS=N`` spreads N cuts over the five
 scenarios (the full campaign is ``N=200``); unset, each scenario makes
 ``DEFAULT_CUTS`` cuts. ``MQTTSPOOL_POWERCUT_SEED`` (an integer) changes the
 cut moments; a failure message names the seed and the cut. Full campaign
-(about 9 minutes on two shared cores; the default run about 30 s)::
+(about 9 minutes on two shared cores; the default run of tests/test_powercut_*.py about 45 s)::
 
     MQTTSPOOL_POWERCUT_CUTS=200 python3 -m pytest -q tests/test_powercut_runs.py
 """
@@ -107,35 +109,22 @@ def duplicate_count(recorder: Recorder, device: str = DEVICE) -> int:
 
 
 def run_after_cut(
-    args: list[str],
-    env: dict[str, str],
-    where: str,
-    bugs: KnownBugs | None,
-    ok: tuple[int, ...] = (0,),
+    args: list[str], env: dict[str, str], where: str, ok: tuple[int, ...] = (0,)
 ) -> subprocess.CompletedProcess[str]:
-    """``mqttspool ARGS`` after a reboot; it must succeed (the spool opens).
-
-    The known hot-journal failure is recorded in ``bugs`` and the command retried once
-    (the failed start rolled the journal back); without ``bugs`` it fails the test.
-    """
+    """``mqttspool ARGS`` after a reboot; it must succeed (the spool opens)."""
     result = run_cli(args, env, timeout=90)
-    if result.returncode != 0 and bugs is not None and _HOT_JOURNAL_ERROR in result.stderr:
-        bugs.hit(HOT_JOURNAL_AT_CREATE, f"{where}: {args[0]} exited {result.returncode}")
-        result = run_cli(args, env, timeout=90)
     assert result.returncode in ok, f"{where}: {args[0]} failed: {result.stdout}{result.stderr}"
     return result
 
 
-def status(env: dict[str, str], where: str, bugs: KnownBugs | None = None) -> dict[str, Any]:
+def status(env: dict[str, str], where: str) -> dict[str, Any]:
     """``status --json`` -- it must work after every cut (the spool opens)."""
-    return dict(json.loads(run_after_cut(["status", "--json"], env, where, bugs).stdout))
+    return dict(json.loads(run_after_cut(["status", "--json"], env, where).stdout))
 
 
-def drain_to_empty(
-    env: dict[str, str], where: str, bugs: KnownBugs | None = None, rejections: bool = False
-) -> None:
+def drain_to_empty(env: dict[str, str], where: str, rejections: bool = False) -> None:
     """An uncut ``drain`` to the end (exit 1 expected when the broker rejects readings)."""
-    result = run_after_cut(["drain", "--timeout", "60"], env, where, bugs, ok=(0, 1))
+    result = run_after_cut(["drain", "--timeout", "60"], env, where, ok=(0, 1))
     assert result.returncode == (1 if rejections else 0), f"{where}: {result.stderr}"
     assert ("drained with rejections" in result.stderr) == rejections, result.stderr
 
@@ -252,44 +241,6 @@ class Cutter:
         return committed
 
 
-# Invariants mqttspool breaks today (see the strict-xfail tests below, which reproduce
-# each deterministically). A campaign that hits one finishes its other checks, then
-# reports XFAIL naming the seed, the cut and the numbers; any other violation fails.
-RESURRECTED_ACKS = (
-    "settle() commits deletes of acknowledged rows at synchronous=NORMAL, so a power cut"
-    " resurrects every row acknowledged since the last fsync'd commit: more duplicates"
-    " than bridge.max_inflight"
-)
-SALVAGE_NOT_ATOMIC = (
-    "recover_spool() renames the corrupt spool aside and creates a fresh one before the"
-    " salvaged rows are committed; a cut in between leaves a fresh spool (new epoch) that"
-    " opens fine, and the salvageable readings are never delivered nor counted"
-)
-
-HOT_JOURNAL_AT_CREATE = (
-    "a cut right after a new spool's schema commit leaves its rollback journal on disk"
-    " (hot); classify_file() reads the committed header before SQLite rolls the journal"
-    " back, so the next start fails once: 'cannot open: no such table: meta' (exit 1)"
-)
-_HOT_JOURNAL_ERROR = "no such table: meta"
-
-
-@dataclass
-class KnownBugs:
-    """Hits of known, unfixed invariant violations during one campaign."""
-
-    hits: list[str] = field(default_factory=list)
-
-    def hit(self, bug: str, detail: str) -> None:
-        """Record one hit (reported at the end, after every other check)."""
-        self.hits.append(f"{detail}: {bug}")
-
-    def report(self) -> None:
-        """XFAIL naming every hit, if there was one."""
-        if self.hits:
-            pytest.xfail(f"{len(self.hits)} known-bug hit(s): " + " | ".join(self.hits[:3]))
-
-
 def per_cut(totals: list[int]) -> list[int]:
     """Duplicates each cut caused: totals are taken after each run, the first before any cut."""
     return [b - a for a, b in itertools.pairwise(totals)]
@@ -354,14 +305,13 @@ def test_powercut_enqueue(
     env = mqttspool_env(spool, broker.port, spool__min_free_bytes=0)
     accepted: list[int] = []
     first = 0
-    bugs = KnownBugs()
     for _ in range(PER_SCENARIO):
         more, first = enqueue_until_cut(cutter, env, first)
         accepted += more
         if not spool.exists():
             assert not accepted, f"{cutter.where}: the spool vanished"
             continue
-        status(env, cutter.where, bugs)
+        status(env, cutter.where)
         stored = set(table_seqs(spool).values())
         lost = sorted(set(map(float, accepted)) - stored)
         assert not lost, f"{cutter.where}: enqueue exited 0, then {len(lost)} were lost: {lost[:5]}"
@@ -374,7 +324,6 @@ def test_powercut_enqueue(
     assert sorted(delivered(recorder)) == list(range(1, total + 1))
     assert_ids_never_reused(recorder, cutter.where)
     assert duplicate_count(recorder) == 0
-    bugs.report()
 
 
 # --------------------------------------------------------------------- run
@@ -409,13 +358,12 @@ def test_powercut_run(
     env = mqttspool_env(spool, proxy.port, bridge__max_rate=500, sensors=SIMULATED, **settings)
     epochs: set[str] = set()
     dup_totals: list[int] = []
-    bugs = KnownBugs()
     for _ in range(PER_SCENARIO):
         proxy.refuse() if cutter.rng.random() < 0.4 else proxy.restore()
         run_and_cut(cutter, env, recorder)
         dup_totals.append(duplicate_count(recorder))
         if spool.exists():
-            epochs.add(status(env, cutter.where, bugs)["epoch"])
+            epochs.add(status(env, cutter.where)["epoch"])
     drain_to_empty(mqttspool_env(spool, broker.port, **settings), cutter.where)
     wait_quiet(recorder)
     dup_totals.append(duplicate_count(recorder))
@@ -427,17 +375,14 @@ def test_powercut_run(
     )
     assert_ids_never_reused(recorder, cutter.where)
     assert dup_totals[0] == 0
-    check_duplicates(per_cut(dup_totals), "run", bugs)
+    check_duplicates(per_cut(dup_totals), "run")
 
 
-def check_duplicates(per_cut_dups: list[int], scenario: str, bugs: KnownBugs) -> None:
-    """At most max_inflight duplicates per cut; more is the known settle() bug."""
+def check_duplicates(per_cut_dups: list[int], scenario: str) -> None:
+    """At most max_inflight duplicates per cut."""
     print(f"{scenario}: duplicates per cut {per_cut_dups}")
-    for n, dups in enumerate(per_cut_dups, start=1):
-        if dups > MAX_INFLIGHT:
-            where = f"seed {SEED}, {scenario} cut {n}"
-            bugs.hit(RESURRECTED_ACKS, f"{where}: {dups} duplicates > {MAX_INFLIGHT}")
-    bugs.report()
+    over = [(n, dups) for n, dups in enumerate(per_cut_dups, start=1) if dups > MAX_INFLIGHT]
+    assert not over, f"seed {SEED}, {scenario}: (cut, duplicates) over {MAX_INFLIGHT}: {over}"
 
 
 # ------------------------------------------------------------------- drain
@@ -492,7 +437,7 @@ def test_powercut_drain(
     total = high_water(spool)
     assert sorted(delivered(recorder)) == list(range(1, total + 1))
     assert_ids_never_reused(recorder, cutter.where)
-    check_duplicates(per_cut(dup_totals), "drain", KnownBugs())
+    check_duplicates(per_cut(dup_totals), "drain")
 
 
 # ---------------------------------------------------------- requeue
@@ -619,26 +564,23 @@ def asides(path: Path) -> list[Path]:
     ]
 
 
-def salvage_outcome(
+def check_salvage(
     corrupt: CorruptSpool, recorder: Recorder, env: dict[str, str], cutter: Cutter
-) -> str | None:
-    """Check one salvage after its cut; returns a known-bug hit's detail, or None."""
+) -> None:
+    """Check one salvage after its cut: nothing salvageable lost, the loss counted once."""
     report = status(env, cutter.where)
     digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in asides(corrupt.path)]
     assert corrupt.digest in digests, f"{cutter.where}: the corrupt spool is gone"
     prefix = f"{DEVICE}:{corrupt.epoch}:"
     ours = {int(d["seq"]) for d in recorder.data() if str(d["id"]).startswith(prefix)}
     missing = corrupt.readable - ours
-    if missing and report["epoch"] != corrupt.epoch:
-        return (
-            f"{cutter.where}: {len(missing)} of {len(corrupt.readable)} salvageable readings"
-            f" lost; the spool now has epoch {report['epoch']} (was {corrupt.epoch}),"
-            f" dropped {report['dropped']}"
-        )
-    assert not missing, f"{cutter.where}: {len(missing)} salvageable readings never delivered"
+    assert not missing, (
+        f"{cutter.where}: {len(missing)} of {len(corrupt.readable)} salvageable readings"
+        f" never delivered; the spool has epoch {report['epoch']} (was {corrupt.epoch}),"
+        f" dropped {report['dropped']}"
+    )
     unreadable = SALVAGE_ROWS - len(corrupt.readable)
     assert report["dropped"].get("corrupt", 0) == unreadable, report
-    return None
 
 
 @pytest.mark.timeout(TIMEOUT)
@@ -647,7 +589,6 @@ def test_powercut_salvage(
 ) -> None:
     recorder = recorder_factory(broker)
     cutter = Cutter(powercut, "salvage")
-    bugs = KnownBugs()
     for n in range(PER_SCENARIO):
         corrupt = make_corrupt_spool(powercut, powercut.path / f"s{n}" / "spool.db", cutter.rng)
         env = mqttspool_env(corrupt.path, broker.port, spool__min_free_bytes=0)
@@ -656,19 +597,15 @@ def test_powercut_salvage(
             cutter.cut_after(cutter.rng.uniform(0.2, 1.5), daemon.proc)
         finally:
             daemon.stop()
-        drain_to_empty(env, cutter.where, bugs)  # salvages if the cut came first
+        drain_to_empty(env, cutter.where)  # salvages if the cut came first
         wait_quiet(recorder)
-        detail = salvage_outcome(corrupt, recorder, env, cutter)
-        if detail is not None:
-            bugs.hit(SALVAGE_NOT_ATOMIC, detail)
+        check_salvage(corrupt, recorder, env, cutter)
     assert_ids_never_reused(recorder, cutter.where)
-    bugs.report()
 
 
-# ------------------------------------------- known bugs, reproduced deterministically
+# ---------------------------------- bugs the campaigns found, reproduced deterministically
 
 
-@pytest.mark.xfail(strict=True, reason=RESURRECTED_ACKS)
 @pytest.mark.timeout(60)
 def test_a_cut_mid_drain_resends_at_most_max_inflight(
     powercut: PowerCutMount, broker: MosquittoBroker, recorder_factory: RecorderFactory
@@ -695,7 +632,6 @@ def test_a_cut_mid_drain_resends_at_most_max_inflight(
     assert resent <= MAX_INFLIGHT, f"one cut: {resent} duplicates > max_inflight {MAX_INFLIGHT}"
 
 
-@pytest.mark.xfail(strict=True, reason=SALVAGE_NOT_ATOMIC)
 @pytest.mark.timeout(60)
 def test_a_cut_during_salvage_loses_no_salvageable_reading(
     powercut: PowerCutMount, broker: MosquittoBroker, recorder_factory: RecorderFactory
@@ -716,10 +652,9 @@ def test_a_cut_during_salvage_loses_no_salvageable_reading(
     powercut.mount()
     drain_to_empty(env, "after the cut")
     wait_quiet(recorder)
-    assert salvage_outcome(corrupt, recorder, env, cutter) is None
+    check_salvage(corrupt, recorder, env, cutter)
 
 
-@pytest.mark.xfail(strict=True, reason=HOT_JOURNAL_AT_CREATE)
 @pytest.mark.timeout(60)
 def test_a_cut_right_after_a_spool_is_created_leaves_it_openable(
     powercut: PowerCutMount,
@@ -744,3 +679,125 @@ def test_a_cut_right_after_a_spool_is_created_leaves_it_openable(
     assert sorted(p.name for p in powercut.path.iterdir()) == ["spool.db", "spool.db-journal"]
     result = run_cli(["status", "--json"], env)  # the first start after the cut
     assert result.returncode == 0, result.stderr
+    # The schema never committed durably: the creation was rolled back, the file is empty.
+    assert json.loads(result.stdout)["epoch"] is None
+    assert "rolled back the journal of an interrupted creation" in result.stderr
+    assert not (powercut.path / "spool.db-journal").exists()
+    result = run_cli(["enqueue", "-"], env, stdin=enqueue_input(range(5, 6)))
+    assert result.returncode == 0, result.stderr
+    assert status(env, "after the cut")["depth"] == 1
+    assert table_seqs(powercut.path / "spool.db") == {1: 5.0}
+
+
+# ------------------------------------------- issue 13 part 3: ids never reused at NORMAL
+
+
+def ids_by_epoch(recorder: Recorder) -> dict[str, set[int]]:
+    """epoch -> seqs delivered under it (edge-01)."""
+    found: dict[str, set[int]] = defaultdict(set)
+    for doc in recorder.data():
+        if doc["device"] == DEVICE:
+            found[str(doc["id"]).split(":")[1]].add(int(doc["seq"]))
+    return found
+
+
+def sensor_deliveries(recorder: Recorder) -> int:
+    """Deliveries of simulated-sensor readings so far (resends included)."""
+    return sum(1 for d in recorder.data() if d["sensor"] == "sim")
+
+
+def run_until_delivered(env: dict[str, str], recorder: Recorder, more: int) -> Daemon:
+    """Start ``run`` and return once ``more`` further sensor readings were delivered."""
+    target = sensor_deliveries(recorder) + more
+    daemon = Daemon(env)
+    try:
+        recorder.wait_for(lambda _: sensor_deliveries(recorder) >= target, 30)
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon
+
+
+@pytest.mark.timeout(90)
+def test_a_cut_at_normal_starts_a_new_epoch_so_no_id_is_reused(
+    powercut: PowerCutMount, broker: MosquittoBroker, recorder_factory: RecorderFactory
+) -> None:
+    recorder = recorder_factory(broker)
+    spool = powercut.path / "spool.db"
+    old = backlog(spool, 200)  # durable before the cut (FULL), published after it
+    env = mqttspool_env(
+        spool,
+        broker.port,
+        spool__synchronous="normal",
+        bridge__max_inflight=MAX_INFLIGHT,
+        sensors=SIMULATED,
+    )
+    first_epoch = status(env, "before the cut")["epoch"]
+    daemon = run_until_delivered(env, recorder, 60)  # published; at NORMAL not yet durable
+    try:
+        powercut.cut(daemon.proc)
+    finally:
+        daemon.stop()
+    powercut.mount()
+    wait_quiet(recorder)
+    daemon = run_until_delivered(env, recorder, 60)
+    daemon.terminate()
+    assert daemon.wait(20) == 0
+    second_epoch = status(env, "after the restart")["epoch"]
+    assert second_epoch != first_epoch  # the unclean stop at NORMAL began a new epoch
+    daemon = run_until_delivered(env, recorder, 10)  # after a clean stop: same epoch
+    daemon.terminate()
+    assert daemon.wait(20) == 0
+    assert status(env, "after a clean restart")["epoch"] == second_epoch
+    drain_to_empty(env, "final")
+    wait_quiet(recorder)
+    # A consumer deduping on id never drops a new reading: no id means two readings.
+    assert_ids_never_reused(recorder, "NORMAL cut")
+    epochs = ids_by_epoch(recorder)
+    assert set(old) <= epochs[first_epoch]  # the old epoch's rows kept their ids...
+    resent = {str(d["id"]).split(":")[1] for d in recorder.data() if d["sensor"] == "backlog"}
+    assert resent == {first_epoch}  # ...also when resent after the new epoch began
+    assert set(epochs) == {first_epoch, second_epoch}
+
+
+@pytest.mark.parametrize(
+    ("target", "nth"),
+    [
+        ("spool.db.salvage", 1),  # the intent: nothing moved yet
+        ("spool.db.salvage-tmp", 1),  # the salvaged spool's schema
+        ("spool.db.salvage-tmp-wal", 1),  # the salvaged rows' commit
+    ],
+)
+@pytest.mark.timeout(60)
+def test_a_cut_at_any_step_of_a_salvage_is_resumed_exactly(
+    powercut: PowerCutMount,
+    broker: MosquittoBroker,
+    recorder_factory: RecorderFactory,
+    target: str,
+    nth: int,
+) -> None:
+    recorder = recorder_factory(broker)
+    cutter = Cutter(powercut, f"salvage-at-{target}")
+    corrupt = make_corrupt_spool(powercut, powercut.path / "s" / "spool.db", cutter.rng)
+    env = mqttspool_env(corrupt.path, broker.port, spool__min_free_bytes=0)
+    powercut.arm_cut_at_fsync(target, nth)
+    daemon = Daemon(env, ("drain", "--timeout", "60"))
+    try:
+        powercut.wait_cut(30)
+        powercut.finish_cut(daemon.proc)
+    finally:
+        daemon.stop()
+    powercut.mount()
+    # The cut hit the salvage: before its intent was durable nothing moved; after
+    # it the corrupt spool is quarantined and no spool is in place yet.
+    first_step = target == "spool.db.salvage"
+    assert corrupt.path.exists() == first_step
+    assert corrupt.path.with_name("spool.db.salvage").exists() != first_step
+    drain_to_empty(env, f"after a cut at {target}")  # resumes (or redoes) the salvage
+    wait_quiet(recorder)
+    # Every salvageable reading delivered under the old epoch, the unreadable ones
+    # counted once, the corrupt file kept byte for byte, nothing left half-done.
+    check_salvage(corrupt, recorder, env, cutter)
+    left = sorted(p.name for p in corrupt.path.parent.iterdir() if ".salvage" in p.name)
+    assert left == ["spool.db.salvage-lock"]  # no intent, no tmp left
+    assert_ids_never_reused(recorder, cutter.where)

@@ -49,7 +49,16 @@ CALLS: dict[str, Callable[[Spool], Any]] = {
     "correct_clock": lambda s: s.correct_clock("boot", 1, 1),
     "check_file": lambda s: _unlink_then_check(s),
     "close": lambda s: s.close(),
+    "epoch_of": lambda s: s.epoch_of(1),
+    "begin_writing": lambda s: s.begin_writing(),
+    "mark_clean": lambda s: s.mark_clean(),
+    "sync_deletes": lambda s: _sync_unsynced(s),
 }
+
+
+def _sync_unsynced(s: Spool) -> None:
+    s._unsynced_deletes = 1  # as if a settle had committed unsynced
+    s.sync_deletes()
 
 
 def _unlink_then_check(s: Spool) -> None:

@@ -12,9 +12,9 @@ estimated from the gaps between readable seqs (logged as an estimate).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
-import shutil
 import sqlite3
 import threading
 from collections import Counter
@@ -24,7 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mqttspool.errors import SpoolError
 from mqttspool.spool import schema
+from mqttspool.spool.epochs import SHUTDOWN_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -73,41 +75,160 @@ class _Salvaged:
     counters: Counter[str]
     rows: list[tuple[Any, ...]]
     dead: list[tuple[Any, ...]]
+    starts: list[tuple[Any, ...]]  # epoch_start rows (schema 3)
+    shutdown: Any  # meta.shutdown: how the last run/drain stopped
 
 
-def quarantine(path: Path) -> Path:
-    """Move ``path`` and its ``-wal``/``-shm`` to ``<name>.corrupt-<utc>``; returns the new path."""
+def aside_name(path: Path) -> Path:
+    """A free ``<name>.corrupt-<utc>`` beside ``path`` (``-2``, ``-3``... within one second)."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    for suffix in ("", "-wal", "-shm"):
-        src = Path(str(path) + suffix)
-        if src.exists():
-            shutil.move(src, Path(str(aside) + suffix))
+    n = 1
+    while any(Path(f"{aside}{suffix}").exists() for suffix in ("", "-wal", "-shm")):
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
     return aside
 
 
+def intent_path(path: Path) -> Path:
+    """``<name>.salvage``: names the quarantined file while its salvage is unfinished."""
+    return path.with_name(f"{path.name}.salvage")
+
+
+def tmp_path_for(path: Path) -> Path:
+    """``<name>.salvage-tmp``: the salvaged spool until it is complete and fsync'd."""
+    return path.with_name(f"{path.name}.salvage-tmp")
+
+
+@contextlib.contextmanager
+def salvage_lock(path: Path) -> Iterator[None]:
+    """One salvage of ``path`` at a time across processes (``<name>.salvage-lock``, flock).
+
+    ``run``/``drain`` hold the spool lock, but ``enqueue`` may resume a salvage
+    too: two salvages building the same ``.salvage-tmp`` would install a torn one.
+    """
+    lock = path.with_name(f"{path.name}.salvage-lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise SpoolError(path, f"cannot open {lock}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (unlinking it would race)
+
+
+def pending_aside(path: Path) -> Path | None:
+    """The quarantined file of an unfinished salvage of ``path`` (from its intent), if any."""
+    try:
+        text = intent_path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SpoolError(path, f"cannot read {intent_path(path)}: {exc.strerror}") from exc
+    return path.with_name(text) if text else None
+
+
+def record_intent(path: Path, aside: Path) -> None:
+    """Durably note that ``path`` is being salvaged from ``aside`` (before anything moves)."""
+    with intent_path(path).open("w", encoding="utf-8") as fh:
+        fh.write(aside.name + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    fsync_dir(path.parent)
+
+
+def clear_intent(path: Path) -> None:
+    """The salvage is installed: forget the intent (the quarantined file stays)."""
+    intent_path(path).unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames, links and unlinks in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def quarantine(path: Path, aside: Path) -> None:
+    """Move ``path`` and its ``-wal``/``-shm`` to ``aside`` (what is still there); durable.
+
+    A quarantined file is never replaced: a name already taken is left alone.
+    """
+    for suffix in ("", "-wal", "-shm"):
+        src, dst = Path(f"{path}{suffix}"), Path(f"{aside}{suffix}")
+        if src.exists() and not dst.exists():
+            os.rename(src, dst)
+    fsync_dir(path.parent)
+
+
 def salvage_into(aside: Path, path: Path) -> SalvageReport:
-    """Copy what is readable in ``aside`` into a fresh spool at ``path`` and count the rest."""
+    """Copy what is readable in ``aside`` into a fresh spool at ``path`` and count the rest.
+
+    Atomic: the fresh spool is built in ``<name>.salvage-tmp``, fsync'd, then
+    linked to ``path`` (which must not exist) and the directory fsync'd. A
+    power cut before that leaves no spool at ``path``; the next writer start
+    redoes the salvage from ``aside`` (see :func:`pending_aside`), so no row
+    is lost or counted twice.
+    """
     found = _read_all(aside)
     lost, exact = _count_lost(found)
     epoch_kept = found.epoch is not None and found.hwm is not None
-    schema.create(path)
-    dst = sqlite3.connect(str(path), isolation_level=None)
+    tmp = tmp_path_for(path)
+    _remove_tmp(tmp)  # a leftover is an unfinished earlier attempt
+    schema.create(tmp)
+    dst = sqlite3.connect(str(tmp), isolation_level=None)
     try:
         dst.execute("BEGIN IMMEDIATE")
         _write_salvaged(dst, found, epoch_kept)
-        merged = Counter({k: v for k, v in found.counters.items() if k.startswith("dropped.")})
-        merged["dropped.corrupt"] += lost + _take_lost_to_corruption(path)
-        merged[schema.COUNT_READING] = len(found.rows)
-        merged[schema.COUNT_DEAD] = len(found.dead)
-        for key, value in merged.items():
-            if value or key.startswith("count."):
-                _meta_set(dst, key, str(value))
+        _write_counts(dst, found, lost + _take_lost_to_corruption(path))
         _meta_set(dst, "salvaged_from", str(aside))
         dst.execute("COMMIT")
     finally:
-        dst.close()
+        dst.close()  # the last connection: the WAL is checkpointed into tmp and removed
+    _install(tmp, path)
     return SalvageReport(aside, len(found.rows), len(found.dead), lost, epoch_kept, exact)
+
+
+def _write_counts(dst: sqlite3.Connection, found: _Salvaged, lost: int) -> None:
+    merged = Counter({k: v for k, v in found.counters.items() if k.startswith("dropped.")})
+    merged["dropped.corrupt"] += lost
+    merged[schema.COUNT_READING] = len(found.rows)
+    merged[schema.COUNT_DEAD] = len(found.dead)
+    for key, value in merged.items():
+        if value or key.startswith("count."):
+            _meta_set(dst, key, str(value))
+
+
+def _install(tmp: Path, path: Path) -> None:
+    """fsync ``tmp`` and give it the name ``path`` (never over an existing file)."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # fails if a spool appeared at path meanwhile: never replace it
+    except FileExistsError as exc:
+        raise SpoolError(
+            path,
+            f"a new spool appeared here while {tmp.name} was being salvaged; left both as"
+            " they are. Stop every mqttspool process using it, move the new one aside and"
+            " rename the salvaged file to the spool's name",
+        ) from exc
+    except OSError:  # no hard links on this filesystem (e.g. vfat): rename instead
+        os.rename(tmp, path)
+    tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def _remove_tmp(tmp: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{tmp}{suffix}").unlink(missing_ok=True)
 
 
 def _read_all(aside: Path) -> _Salvaged:
@@ -121,6 +242,8 @@ def _read_all(aside: Path) -> _Salvaged:
             counters=Counter({str(k): _int(v) for k, v in meta if str(k).startswith(_COUNTED)}),
             rows=list(_salvage_rows(src, "reading", _COLUMNS, int(hwm or 0))),
             dead=list(_salvage_rows(src, "dead_letter", _DEAD_COLUMNS, 0)),
+            starts=_try_all(src, "SELECT seq, epoch FROM epoch_start ORDER BY seq"),
+            shutdown=_try_one(src, f"SELECT value FROM meta WHERE key = '{SHUTDOWN_KEY}'"),
         )
     finally:
         src.close()
@@ -132,6 +255,11 @@ _COUNTED = ("dropped.", "count.")
 def _write_salvaged(dst: sqlite3.Connection, found: _Salvaged, epoch_kept: bool) -> None:
     if epoch_kept:
         dst.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (str(found.epoch),))
+        _write_epoch_starts(dst, found)
+    # An unreadable record counts as unknown: the next writer start decides by its setting.
+    dst.execute("DELETE FROM meta WHERE key = ?", (SHUTDOWN_KEY,))
+    if found.shutdown is not None:
+        _meta_set(dst, SHUTDOWN_KEY, str(found.shutdown))
     dst.executemany(
         f"INSERT INTO reading ({_COLUMNS}, boot_id, mono_ns) VALUES (?,?,?,?,?,?,?,?,'',0)",
         found.rows,
@@ -143,6 +271,21 @@ def _write_salvaged(dst: sqlite3.Connection, found: _Salvaged, epoch_kept: bool)
         top = max([int(found.hwm or 0), *(r[0] for r in found.rows), *(d[0] for d in found.dead)])
         dst.execute("DELETE FROM sqlite_sequence WHERE name = 'reading'")
         dst.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('reading', ?)", (top,))
+
+
+def _write_epoch_starts(dst: sqlite3.Connection, found: _Salvaged) -> None:
+    """Keep the old epochs' seq ranges, so salvaged rows keep their ids.
+
+    Unreadable (or not ending in the kept epoch): one range from seq 1 in the
+    kept epoch. Older rows are then sent under the kept epoch: possibly a
+    duplicate under a second id, never an id of another reading (the kept
+    epoch began above them).
+    """
+    starts = [(int(seq), str(epoch)) for seq, epoch in found.starts]
+    if not starts or starts[-1][1] != str(found.epoch):
+        starts = [(1, str(found.epoch))]
+    dst.execute("DELETE FROM epoch_start")
+    dst.executemany("INSERT INTO epoch_start (seq, epoch) VALUES (?, ?)", starts)
 
 
 def _count_lost(found: _Salvaged) -> tuple[int, bool]:

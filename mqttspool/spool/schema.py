@@ -15,6 +15,12 @@ Schema versions (``PRAGMA user_version``):
    ``count.reading`` / ``count.dead_letter`` in ``meta``, kept in the same
    transaction as every insert and delete, so salvage knows exactly how many
    rows the damaged file held.
+3. ``epoch_start`` (``seq``, ``epoch``): the epoch of each seq range, so a
+   new epoch (begun after an unclean stop at ``synchronous = "normal"``, see
+   :mod:`~mqttspool.spool.epochs`) leaves the old epoch's queued rows their
+   ids; migrated with one range from seq 1 in the spool's epoch. ``meta``
+   key ``shutdown`` (``clean`` / ``running:<level>``) records how the last
+   ``run`` or ``drain`` stopped; a new spool starts ``clean``.
 """
 
 from __future__ import annotations
@@ -30,11 +36,12 @@ from playhouse.sqlite_ext import AutoIncrementField
 
 from mqttspool.errors import NotASpoolError, SpoolCorruptError, SpoolError
 from mqttspool.spool.dberrors import DB_ERRORS, is_corrupt, translate
+from mqttspool.spool.epochs import CLEAN, SHUTDOWN_KEY
 from mqttspool.spool.readonly import APPLICATION_ID
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 10.0
 COLUMNS = "seq, device, sensor, metric, value, unit, ts_us, time_synced"
@@ -85,7 +92,7 @@ class DeadLetterRow(_ReadingColumns):
 
 
 class MetaRow(_Model):
-    """Key/value facts: epoch, counters (``dropped.<reason>``, ``count.<table>``)."""
+    """Key/value facts: epoch, ``shutdown``, counters (``dropped.<reason>``, ``count.<table>``)."""
 
     key = pw.TextField(primary_key=True)
     value = pw.TextField()
@@ -94,11 +101,49 @@ class MetaRow(_Model):
         table_name = "meta"
 
 
-MODELS: list[type[_Model]] = [ReadingRow, DeadLetterRow, MetaRow]
+class EpochStartRow(_Model):
+    """Rows with ``seq`` >= this one (up to the next start) belong to ``epoch``."""
+
+    seq = pw.IntegerField(primary_key=True)
+    epoch = pw.TextField()
+
+    class Meta:
+        table_name = "epoch_start"
+
+
+MODELS: list[type[_Model]] = [ReadingRow, DeadLetterRow, MetaRow, EpochStartRow]
 
 
 def classify_file(path: Path) -> str:
-    """``missing``, ``empty``, ``ours``, ``foreign`` (SQLite of another app) or ``not_sqlite``."""
+    """``missing``, ``empty``, ``ours``, ``foreign`` (SQLite of another app) or ``not_sqlite``.
+
+    A ``-journal`` beside a spool (ours or empty) is the hot journal of a
+    creation cut short by a crash or power cut: SQLite rolls it back first, so
+    the header read is the committed one (an empty file if the schema never
+    committed), never a schema whose tables the journal is about to undo.
+    """
+    kind = _classify_header(path)
+    if kind in ("ours", "empty") and Path(f"{path}-journal").exists():
+        _roll_back_hot_journal(path)
+        kind = _classify_header(path)
+    return kind
+
+
+def _roll_back_hot_journal(path: Path) -> None:
+    """Let SQLite roll back a hot rollback journal (any read does; a stale one is removed)."""
+    try:
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise translate(exc, path, "roll back its interrupted creation (-journal)") from exc
+    if not Path(f"{path}-journal").exists():
+        logger.warning("spool %s: rolled back the journal of an interrupted creation", path)
+
+
+def _classify_header(path: Path) -> str:
     try:
         with path.open("rb") as fh:
             header = fh.read(100)
@@ -168,11 +213,14 @@ def create(path: Path) -> None:
 def _create_tables(db: pw.SqliteDatabase) -> None:
     db.execute_sql(f"PRAGMA application_id = {APPLICATION_ID}")
     db.execute_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    epoch = secrets.token_hex(4)
     with db.bind_ctx(MODELS):
         db.create_tables(MODELS)
+        EpochStartRow.insert(seq=1, epoch=epoch).execute()
         MetaRow.insert_many(
             [
-                ("epoch", secrets.token_hex(4)),
+                ("epoch", epoch),
+                (SHUTDOWN_KEY, CLEAN),
                 ("created_us", str(time.time_ns() // 1000)),
                 (COUNT_READING, "0"),
                 (COUNT_DEAD, "0"),
@@ -218,6 +266,14 @@ def migrate_schema(conn: sqlite3.Connection, path: Path) -> None:
                     f"INSERT OR REPLACE INTO meta (key, value) SELECT ?, COUNT(*) FROM {table}",
                     (key,),
                 )
+        if version < 3:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS epoch_start"
+                " (seq INTEGER NOT NULL PRIMARY KEY, epoch TEXT NOT NULL)"
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO epoch_start SELECT 1, value FROM meta WHERE key = 'epoch'"
+            )
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

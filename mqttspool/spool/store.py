@@ -32,6 +32,16 @@ from mqttspool.reading import Reading, StoredReading, format_ts
 from mqttspool.spool import schema
 from mqttspool.spool.dberrors import DB_ERRORS, free_bytes, is_corrupt, is_full, mapped
 from mqttspool.spool.drops import DropCounters
+from mqttspool.spool.epochs import (
+    CLEAN,
+    SHUTDOWN_KEY,
+    EpochChange,
+    EpochMap,
+    begin_epoch,
+    new_epoch_reason,
+    read_starts,
+    running_marker,
+)
 from mqttspool.spool.headroom import Reserve, wal_pages
 from mqttspool.timekeeping import Clock
 
@@ -116,6 +126,9 @@ class Spool:
         self._file_checked_at = time.monotonic()
         self._identity = _identity(path)
         self._gone: SpoolGoneError | None = None
+        self._epochs: EpochMap | None = None  # loaded on first use (read-only opens skip it)
+        self._unsynced_lock = threading.Lock()
+        self._unsynced_deletes = 0
 
     # ----------------------------------------------------------------- ingest
 
@@ -319,25 +332,34 @@ class Spool:
         return int(row[0] or 0)
 
     @mapped("delete acknowledged readings")
-    def settle(self, acked: Iterable[int], rejected: Iterable[Rejection] = ()) -> None:
+    def settle(
+        self, acked: Iterable[int], rejected: Iterable[Rejection] = (), durable: bool = False
+    ) -> None:
         """Delete acknowledged rows and dead-letter rejected ones, in one transaction.
 
-        This commit is not fsynced (``synchronous=NORMAL`` for it alone, still
-        crash-safe in WAL mode): losing it to a power cut only means those rows
-        are sent again, which at-least-once allows, while an fsync per batch of
-        PUBACKs would cap the drain rate. The next fsynced commit (a sampling
-        round) makes it durable too. A full disk releases the reserve and retries.
+        Unless ``durable``, this commit is not fsynced (``synchronous=NORMAL``
+        for it alone, still crash-safe in WAL mode): losing it to a power cut
+        only means those rows are sent again, which at-least-once allows, while
+        an fsync per batch of PUBACKs would cap the drain rate. Such rows are
+        counted in :attr:`unsynced_deletes` until an fsynced commit of this
+        spool (a sampling round at FULL, a ``durable`` settle) covers them; the
+        bridge counts them against its window and asks for ``durable`` before
+        they would fill it, so a power cut resends at most the window. A full
+        disk releases the reserve and retries.
         """
         acked, rejected = list(acked), list(rejected)
         if not acked and not rejected:
             return
         self._maybe_check_file()
         now = self.clock.wall_us()
-        with self._unsynced_commit():
-            self._on_full_retry(lambda: self._settle_once(acked, rejected, now))
+        with self._synchronous("FULL" if durable else "NORMAL"):
+            deleted = self._on_full_retry(lambda: self._settle_once(acked, rejected, now))
+        if not durable:
+            with self._unsynced_lock:
+                self._unsynced_deletes += deleted
         # No log line per rejected row here: the bridge logs them rate-limited, with a summary.
 
-    def _settle_once(self, acked: list[int], rejected: list[Rejection], now: int) -> None:
+    def _settle_once(self, acked: list[int], rejected: list[Rejection], now: int) -> int:
         with self._write() as cur:
             deleted = 0
             for i in range(0, len(acked), DELETE_CHUNK):
@@ -360,6 +382,17 @@ class Spool:
             if acked:
                 _meta_set(cur, "last_publish_us", str(now))
             self._persist_drops(cur, Counter())
+        return deleted
+
+    @mapped("make deletes durable")
+    def sync_deletes(self) -> None:
+        """Fsync now, so every earlier :meth:`settle` is durable (:attr:`unsynced_deletes` 0).
+
+        One small FULL commit: its WAL fsync covers every earlier commit.
+        """
+        if self._unsynced_deletes:
+            with self._synchronous("FULL"), self._write() as cur:
+                _meta_set(cur, "deletes_synced_ns", str(time.time_ns()))
 
     def ack(self, seqs: Iterable[int]) -> None:
         """Delete acknowledged rows (one transaction)."""
@@ -368,6 +401,63 @@ class Spool:
     def dead_letter(self, seq: int, code: int, reason: str) -> None:
         """Move one row to ``dead_letter`` with the broker's reason."""
         self.settle((), [Rejection(seq, code, reason)])
+
+    # ----------------------------------------------------------------- epochs
+
+    @mapped("read the epochs")
+    def epoch_of(self, seq: int) -> str:
+        """The epoch of the row with ``seq``: its id is ``device:epoch:seq``."""
+        if self._epochs is None:
+            self._epochs = EpochMap(read_starts(self.db.execute_sql), self.epoch)
+        return self._epochs.of(seq)
+
+    @mapped("record the start of a run")
+    def begin_writing(self) -> EpochChange | None:
+        """Record that a ``run``/``drain`` owns the spool; begin a new epoch if one is needed.
+
+        After an unclean stop that could have lost commits (see
+        :func:`~mqttspool.spool.epochs.new_epoch_reason`) a new epoch starts
+        above the high-water mark. The record (and the new epoch) is committed
+        at FULL, so it is durable before the first reading gets a seq. A full
+        disk releases the reserve and retries (a start must not fail on it).
+        """
+        with self._synchronous("FULL"):
+            change = self._on_full_retry(self._begin_writing_once)
+        if change is not None:
+            self.epoch, self._epochs = change.new, None
+            logger.warning(
+                "spool %s: new epoch %s (was %s) from seq %d: %s; queued readings keep their"
+                " ids, new ones cannot collide with ids already published",
+                self.path,
+                change.new,
+                change.old,
+                change.first_seq,
+                change.reason,
+            )
+        return change
+
+    def _begin_writing_once(self) -> EpochChange | None:
+        with self._write() as cur:
+            row = cur.execute("SELECT value FROM meta WHERE key = ?", (SHUTDOWN_KEY,)).fetchone()
+            reason = new_epoch_reason(None if row is None else str(row[0]), self.config.synchronous)
+            if reason is None:
+                change = None
+            else:
+                token, first = begin_epoch(cur)
+                change = EpochChange(self.epoch, token, reason, first)
+            _meta_set(cur, SHUTDOWN_KEY, running_marker(self.config.synchronous))
+        return change
+
+    @mapped("record a clean shutdown")
+    def mark_clean(self) -> None:
+        """Record a clean stop, at FULL: every earlier commit is durable with it."""
+
+        def once() -> None:
+            with self._write() as cur:
+                _meta_set(cur, SHUTDOWN_KEY, CLEAN)
+
+        with self._synchronous("FULL"):
+            self._on_full_retry(once)
 
     # ------------------------------------------------------------ dead letters
 
@@ -588,12 +678,14 @@ class Spool:
             self._on_full_retry(once)
 
     @contextlib.contextmanager
-    def _unsynced_commit(self) -> Iterator[None]:
-        """Run the next write of this thread with ``synchronous=NORMAL``, then restore."""
-        self.db.execute_sql("PRAGMA synchronous = NORMAL")
+    def _synchronous(self, level: str) -> Iterator[None]:
+        """Run the next writes of this thread at ``level`` (FULL: fsynced; NORMAL), then restore."""
+        self.db.execute_sql(f"PRAGMA synchronous = {level}")
+        self._txn.level = level
         try:
             yield
         finally:
+            self._txn.level = None
             self.db.execute_sql(f"PRAGMA synchronous = {self.config.synchronous.upper()}")
 
     @contextlib.contextmanager
@@ -606,9 +698,13 @@ class Spool:
         cur = conn.cursor()
         self._txn.undo = []
         cur.execute("BEGIN IMMEDIATE")
+        # Exact while we hold the write lock: every delete counted so far committed before us.
+        unsynced = self._unsynced_deletes
         try:
             yield cur
             cur.execute("COMMIT")
+            if (getattr(self._txn, "level", None) or self.config.synchronous.upper()) == "FULL":
+                self._covered(unsynced)  # the WAL fsync made the earlier commits durable too
             if self._disk_full:
                 self._checkpoint()  # hand the WAL's new frames back at once
         except BaseException:
@@ -620,6 +716,16 @@ class Spool:
             raise
         finally:
             self._txn.undo = []
+
+    def _covered(self, n: int) -> None:
+        with self._unsynced_lock:
+            self._unsynced_deletes -= n
+
+    @property
+    def unsynced_deletes(self) -> int:
+        """Rows :meth:`settle` deleted in commits not yet fsynced: a power cut would bring
+        them back (and the bridge send them again)."""
+        return self._unsynced_deletes
 
     def _persist_drops(self, cur: sqlite3.Cursor, dropped: Counter[str]) -> None:
         self._drops.persist(cur, dropped, self._txn.undo.append)
