@@ -116,6 +116,39 @@ class Spool:
         self._file_checked_at = time.monotonic()
         self._identity = _identity(path)
         self._gone: SpoolGoneError | None = None
+        # Rows committed by this process: a counter the bridge compares (no query)
+        # and callbacks that wake it; other processes show through data_version().
+        self.appends = 0
+        self._on_append: list[Callable[[], None]] = []
+
+    # ---------------------------------------------------------- new rows
+
+    def on_append(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the writing thread) after rows were committed here.
+
+        It must be quick and must not raise: the bridge passes an event's ``set``.
+        """
+        self._on_append.append(callback)
+
+    def remove_on_append(self, callback: Callable[[], None]) -> None:
+        """Forget a callback given to :meth:`on_append` (no error if unknown)."""
+        with contextlib.suppress(ValueError):
+            self._on_append.remove(callback)
+
+    def _appended(self) -> None:
+        self.appends += 1
+        for callback in list(self._on_append):
+            callback()
+
+    @mapped("check for changes")
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version`` of this thread's connection.
+
+        It changes when another connection (another thread or process, e.g.
+        ``mqttspool enqueue``) commits; it costs no page read, so a waiting
+        reader may call it on a timer instead of querying the tables.
+        """
+        return int(self.db.execute_sql("PRAGMA data_version").fetchone()[0])
 
     # ----------------------------------------------------------------- ingest
 
@@ -162,6 +195,8 @@ class Spool:
             seqs = _insert(cur, rows)
             _add_count(cur, schema.COUNT_READING, len(seqs))
             self._persist_drops(cur, dropped)
+        if seqs:
+            self._appended()
         self._drops.log(dropped)
         return AppendResult(seqs, dict(dropped))
 
@@ -396,6 +431,8 @@ class Spool:
             _add_count(cur, schema.COUNT_READING, moved)
             cur.execute(f"DELETE FROM dead_letter {where}", params)
             _sync_dead_count(cur)
+        if moved:
+            self._appended()
         return moved
 
     @mapped("purge dead letters")
