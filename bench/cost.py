@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/cost.py [--idle 30] [--load 30] [--rates 10] [--dir DIR] [--tree PATH]
+    python bench/cost.py [--idle 20] [--load 30] [--rates 10] [--dir DIR] [--tree PATH]
 
 Both subjects run one after the other as child processes against a local
 mosquitto on an ephemeral 127.0.0.1 port, each through a small TCP proxy that
@@ -26,7 +26,8 @@ same table shape (``INTEGER PRIMARY KEY AUTOINCREMENT``) and payload shape.
 
 Point ``--dir`` at the device's storage (write_bytes means nothing on tmpfs)
 and ``--tree`` at another checkout to compare versions. Timing is noisy on a
-shared machine: run it twice, use ``--idle 120 --load 120`` for firm numbers.
+shared machine: run it twice, use ``--idle 120 --load 120`` for firm numbers
+(the default run takes about 3 minutes).
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ from support.broker import MosquittoBroker  # noqa: E402
 PREFIX = "mqttspool"
 SENSORS = 5  # simulated sensors, 2 metrics each
 WARMUP_S = 3.0  # after the first reading arrived: start-up costs are not counted
-IDLE_WARMUP_S = 10.0  # idle: also past the daemon's delete of the first round (5 s)
+# Idle: past the daemon's delete of the first round (5 s) and the kernel's first
+# writeback of the pages start-up dirtied (30 s dirty expiry, flushed every 5 s).
+IDLE_WARMUP_S = 25.0
 RAW_SCHEMA = """
 CREATE TABLE IF NOT EXISTS reading (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, sensor TEXT NOT NULL,
@@ -440,7 +443,7 @@ def report_load(rate: float, results: dict[str, Sample]) -> None:
 def main() -> None:
     """Parse options; run the raw worker or the whole bench."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--idle", type=float, default=30.0, help="idle seconds measured")
+    parser.add_argument("--idle", type=float, default=20.0, help="idle seconds measured")
     parser.add_argument("--load", type=float, default=30.0, help="seconds measured per rate")
     parser.add_argument("--rates", default="10", help="readings/s, comma-separated (10,100)")
     parser.add_argument("--dir", type=Path, default=None, help="where the spools go")

@@ -22,7 +22,7 @@ is due (reconnect backoff, connect timeout, snapshot, settle of acknowledged
 rows, ack timeout, token bucket) and queries the spool only when rows may be
 there (:class:`SpoolWatch`). :class:`BridgeThread` sleeps in the publisher's
 ``wait`` until then, or until a paho event or a commit of this process (the
-spool's ``on_append``) wakes it; commits of other processes are seen through
+spool's ``appended`` signal) wakes it; commits of other processes are seen through
 ``PRAGMA data_version`` every ``VERSION_CHECK_S``.
 
 Failures arrive typed (:class:`~mqttspool.mqtt.FailureKind`); every kind is
@@ -265,7 +265,7 @@ class SpoolWatch:
 
     After a lease that found fewer rows than asked, the spool is *exhausted*:
     the bridge leases again only when this process committed rows
-    (:attr:`Spool.appends` moved, no query) or ``PRAGMA data_version`` says
+    (``Spool.appended.count`` moved, no query) or ``PRAGMA data_version`` says
     another connection committed (``mqttspool enqueue``, ``dead-letters
     requeue``), which is checked at most every ``VERSION_CHECK_S``.
     """
@@ -274,7 +274,7 @@ class SpoolWatch:
         self.spool = spool
         self.exhausted = False
         self.next_check = 0.0
-        self._appends = spool.appends
+        self._appends = spool.appended.count
         self._version: int | None = None
 
     def reset(self) -> None:
@@ -284,7 +284,7 @@ class SpoolWatch:
     def may_have_rows(self, now: float) -> bool:
         """True when a lease may find something (the caller then leases and calls
         :meth:`leased`); False costs no query unless the version check is due."""
-        appends = self.spool.appends
+        appends = self.spool.appended.count
         if not self.exhausted or appends != self._appends:
             self._appends = appends  # taken before the lease: a later commit moves it again
             return True
@@ -844,7 +844,7 @@ class BridgeThread:
 
     def start(self) -> None:
         """Start the thread; rows this process commits to the spool wake it."""
-        self.bridge.spool.on_append(self._wake)
+        self.bridge.spool.appended.subscribe(self._wake)
         self._thread.start()
 
     def stop(self) -> None:
@@ -878,5 +878,5 @@ class BridgeThread:
             logger.exception("bridge stopped by an unexpected error")
             bridge.publisher.close()
         finally:
-            bridge.spool.remove_on_append(self._wake)
+            bridge.spool.appended.unsubscribe(self._wake)
             bridge.spool.close()  # this thread's SQLite connection

@@ -143,14 +143,16 @@ def test_a_short_lived_writer_persists_what_it_counted(disk: Path) -> None:
     daemon.append(batch(0, 100))
     _fill_disk(disk)
     enqueue = open_spool(cfg, create=False)
-    refused = 0
+    refused = stored = 0
     for i in range(20):
-        with pytest.raises(SpoolFullError) as info:
-            enqueue.append(batch(1000 + i * 8))
-        refused += info.value.dropped
+        # The first rounds may still fit in the last, partly used block of the WAL.
+        try:
+            stored += len(enqueue.append(batch(1000 + i * 8)).seqs)
+        except SpoolFullError as exc:
+            refused += exc.dropped
     enqueue.close()
-    assert refused == 160
-    assert daemon.stats().dropped == {"disk_full": 160}
+    assert refused >= 120 and refused + stored == 160
+    assert daemon.stats().dropped == {"disk_full": refused}
     daemon.close()
     assert os.path.exists(cfg.path)
 
