@@ -105,7 +105,7 @@ def test_a_requeued_seq_above_the_high_water_mark_is_counted_once(tmp_path: Path
     try:
         s.append([reading(i) for i in range(3)])
         s.dead_letter(3, 0x87, "not authorized")
-        s.db.execute_sql("UPDATE dead_letter SET seq = 10 WHERE seq = 3")
+        s.db.execute_sql("UPDATE dead_letter SET seq = 10 WHERE seq = 3")  # type: ignore[no-untyped-call]
         assert s.requeue(None) == 1
         assert s.high_water_seq() == 10
         assert counted(s) == s.depth() == 3
