@@ -58,7 +58,7 @@ def test_new_spools_use_small_pages(tmp_path: Path) -> None:
     s = open_spool(config(tmp_path), FakeClock())
     s.close()
     with sqlite3.connect(tmp_path / "spool.db") as conn:
-        assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 1024
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 512
 
 
 def test_an_append_runs_no_statement_on_meta(tmp_path: Path) -> None:

@@ -46,13 +46,14 @@ SCHEMA_VERSION = 3
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 10.0
 COLUMNS = "seq, device, sensor, metric, value, unit, ts_us, time_synced"
-# New spools use 1 KiB pages: at synchronous=FULL every round appends its
-# changed pages to the WAL and fsyncs, and the storage counts whole 4 KiB
-# memory pages dirtied. A round of ~10 readings touches the table's last leaf
-# and sqlite_sequence; with 4 KiB pages that is >= 8 KiB of frames (3 memory
-# pages), with 1 KiB pages ~2 KiB (1-2). Costs ~2 us more per row read; files
-# created with another page size keep it.
-PAGE_SIZE = 1024
+# New spools use 512-byte pages (files created with another size keep it). At
+# synchronous=FULL every round appends the pages it changed to the WAL and
+# fsyncs, and the kernel counts each 4 KiB memory page dirtied: a round of ten
+# readings changes the last leaves, their parent, sqlite_sequence and page 1
+# (the freelist), i.e. ~5 frames of page size + 24 bytes. Measured with
+# bench/cost.py at 10 readings/s: 4 KiB pages ~2,300 bytes written per reading,
+# 1 KiB ~1,500, 512 ~1,200. Reading and deleting a row costs ~2 us more.
+PAGE_SIZE = 512
 COUNT_READING = "count.reading"
 COUNT_READING_HWM = "count.reading_hwm"
 COUNT_DEAD = "count.dead_letter"
