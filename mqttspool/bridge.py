@@ -30,6 +30,14 @@ the broker's Receive Maximum; one PUBACK settles all its rows. Leased rows
 wait in ``_pending`` until their batch is full, closed, holds backlog, or has
 lingered ``bridge.batch_linger`` seconds.
 
+Idle costs nothing: :meth:`Bridge.step` returns the time until its next timer
+is due (reconnect backoff, connect timeout, snapshot, settle of acknowledged
+rows, ack timeout, token bucket) and queries the spool only when rows may be
+there (:class:`SpoolWatch`). :class:`BridgeThread` sleeps in the publisher's
+``wait`` until then, or until a paho event or a commit of this process (the
+spool's ``appended`` signal) wakes it; commits of other processes are seen through
+``PRAGMA data_version`` every ``VERSION_CHECK_S``.
+
 Failures arrive typed (:class:`~mqttspool.mqtt.FailureKind`); every kind is
 retried with backoff, configuration kinds are logged as errors with a hint,
 and every repetitive line goes through one :class:`LogThrottle` per kind.
@@ -74,8 +82,10 @@ from mqttspool.timekeeping import Clock
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_INTERVAL_S = 60.0
-ACK_FLUSH_S = 0.05
-IDLE_POLL_S = 0.25
+ACK_FLUSH_S = 0.05  # how long acknowledged rows wait to be deleted in one batch
+SETTLE_DELAY_S = 5.0  # the same in the daemon (BridgeThread): fewer, larger deletes
+VERSION_CHECK_S = 1.0  # an idle bridge looks for rows committed by other processes this often
+MAX_WAIT_S = SNAPSHOT_INTERVAL_S  # no step sleeps longer than this
 FAILURE_LOG_INTERVAL_S = 30.0
 PUBACK_FAILURE = 0x80
 FLAPPING_HINT_COUNT = 3  # disconnects per log interval that suggest a client id clash
@@ -301,6 +311,45 @@ class LeaseCursor:
         return live + backlog
 
 
+class SpoolWatch:
+    """Whether the spool may hold rows the bridge has not leased, mostly without a query.
+
+    After a lease that found fewer rows than asked, the spool is *exhausted*:
+    the bridge leases again only when this process committed rows
+    (``Spool.appended.count`` moved, no query) or ``PRAGMA data_version`` says
+    another connection committed (``mqttspool enqueue``, ``dead-letters
+    requeue``), which is checked at most every ``VERSION_CHECK_S``.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.exhausted = False
+        self.next_check = 0.0
+        self._appends = spool.appended.count
+        self._version: int | None = None
+
+    def reset(self) -> None:
+        """The leases were released: the next lease must look at the spool."""
+        self.exhausted = False
+
+    def may_have_rows(self, now: float) -> bool:
+        """True when a lease may find something (the caller then leases and calls
+        :meth:`leased`); False costs no query unless the version check is due."""
+        appends = self.spool.appended.count
+        if not self.exhausted or appends != self._appends:
+            self._appends = appends  # taken before the lease: a later commit moves it again
+            return True
+        if now < self.next_check:
+            return False
+        self.next_check = now + VERSION_CHECK_S
+        version, self._version = self._version, self.spool.data_version()
+        return version != self._version
+
+    def leased(self, asked: int, got: int) -> None:
+        """Record a lease: fewer rows than asked means nothing more is there now."""
+        self.exhausted = got < asked
+
+
 class Bridge:
     """Moves spooled readings to the broker; one :meth:`step` at a time."""
 
@@ -317,7 +366,7 @@ class Bridge:
         self.settings = settings
         self.cfg = settings.bridge
         self.spool = spool
-        self.leases = LeaseCursor(spool)
+        self.leases, self.watch = LeaseCursor(spool), SpoolWatch(spool)
         self.publisher = publisher
         self.clock = clock
         self.counters = counters or Counters()
@@ -335,7 +384,7 @@ class Bridge:
         self._acked: list[int] = []
         self._rejected: list[Rejection] = []
         self._first_pending_at: float | None = None  # the oldest ack not yet settled
-        self._next_snapshot = 0.0
+        self._next_snapshot, self.settle_delay = 0.0, ACK_FLUSH_S
         self._now = 0.0  # the time of the current step, for the log throttle
         self._unacked_since: float | None = None
         # One line per kind of trouble per interval, carrying how often it happened.
@@ -395,15 +444,15 @@ class Bridge:
         if self.conn is None:
             if not self.stopping and now >= self.next_attempt:
                 self._start_attempt(now)
-            return max(0.0, self.next_attempt - now) if self.conn is None else IDLE_POLL_S
+            return self._next_wait(now)
         if not self.conn.connected:
             if now - self.conn.started > _attempt_timeout(self.settings):
                 self._attempt_failed(
                     now, FailureKind.TIMEOUT, "no CONNACK within the connect timeout"
                 )
-            return IDLE_POLL_S
+            return self._next_wait(now)
         if self._ack_overdue(self.conn, now):
-            return IDLE_POLL_S
+            return self._next_wait(now)
         self._maybe_settle(now)
         if now >= self._next_snapshot:
             self._publish_snapshot(now)
@@ -412,14 +461,36 @@ class Bridge:
         return self._next_wait(now)
 
     def _next_wait(self, now: float) -> float:
-        if self._acked or self._rejected:
-            return ACK_FLUSH_S
-        linger_left = self._pending[0][1] + self.cfg.batch_linger - now if self._pending else 0
-        if linger_left > 0:  # a live batch lingering: come back when it is due
-            return min(IDLE_POLL_S, linger_left)
-        if self.bucket.wait_for_one() > 0:
-            return self.bucket.wait_for_one()
-        return IDLE_POLL_S
+        """Seconds until the next timer is due; events (PUBACK, CONNACK, a commit of
+        this process) wake the caller earlier through the publisher's ``wait``."""
+        conn = self.conn
+        if conn is None:
+            due = self.next_attempt
+        elif not conn.connected:
+            due = conn.started + _attempt_timeout(self.settings) + ACK_FLUSH_S
+        else:
+            due = min(self._connected_timers(conn, now))
+        return min(MAX_WAIT_S, max(0.0, due - now))
+
+    def _connected_timers(self, conn: _Connection, now: float) -> list[float]:
+        """When the snapshot, the settle of acknowledged rows, the ack timeout, the
+        token bucket or the look for new rows is due. A full window has no timer of
+        its own: the PUBACKs that free it are events."""
+        timers = [self._next_snapshot]
+        if self._first_pending_at is not None:
+            # Not before ACK_FLUSH_S: a settle that failed (disk full) retries at that pace.
+            timers.append(max(self._first_pending_at + self.settle_delay, now + ACK_FLUSH_S))
+        oldest = next(iter(conn.sent_at.values()), None)
+        if oldest is not None:
+            timers.append(oldest + self.cfg.ack_timeout + ACK_FLUSH_S)
+        linger_end = self._pending[0][1] + self.cfg.batch_linger if self._pending else now
+        if linger_end > now:  # a live batch lingering (once due, only a PUBACK unblocks it)
+            timers.append(linger_end)
+        if self.stopping or self.window_load >= conn.window:
+            return timers
+        token = now + self.bucket.wait_for_one()
+        timers.append(max(self.watch.next_check, token) if self.watch.exhausted else token)
+        return timers
 
     # -------------------------------------------------------------- events
 
@@ -469,6 +540,7 @@ class Bridge:
         self.backoff.reset()
         self.leases.release()
         self._pending.clear()
+        self.watch.reset()
         self.drained = False
         self.counters.set(BROKER_CONNECTED, 1)
         self.gate.on_connect()
@@ -618,12 +690,16 @@ class Bridge:
         if room <= 0:
             return
         now_us = self.clock.wall_us()
-        for row in self._lease(conn, room):
+        for row in self._lease(conn, room, now):
             if not self._publish_reading(conn, row, self._is_replay(row, now_us), now, now_us):
                 return
 
-    def _lease(self, conn: _Connection, n: int) -> list[StoredReading]:
-        rows = self.leases.take(n, live_first=self.cfg.live_first)
+    def _lease(self, conn: _Connection, n: int, now: float) -> list[StoredReading]:
+        """Up to ``n`` rows to send; no query while the spool is known to hold none."""
+        rows: list[StoredReading] = []
+        if self.watch.may_have_rows(now):
+            rows = self.leases.take(n, live_first=self.cfg.live_first)
+            self.watch.leased(n, len(rows))
         self.gate.on_leased(len(rows))
         if rows:
             self.drained = False
@@ -666,7 +742,7 @@ class Bridge:
         if room > 0:
             room = self._gated(room, self._reading_load + len(self._pending), now)
         if room > 0:
-            self._pending.extend((row, now) for row in self._lease(conn, room))
+            self._pending.extend((row, now) for row in self._lease(conn, room, now))
         now_us = self.clock.wall_us()
         while self._pending and self._send_next(conn, now, now_us):
             pass
@@ -755,6 +831,7 @@ class Bridge:
         allowance = self.gate.allowance(now, readings_in_flight)
         if allowance.release_leases:
             self.leases.release()  # rows kept on PUBACK 0x10 lie behind the cursor
+            self.watch.reset()
         if self.gate.changed:
             self.gate.changed = False
             self.counters.set(READINGS_PAUSED, 1 if self.gate.paused else 0)
@@ -821,7 +898,9 @@ class Bridge:
             and self.window_load >= conn.window
             and pending >= max(1, min(self._ack_batch, conn.window // 4))
         )
-        due = self._first_pending_at is not None and now - self._first_pending_at >= ACK_FLUSH_S
+        due = (
+            self._first_pending_at is not None and now - self._first_pending_at >= self.settle_delay
+        )
         if pending >= self._ack_batch or window_full or due:
             self._settle()
 
@@ -970,10 +1049,19 @@ def _attempt_timeout(settings: Settings) -> float:
 
 
 class BridgeThread:
-    """Runs :meth:`Bridge.step` in a thread until :meth:`stop`; then shuts down cleanly."""
+    """Runs :meth:`Bridge.step` in a thread until :meth:`stop`; then shuts down cleanly.
+
+    Between steps it sleeps for the delay the step returned; ``wake`` (the
+    publisher's) cuts the sleep short and is called by the spool after every
+    commit of new rows in this process.
+    """
 
     def __init__(self, bridge: Bridge, wake: Callable[[], None]) -> None:
         self.bridge = bridge
+        # A long-running daemon deletes acknowledged rows in fewer, larger transactions:
+        # each delete costs WAL frames, and rows acknowledged but not deleted still
+        # count against the window, so a crash resends at most max_inflight of them.
+        bridge.settle_delay = SETTLE_DELAY_S
         self._wake = wake
         self._stop = threading.Event()
         self.error: BaseException | None = None
@@ -981,7 +1069,8 @@ class BridgeThread:
         self._thread = threading.Thread(target=self._run, name="bridge", daemon=True)
 
     def start(self) -> None:
-        """Start the thread."""
+        """Start the thread; rows this process commits to the spool wake it."""
+        self.bridge.spool.appended.subscribe(self._wake)
         self._thread.start()
 
     def stop(self) -> None:
@@ -1002,7 +1091,7 @@ class BridgeThread:
         try:
             while not self._stop.is_set():
                 delay = bridge.step(time.monotonic())
-                bridge.publisher.wait(min(delay, IDLE_POLL_S))
+                bridge.publisher.wait(delay)
             self.left_unacked = bridge.shutdown(
                 bridge.cfg.shutdown_timeout, time.monotonic, bridge.publisher.wait
             )
@@ -1015,4 +1104,5 @@ class BridgeThread:
             logger.exception("bridge stopped by an unexpected error")
             bridge.publisher.close()
         finally:
+            bridge.spool.appended.unsubscribe(self._wake)
             bridge.spool.close()  # this thread's SQLite connection

@@ -504,11 +504,17 @@ def _reading_leaf_pages(path: Path) -> list[int]:
         rows = conn.execute(
             "SELECT pageno FROM dbstat WHERE name = 'reading' AND pagetype = 'leaf' ORDER BY pageno"
         ).fetchall()
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     finally:
         conn.close()
-    assert page_size == 4096
     return [int(r[0]) for r in rows]
+
+
+def _page_size(path: Path) -> int:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
 
 
 def _readable_rows(path: Path, top: int) -> tuple[list[tuple[Any, ...]], int]:
@@ -549,10 +555,11 @@ def test_corrupt_spool_is_moved_aside_and_salvaged(tmp_path: Path, clock: FakeCl
     assert len(leaves) >= 10
     victims = [leaves[len(leaves) // 3], leaves[len(leaves) // 2 + 1]]  # interior of the file
     garbage = random.Random(7)
+    size = _page_size(path)
     with path.open("r+b") as fh:
         for page in victims:
-            fh.seek((page - 1) * 4096)
-            fh.write(garbage.randbytes(4096))
+            fh.seek((page - 1) * size)
+            fh.write(garbage.randbytes(size))
     corrupt_digest = sha256(path)
 
     s = open_spool(cfg, clock, integrity_check=True)
@@ -597,9 +604,10 @@ def test_corruption_found_while_running_is_a_spool_corrupt_error(
     s.close()
     _checkpoint(path)
     leaves = _reading_leaf_pages(path)
+    size = _page_size(path)
     with path.open("r+b") as fh:
-        fh.seek((leaves[len(leaves) // 2] - 1) * 4096)
-        fh.write(b"\xa5" * 4096)
+        fh.seek((leaves[len(leaves) // 2] - 1) * size)
+        fh.write(b"\xa5" * size)
     s = open_spool(cfg, clock)  # no integrity check: the damage is found by reading
     try:
         with pytest.raises(SpoolCorruptError) as info:

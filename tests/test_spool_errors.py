@@ -32,6 +32,7 @@ CALLS: dict[str, Callable[[Spool], Any]] = {
     "expire": lambda s: s.expire(),
     "rows_after": lambda s: s.rows_after(0, 10),
     "newest_seq": lambda s: s.newest_seq(),
+    "data_version": lambda s: s.data_version(),
     "settle": lambda s: s.settle([1], [Rejection(2, 0x87, "not authorized")]),
     "ack": lambda s: s.ack([1]),
     "dead_letter": lambda s: s.dead_letter(1, 0x87, "not authorized"),
@@ -184,11 +185,12 @@ def _corrupt_a_reading_page(path: Path) -> None:
         pages = conn.execute(
             "SELECT pageno FROM dbstat WHERE name = 'reading' AND pagetype = 'leaf' ORDER BY pageno"
         ).fetchall()
+        size = int(conn.execute("PRAGMA page_size").fetchone()[0])
     finally:
         conn.close()
     with path.open("r+b") as fh:
-        fh.seek((int(pages[len(pages) // 2][0]) - 1) * 4096)
-        fh.write(b"\xa5" * 4096)
+        fh.seek((int(pages[len(pages) // 2][0]) - 1) * size)
+        fh.write(b"\xa5" * size)
 
 
 def test_corruption_found_by_stats_is_a_spool_corrupt_error(tmp_path: Path) -> None:

@@ -22,7 +22,6 @@ from mqttspool.reading import Reading
 from mqttspool.spool import Spool, open_spool, recover_spool
 
 BASE_TS = datetime(2026, 11, 26, tzinfo=UTC)
-PAGE = 4096
 
 
 def reading(i: int) -> Reading:
@@ -62,9 +61,14 @@ def _leaf_pages(path: Path) -> list[int]:
 
 
 def _smash(path: Path, page: int) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
     with path.open("r+b") as fh:
-        fh.seek((page - 1) * PAGE)
-        fh.write(b"\xa5" * PAGE)
+        fh.seek((page - 1) * size)
+        fh.write(b"\xa5" * size)
 
 
 def _still_readable(path: Path, queued: dict[int, float]) -> set[int]:

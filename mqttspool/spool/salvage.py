@@ -3,9 +3,10 @@
 The corrupt file is never deleted. Every readable row keeps its seq; the
 epoch is kept when it and the high-water mark are readable, so message ids
 stay stable. Loss is counted exactly from the row counters the store keeps in
-``meta`` (``count.reading``, ``count.dead_letter``, updated in the same
-transaction as every insert and delete): lost = rows the file held minus rows
-salvage could read. Only when those counters are unreadable too is the loss
+``meta`` (``count.dead_letter``, and ``count.reading`` as of the high-water
+mark ``count.reading_hwm``: with the seqs appended above it, see
+:func:`~mqttspool.spool.schema.queued_rows`): lost = rows the file held minus
+rows salvage could read. Only when those counters are unreadable too is the loss
 estimated from the gaps between readable seqs (logged as an estimate).
 """
 
@@ -198,6 +199,7 @@ def _write_counts(dst: sqlite3.Connection, found: _Salvaged, lost: int) -> None:
     merged = Counter({k: v for k, v in found.counters.items() if k.startswith("dropped.")})
     merged["dropped.corrupt"] += lost
     merged[schema.COUNT_READING] = len(found.rows)
+    merged[schema.COUNT_READING_HWM] = int(dst.execute(schema.HWM_SQL).fetchone()[0])
     merged[schema.COUNT_DEAD] = len(found.dead)
     for key, value in merged.items():
         if value or key.startswith("count."):
@@ -288,9 +290,18 @@ def _write_epoch_starts(dst: sqlite3.Connection, found: _Salvaged) -> None:
     dst.executemany("INSERT INTO epoch_start (seq, epoch) VALUES (?, ?)", starts)
 
 
+def _queued(found: _Salvaged) -> int | None:
+    """How many rows ``reading`` held, from the counters (None if they are unreadable)."""
+    count = found.counters.get(schema.COUNT_READING)
+    mark = found.counters.get(schema.COUNT_READING_HWM)
+    if count is None or (mark is not None and found.hwm is None):
+        return None  # schema 3 needs the high-water mark too
+    return schema.queued_rows(count, mark, int(found.hwm or 0))
+
+
 def _count_lost(found: _Salvaged) -> tuple[int, bool]:
     """(rows the damaged file held that could not be read, whether that count is exact)."""
-    queued = found.counters.get(schema.COUNT_READING)
+    queued = _queued(found)
     dead = found.counters.get(schema.COUNT_DEAD)
     if queued is not None and dead is not None:
         lost_rows = queued - len(found.rows)

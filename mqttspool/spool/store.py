@@ -102,6 +102,32 @@ class DeadLetter:
     failed_at_us: int
 
 
+class AppendSignal:
+    """Commits of new rows by this process: a counter and callbacks (the bridge's wake-up)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._callbacks: list[Callable[[], None]] = []
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the committing thread) after every commit of new rows.
+
+        It must be quick and must not raise: the bridge passes an event's ``set``.
+        """
+        self._callbacks.append(callback)
+
+    def unsubscribe(self, callback: Callable[[], None]) -> None:
+        """Forget ``callback`` (no error if unknown)."""
+        with contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
+
+    def fire(self) -> None:
+        """Rows were committed: count it, call every callback."""
+        self.count += 1
+        for callback in list(self._callbacks):
+            callback()
+
+
 class Spool:
     """A durable FIFO of readings in one SQLite file. Use :func:`~mqttspool.spool.open_spool`."""
 
@@ -129,6 +155,21 @@ class Spool:
         self._epochs: EpochMap | None = None  # loaded on first use (read-only opens skip it)
         self._unsynced_lock = threading.Lock()
         self._unsynced_deletes = 0
+        # Rows committed by this process: a counter the bridge compares (no query)
+        # and callbacks that wake it; other processes show through data_version().
+        self.appended = AppendSignal()
+
+    # ---------------------------------------------------------- new rows
+
+    @mapped("check for changes")
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version`` of this thread's connection.
+
+        It changes when another connection (another thread or process, e.g.
+        ``mqttspool enqueue``) commits; it costs no page read, so a waiting
+        reader may call it on a timer instead of querying the tables.
+        """
+        return int(self.db.execute_sql("PRAGMA data_version").fetchone()[0])
 
     # ----------------------------------------------------------------- ingest
 
@@ -172,9 +213,11 @@ class Spool:
         dropped: Counter[str] = Counter()
         with self._write() as cur:
             rows = self._make_room(cur, rows, dropped)
+            # No count update: the new seqs above count.reading_hwm count them (schema 3).
             seqs = _insert(cur, rows)
-            _add_count(cur, schema.COUNT_READING, len(seqs))
             self._persist_drops(cur, dropped)
+        if seqs:
+            self.appended.fire()
         self._drops.log(dropped)
         return AppendResult(seqs, dict(dropped))
 
@@ -306,7 +349,7 @@ class Spool:
                 (cutoff_us, self.clock.boot_id(), cutoff_mono),
             )
             dropped["max_age"] = cur.rowcount
-            _add_count(cur, schema.COUNT_READING, -cur.rowcount)
+            _add_reading_count(cur, -cur.rowcount)
             self._persist_drops(cur, dropped)
         self._drops.log(dropped)
         return dropped["max_age"]
@@ -376,7 +419,7 @@ class Spool:
                 )
                 cur.execute("DELETE FROM reading WHERE seq = ?", (rej.seq,))
                 deleted += cur.rowcount
-            _add_count(cur, schema.COUNT_READING, -deleted)
+            _add_reading_count(cur, -deleted)
             if rejected:
                 _sync_dead_count(cur)
             if acked:
@@ -477,15 +520,18 @@ class Spool:
         """Move dead letters back into the queue with their original seq (None: all)."""
         where, params = _seq_filter(seqs)
         with self._write() as cur:
+            _fold_reading_count(cur)  # bring the count up to date before seqs go in
             cur.execute(
                 f"INSERT OR IGNORE INTO reading ({_COLUMNS}, boot_id, mono_ns)"
                 f" SELECT {_COLUMNS}, '', 0 FROM dead_letter {where}",
                 params,
             )
             moved = int(cur.rowcount)
-            _add_count(cur, schema.COUNT_READING, moved)
+            _count_inserted_with_seq(cur, moved)
             cur.execute(f"DELETE FROM dead_letter {where}", params)
             _sync_dead_count(cur)
+        if moved:
+            self.appended.fire()
         return moved
 
     @mapped("purge dead letters")
@@ -779,16 +825,47 @@ def _delete_oldest(cur: sqlite3.Cursor, n: int) -> int:
         (n,),
     )
     deleted = int(cur.rowcount)
-    _add_count(cur, schema.COUNT_READING, -deleted)
+    _add_reading_count(cur, -deleted)
     return deleted
 
 
-def _add_count(cur: sqlite3.Cursor, key: str, delta: int) -> None:
-    """Keep the persisted row counter in step with the table (same transaction)."""
+def _add_reading_count(cur: sqlite3.Cursor, delta: int) -> None:
+    """Count ``delta`` rows more (or fewer) in ``reading``; nothing is written for 0."""
     if delta:
-        cur.execute(
-            "UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = ?", (delta, key)
-        )
+        _fold_reading_count(cur, delta)
+
+
+def _fold_reading_count(cur: sqlite3.Cursor, delta: int = 0) -> None:
+    """Fold the rows appended since the mark into ``count.reading``, add ``delta`` and
+    move the mark to the high-water seq (inside the caller's write transaction).
+
+    Appends do not update the counter (schema 3, :func:`schema.queued_rows`); every
+    other change of the table calls this.
+    """
+    cur.execute(
+        "UPDATE meta SET value = CAST(value AS INTEGER) + ? + (" + schema.HWM_SQL + ")"
+        " - (SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?) WHERE key = ?",
+        (delta, schema.COUNT_READING_HWM, schema.COUNT_READING),
+    )
+    _set_reading_hwm(cur)
+
+
+def _count_inserted_with_seq(cur: sqlite3.Cursor, n: int) -> None:
+    """After ``n`` rows went in with their own (old) seqs, following
+    :func:`_fold_reading_count`: count exactly them, even if one seq raised the
+    high-water mark."""
+    cur.execute(
+        "UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = ?",
+        (n, schema.COUNT_READING),
+    )
+    _set_reading_hwm(cur)
+
+
+def _set_reading_hwm(cur: sqlite3.Cursor) -> None:
+    cur.execute(
+        "UPDATE meta SET value = (" + schema.HWM_SQL + ") WHERE key = ?",
+        (schema.COUNT_READING_HWM,),
+    )
 
 
 def _sync_dead_count(cur: sqlite3.Cursor) -> None:
