@@ -539,14 +539,15 @@ def make_corrupt_spool(fs: PowerCutMount, path: Path, rng: random.Random) -> Cor
     conn = sqlite3.connect(path)
     try:
         epoch = str(conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0])
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
     leaves = leaf_pages(path)
     with path.open("r+b") as fh:
         for page in rng.sample(leaves[1:-1], 2):
-            fh.seek((page - 1) * 4096)
-            fh.write(rng.randbytes(4096))
+            fh.seek((page - 1) * page_size)
+            fh.write(rng.randbytes(page_size))
         fh.flush()
         os.fsync(fh.fileno())
     fs.unmount()  # a clean reboot: the corrupt spool is what the disk holds
