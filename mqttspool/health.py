@@ -35,7 +35,6 @@ them when it started.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import sys
@@ -195,35 +194,41 @@ def sampler_stuck_limit(intervals: Sequence[float]) -> float:
 
 
 def write_heartbeat(path: Path, beat: Heartbeat) -> None:
-    """Replace ``path`` with ``beat`` (temp file + rename, no fsync); raises OSError.
+    """Write ``beat`` to ``path`` without fsync; raises OSError.
 
-    On a full disk (ENOSPC, EDQUOT) the existing file is overwritten in place
-    instead, which needs no new blocks since every heartbeat has the same size.
+    Every heartbeat has the same size, so once the file exists it is
+    overwritten in place: that dirties one page the kernel writes back at its
+    own pace (a rename would make the filesystem write a new file every 5 s),
+    and needs no new blocks on a full disk. The first one goes to a temporary
+    file renamed into place, so a reader never sees a short file; a torn read
+    of an overwrite is retried by :func:`read_heartbeat`.
     """
     data = beat.to_json().encode()
     if len(data) >= HEARTBEAT_BYTES:
         raise ValueError(f"heartbeat longer than {HEARTBEAT_BYTES} bytes: {data[:80]!r}...")
     data = data.ljust(HEARTBEAT_BYTES - 1) + b"\n"
+    if _overwrite_in_place(path, data):
+        return
     tmp = path.with_name(path.name + ".tmp")
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
+    except OSError:
         tmp.unlink(missing_ok=True)
-        _overwrite_in_place(path, data, exc)
+        raise
 
 
-def _overwrite_in_place(path: Path, data: bytes, full: OSError) -> None:
+def _overwrite_in_place(path: Path, data: bytes) -> bool:
+    """Overwrite an existing heartbeat of the same size; False when there is none."""
     try:
         fd = os.open(path, os.O_WRONLY)
     except FileNotFoundError:
-        raise full from None  # nothing to overwrite: the disk was full from the start
+        return False
     try:
         if os.fstat(fd).st_size != len(data):
-            raise full
+            return False
         os.pwrite(fd, data, 0)
+        return True
     finally:
         os.close(fd)
 

@@ -34,6 +34,7 @@ from mqttspool.errors import (
     SpoolFullError,
     SpoolGoneError,
 )
+from mqttspool.logthrottle import LogThrottle
 from mqttspool.reading import Reading, from_us, reading_error_from
 from mqttspool.sensors.base import Measurement, Sensor
 from mqttspool.sensors.registry import build_sensors, default_spool_dir
@@ -78,8 +79,7 @@ class Sampler:
         start = clock.mono_ns()
         self._states = [_SensorState(s, start) for s in self.sensors]
         self._synced: bool | None = None  # unknown until the first step
-        self._full_logged_at: float | None = None
-        self._full_unlogged = 0
+        self._full_log = LogThrottle(FULL_LOG_INTERVAL_S)
         self.rounds = 0
 
     def step(self) -> float:
@@ -230,16 +230,11 @@ class Sampler:
 
     def _log_full(self, exc: SpoolFullError) -> None:
         # The spool already counted the readings as dropped (reason disk_full).
-        self._full_unlogged += exc.dropped
-        now = time.monotonic()
-        if self._full_logged_at is not None and now - self._full_logged_at < FULL_LOG_INTERVAL_S:
-            return
-        logger.error(
-            "%s (%d reading(s) since the last message; sampling continues)",
-            exc,
-            self._full_unlogged,
-        )
-        self._full_logged_at, self._full_unlogged = now, 0
+        count = self._full_log.note(n=exc.dropped)
+        if count:
+            logger.error(
+                "%s (%d reading(s) since the last message; sampling continues)", exc, count
+            )
 
 
 class SamplerThread:

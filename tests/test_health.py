@@ -254,15 +254,24 @@ def test_sampler_limit_is_a_few_of_the_shortest_intervals() -> None:
     assert sampler_stuck_limit([3600.0]) == 180.0  # the sampler wakes at least once a minute
 
 
-def test_heartbeat_file_has_a_fixed_size_and_is_replaced(tmp_path: Path) -> None:
+def test_heartbeat_file_has_a_fixed_size_and_is_overwritten_in_place(tmp_path: Path) -> None:
+    """One page rewritten in place (issue 11: no new file, and so no new blocks, every 5 s)."""
     path = heartbeat_path(tmp_path / "s.db")
     write_heartbeat(path, _beat())
     inode = path.stat().st_ino
     write_heartbeat(path, _beat("stopped"))
     assert path.stat().st_size == HEARTBEAT_BYTES
-    assert path.stat().st_ino != inode  # a new file renamed over the old one
+    assert path.stat().st_ino == inode  # the same file, overwritten
     assert read_heartbeat(path).state == "stopped"
     assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+def test_a_heartbeat_of_another_size_is_replaced_whole(tmp_path: Path) -> None:
+    path = heartbeat_path(tmp_path / "s.db")
+    path.write_bytes(b"{}")  # e.g. written by another version
+    write_heartbeat(path, _beat("running"))
+    assert path.stat().st_size == HEARTBEAT_BYTES
+    assert read_heartbeat(path).state == "running"
 
 
 def test_heartbeat_is_written_in_place_when_the_disk_is_full(
