@@ -20,7 +20,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -550,58 +550,41 @@ class Received:
     retain: bool
 
 
-class Subscriber:
-    """A QoS 1 subscriber whose session outlives reconnects (for ``watch``).
+class _SessionClient:
+    """What ``watch``'s and ``ingest``'s subscribers share: one paho client with the
+    broker's credentials, its network thread, and status lines for the CLI."""
 
-    MQTT v5 with a session expiry interval, so messages sent while the link
-    was down are delivered after the reconnect.
-    """
-
-    def __init__(self, config: BrokerConfig, client_id: str, topic: str) -> None:
+    def __init__(self, config: BrokerConfig, client: mqtt.Client) -> None:
         self.config = config
-        self.topic = topic
-        v5 = config.protocol == "5"
-        self.messages: queue.SimpleQueue[Received] = queue.SimpleQueue()
         self.status: queue.SimpleQueue[str] = queue.SimpleQueue()
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if v5 else False,
-        )
         client.reconnect_delay_set(1, 30)
-        password = config.resolved_password()
-        if config.username:
-            client.username_pw_set(
-                config.username, password.get_secret_value() if password else None
-            )
-        if config.tls.enabled:
-            _check_tls_files(config)
-            client.tls_set_context(_tls_context(config))
+        _apply_credentials(client, config)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
         self._client = client
 
-    def start(self) -> None:
-        """Connect in the background; reconnects by itself."""
-        props = None
-        if self.config.protocol == "5":
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = SESSION_EXPIRY_WATCH_S
+    def _connect(self, clean_start: bool | Literal[3], properties: Properties | None) -> None:
+        """Connect in the background; paho reconnects by itself."""
         self._client.connect_async(
             self.config.host,
             self.config.port,
             keepalive=self.config.keepalive,
-            clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-            properties=props,
+            clean_start=clean_start,
+            properties=properties,
         )
         self._client.loop_start()
 
     def stop(self) -> None:
-        """Disconnect and stop the network thread."""
+        """Disconnect (a persistent session stays on the broker) and stop the network thread."""
         self._client.disconnect()
         self._client.loop_stop()
+
+    def _refused(self, reason_code: ReasonCode) -> bool:
+        """True (and a status line) when the broker refused the connection."""
+        if reason_code.is_failure:
+            self.status.put(f"broker {self.config.address()}: connection refused: {reason_code}")
+        return bool(reason_code.is_failure)
 
     def _on_connect(
         self,
@@ -611,11 +594,10 @@ class Subscriber:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if reason_code.is_failure:
-            self.status.put(f"broker {self.config.address()}: connection refused: {reason_code}")
-            return
-        client.subscribe(self.topic, qos=1)
-        self.status.put(f"connected to {self.config.address()}, subscribed to {self.topic}")
+        raise NotImplementedError
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        raise NotImplementedError
 
     def _on_disconnect(
         self,
@@ -626,6 +608,47 @@ class Subscriber:
         properties: Properties | None,
     ) -> None:
         self.status.put(f"disconnected from {self.config.address()}: {reason_code}")
+
+
+class Subscriber(_SessionClient):
+    """A QoS 1 subscriber whose session outlives reconnects (for ``watch``).
+
+    MQTT v5 with a session expiry interval, so messages sent while the link
+    was down are delivered after the reconnect.
+    """
+
+    def __init__(self, config: BrokerConfig, client_id: str, topic: str) -> None:
+        v5 = config.protocol == "5"
+        self.topic = topic
+        self.messages: queue.SimpleQueue[Received] = queue.SimpleQueue()
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else False,
+        )
+        super().__init__(config, client)
+
+    def start(self) -> None:
+        """Connect in the background; reconnects by itself."""
+        props = None
+        if self.config.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = SESSION_EXPIRY_WATCH_S
+        self._connect(mqtt.MQTT_CLEAN_START_FIRST_ONLY, props)
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if self._refused(reason_code):
+            return
+        client.subscribe(self.topic, qos=1)
+        self.status.put(f"connected to {self.config.address()}, subscribed to {self.topic}")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.messages.put(Received(msg.topic, bytes(msg.payload), bool(msg.retain)))
@@ -651,7 +674,7 @@ class Delivery:
     retain: bool
 
 
-class AckingSubscriber:
+class AckingSubscriber(_SessionClient):
     """A subscriber with a persistent MQTT v5 session that acknowledges on request only.
 
     paho's manual-ack mode: a PUBACK goes out when :meth:`ack` is called, so a
@@ -663,12 +686,10 @@ class AckingSubscriber:
     def __init__(
         self, config: BrokerConfig, client_id: str, topics: list[str], session_expiry: int
     ) -> None:
-        self.config = config
         self.client_id = client_id
         self.topics = topics
         self.session_expiry = session_expiry
         self.messages: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
-        self.status: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._connection = 0
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -676,36 +697,19 @@ class AckingSubscriber:
             protocol=MQTTProtocolVersion.MQTTv5,
             manual_ack=True,
         )
-        client.reconnect_delay_set(1, 30)
-        _apply_credentials(client, config)
-        client.on_connect = self._on_connect
-        client.on_message = self._on_message
-        client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
-        self._client = client
+        super().__init__(config, client)
 
     def start(self) -> None:
         """Connect in the background (resuming the session); reconnects by itself."""
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.session_expiry
-        self._client.connect_async(
-            self.config.host,
-            self.config.port,
-            keepalive=self.config.keepalive,
-            clean_start=False,
-            properties=props,
-        )
-        self._client.loop_start()
+        self._connect(False, props)
 
     def ack(self, delivery: Delivery) -> None:
         """Send the PUBACK for ``delivery`` (skipped if it came on an earlier connection)."""
         if delivery.qos > 0 and delivery.connection == self._connection:
             self._client.ack(delivery.mid, delivery.qos)
-
-    def stop(self) -> None:
-        """Disconnect (the session stays on the broker) and stop the network thread."""
-        self._client.disconnect()
-        self._client.loop_stop()
 
     def _on_connect(
         self,
@@ -715,8 +719,7 @@ class AckingSubscriber:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if reason_code.is_failure:
-            self.status.put(f"broker {self.config.address()}: connection refused: {reason_code}")
+        if self._refused(reason_code):
             return
         self._connection += 1
         client.subscribe([(topic, 1) for topic in self.topics])
@@ -736,16 +739,6 @@ class AckingSubscriber:
             self.status.put(f"broker {self.config.address()} refused subscription(s): {refused}")
         else:
             self.status.put(f"subscribed to {', '.join(self.topics)}")
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self.status.put(f"disconnected from {self.config.address()}: {reason_code}")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.messages.put(
