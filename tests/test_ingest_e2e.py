@@ -246,7 +246,6 @@ def test_devices_hold_readings_until_ingest_subscribes(
 def test_prometheus_gauge_exports_unexplained_missing(
     broker: MosquittoBroker, ingest_factory: Callable[..., Daemon], tmp_path: Path
 ) -> None:
-    pytest.importorskip("prometheus_client")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -7,6 +7,8 @@ import queue
 
 import pytest
 
+from mqttspool.batch import decode as decode_batch
+from mqttspool.batch import encode as encode_batch
 from mqttspool.ingest.completeness import completeness, explain
 from mqttspool.ingest.consumer import IngestConsumer
 from mqttspool.ingest.decode import Decoder, snapshot_from
@@ -142,7 +144,8 @@ def test_a_failed_commit_acknowledges_nothing() -> None:
 
 
 def test_metrics_export_unexplained_missing_per_epoch() -> None:
-    prometheus_client = pytest.importorskip("prometheus_client")
+    import prometheus_client  # noqa: PLC0415 - the optional extra (in dev)
+
     from mqttspool.ingest.metrics import IngestCollector  # noqa: PLC0415
 
     consumer = IngestConsumer(_Source([]), _Store(False), Decoder("mqttspool", None), 10, 0.01)
@@ -186,17 +189,15 @@ def test_batch_payloads_go_through_the_plugged_in_decoder() -> None:
 
 
 def test_the_real_batch_decoder_round_trips_through_ingest() -> None:
-    """Runs once mqttspool.batch (another branch) is merged; skipped before."""
-    batch_mod = pytest.importorskip("mqttspool.batch")
-    from mqttspool.ingest.decode import load_batch_decoder  # noqa: PLC0415
+    """The real mqttspool.batch codec end to end through ingest's decoder."""
 
     rows = [
         StoredReading(seq, "edge-01", "s", "m", float(seq), "%", 1_795_992_144_377_000, True)
         for seq in (7, 8, 10)
     ]
-    payload = batch_mod.encode(rows, "edge-01", "abcd", [True, True, False])
+    payload = encode_batch(rows, "edge-01", "abcd", [True, True, False])
     batch = WriteBatch()
-    Decoder("mqttspool", load_batch_decoder()).add(batch, "mqttspool/edge-01/batch", payload)
+    Decoder("mqttspool", decode_batch).add(batch, "mqttspool/edge-01/batch", payload)
     assert batch.undecodable == []
     assert [(r.id, r.value, r.unit, r.replay) for r in batch.rows] == [
         ("edge-01:abcd:7", 7.0, "%", True),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import zlib
 from collections.abc import Callable
@@ -13,9 +12,10 @@ from mqttspool.ingest.store import IngestRow, Snapshot, Undecodable, WriteBatch
 from mqttspool.reading import WireMessage, parse_payload, to_us
 from mqttspool.watch import TopicKind, classify_topic
 
-# mqttspool.batch.decode: payload -> readings with the per-reading fields as
-# attributes (id, seq, epoch, device, sensor, metric, value, unit, ts_us,
-# time_synced, replay); typed loosely so this module does not need batch.py.
+# mqttspool.batch.decode (what `ingest` uses) or a test double: payload -> readings
+# with the per-reading fields as attributes (id, seq, epoch, device, sensor, metric,
+# value, unit, ts_us, time_synced, replay). Each becomes a row through
+# row_from_batch, so dedupe and gaps work as for single readings.
 BatchDecoder = Callable[[bytes], list[Any]]
 
 
@@ -52,20 +52,6 @@ def row_from_batch(d: Any) -> IngestRow:
         time_synced=bool(d.time_synced),
         replay=bool(d.replay),
     )
-
-
-def load_batch_decoder() -> BatchDecoder | None:
-    """``mqttspool.batch.decode`` when this build has it (batch payloads), else None.
-
-    The one place batch decoding plugs in: each decoded reading becomes a row
-    through :func:`row_from_batch`, so dedupe and gaps work as for single readings.
-    """
-    try:
-        module = importlib.import_module("mqttspool.batch")
-    except ImportError:
-        return None
-    decode: BatchDecoder | None = getattr(module, "decode", None)
-    return decode
 
 
 def snapshot_from(payload: bytes) -> Snapshot:
