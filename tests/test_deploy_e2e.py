@@ -101,8 +101,7 @@ def bridge_environment(broker: MosquittoBroker, spool: Path, metrics_port: int) 
     assert container == {
         "MQTTSPOOL_SPOOL__PATH": "/var/lib/mqttspool/mqttspool.db",
         "MQTTSPOOL_CONFIG": "/etc/mqttspool/mqttspool.toml",
-        "MQTTSPOOL_BROKER__HOST": "mosquitto",
-    }
+    }  # the broker's host is set in one place: config/compose.toml
     base = {k: v for k, v in os.environ.items() if not k.upper().startswith("MQTTSPOOL_")}
     return base | {
         **container,
