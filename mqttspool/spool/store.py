@@ -29,20 +29,12 @@ from typing import Any, TypeVar
 from mqttspool.config import SpoolConfig
 from mqttspool.errors import SpoolFullError, SpoolGoneError
 from mqttspool.reading import Reading, StoredReading, format_ts
-from mqttspool.spool import schema
+from mqttspool.spool import epochs, schema
 from mqttspool.spool.dberrors import DB_ERRORS, free_bytes, is_corrupt, is_full, mapped
 from mqttspool.spool.drops import DropCounters
-from mqttspool.spool.epochs import (
-    CLEAN,
-    SHUTDOWN_KEY,
-    EpochChange,
-    EpochMap,
-    begin_epoch,
-    new_epoch_reason,
-    read_starts,
-    running_marker,
-)
+from mqttspool.spool.epochs import CLEAN, SHUTDOWN_KEY, EpochChange, EpochMap, fence, read_starts
 from mqttspool.spool.headroom import Reserve, wal_pages
+from mqttspool.spool.ownership import lock_holder, writer_identity
 from mqttspool.timekeeping import Clock
 
 logger = logging.getLogger(__name__)
@@ -153,6 +145,9 @@ class Spool:
         self._identity = _identity(path)
         self._gone: SpoolGoneError | None = None
         self._epochs: EpochMap | None = None  # loaded on first use (read-only opens skip it)
+        # The first write of this process decides whether a new epoch begins (epochs.fence).
+        self._fence_lock = threading.Lock()
+        self._fenced = False
         self._unsynced_lock = threading.Lock()
         self._unsynced_deletes = 0
         # Rows committed by this process: a counter the bridge compares (no query)
@@ -463,11 +458,33 @@ class Spool:
         above the high-water mark. The record (and the new epoch) is committed
         at FULL, so it is durable before the first reading gets a seq. A full
         disk releases the reserve and retries (a start must not fail on it).
+        Other writers need not call this: their first write fences by itself.
         """
+        with self._fence_lock:
+            return self._fence(writer_identity())
+
+    def _ensure_fenced(self) -> None:
+        """Before the first write of this process: a new epoch if an unclean stop needs one."""
+        if self._fenced:
+            return
+        with self._fence_lock:
+            if not self._fenced:
+                self._fence(None)
+
+    def _fence(self, owner: str | None) -> EpochChange | None:
+        live = lock_holder(self.path)
+
+        def once() -> epochs.Fenced:
+            with self._transaction() as cur:
+                return fence(cur, self.config.synchronous, owner, live)
+
         with self._synchronous("FULL"):
-            change = self._on_full_retry(self._begin_writing_once)
+            fenced = self._on_full_retry(once)
+        self._fenced = True
+        if fenced.epoch != self.epoch or fenced.change is not None:
+            self.epoch, self._epochs = fenced.epoch, None
+        change = fenced.change
         if change is not None:
-            self.epoch, self._epochs = change.new, None
             logger.warning(
                 "spool %s: new epoch %s (was %s) from seq %d: %s; queued readings keep their"
                 " ids, new ones cannot collide with ids already published",
@@ -477,18 +494,6 @@ class Spool:
                 change.first_seq,
                 change.reason,
             )
-        return change
-
-    def _begin_writing_once(self) -> EpochChange | None:
-        with self._write() as cur:
-            row = cur.execute("SELECT value FROM meta WHERE key = ?", (SHUTDOWN_KEY,)).fetchone()
-            reason = new_epoch_reason(None if row is None else str(row[0]), self.config.synchronous)
-            if reason is None:
-                change = None
-            else:
-                token, first = begin_epoch(cur)
-                change = EpochChange(self.epoch, token, reason, first)
-            _meta_set(cur, SHUTDOWN_KEY, running_marker(self.config.synchronous))
         return change
 
     @mapped("record a clean shutdown")
@@ -726,16 +731,24 @@ class Spool:
     @contextlib.contextmanager
     def _synchronous(self, level: str) -> Iterator[None]:
         """Run the next writes of this thread at ``level`` (FULL: fsynced; NORMAL), then restore."""
+        outer = getattr(self._txn, "level", None)  # the epoch fence nests in a first write
         self.db.execute_sql(f"PRAGMA synchronous = {level}")
         self._txn.level = level
         try:
             yield
         finally:
-            self._txn.level = None
-            self.db.execute_sql(f"PRAGMA synchronous = {self.config.synchronous.upper()}")
+            self._txn.level = outer
+            self.db.execute_sql(f"PRAGMA synchronous = {outer or self.config.synchronous.upper()}")
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Cursor]:
+        """A write transaction; the first one of this process passes the epoch fence first."""
+        self._ensure_fenced()
+        with self._transaction() as cur:
+            yield cur
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
         # Our own BEGIN/COMMIT rather than peewee's atomic(): on SQLITE_FULL
         # SQLite may already have rolled the transaction back, and peewee's
         # unconditional ROLLBACK would then replace the real error with
