@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from mqttspool.spool.store import (
         AppendResult,
         DeadLetter,
+        Eviction,
         Rejection,
         Spool,
         SpoolStats,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 _LAZY: dict[str, str] = {
     "AppendResult": "mqttspool.spool.store",
     "DeadLetter": "mqttspool.spool.store",
+    "Eviction": "mqttspool.spool.store",
     "Rejection": "mqttspool.spool.store",
     "SCHEMA_VERSION": "mqttspool.spool.schema",
     "SalvageReport": "mqttspool.spool.salvage",
@@ -59,6 +61,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AppendResult",
     "DeadLetter",
+    "Eviction",
     "Rejection",
     "SalvageReport",
     "Spool",

@@ -58,11 +58,28 @@ class Rejection:
 
 
 @dataclass(frozen=True)
+class Eviction:
+    """Queued readings deleted to make room: every queued seq in ``first..last``."""
+
+    reason: str
+    count: int
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
 class AppendResult:
-    """What :meth:`Spool.append` stored (``seqs``) and what it had to drop."""
+    """What :meth:`Spool.append` stored and what it had to drop to make room.
+
+    ``seqs`` are the stored readings, which are ``readings[first_kept :
+    first_kept + len(seqs)]`` of the call (the others were refused, counted in
+    ``dropped``); ``evicted`` are the queued readings deleted for them.
+    """
 
     seqs: list[int]
     dropped: dict[str, int] = field(default_factory=dict)
+    first_kept: int = 0
+    evicted: tuple[Eviction, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -206,15 +223,16 @@ class Spool:
 
     def _append_rows(self, rows: list[tuple[Any, ...]]) -> AppendResult:
         dropped: Counter[str] = Counter()
+        evicted: list[Eviction] = []
         with self._write() as cur:
-            rows = self._make_room(cur, rows, dropped)
+            first, keep = self._make_room(cur, len(rows), dropped, evicted)
             # No count update: the new seqs above count.reading_hwm count them (schema 3).
-            seqs = _insert(cur, rows)
+            seqs = _insert(cur, rows[first : first + keep])
             self._persist_drops(cur, dropped)
         if seqs:
             self.appended.fire()
         self._drops.log(dropped)
-        return AppendResult(seqs, dict(dropped))
+        return AppendResult(seqs, dict(dropped), first, tuple(evicted))
 
     def _append_on_full_disk(self, rows: list[tuple[Any, ...]]) -> AppendResult:
         """Disk full: use the reserve, apply the overflow policy once, else count the batch."""
@@ -222,11 +240,12 @@ class Spool:
         if self.config.overflow == "drop_oldest":
             with contextlib.suppress(*DB_ERRORS):
                 freed = self._drop_oldest_now(len(rows), "disk_full")
-                if freed:
+                if freed is not None:
                     with contextlib.suppress(*DB_ERRORS):
                         stored = self._append_rows(rows)
-                        dropped = Counter(stored.dropped) + Counter(disk_full=freed)
-                        return AppendResult(stored.seqs, dict(dropped))
+                        dropped = Counter(stored.dropped) + Counter(disk_full=freed.count)
+                        evicted = (freed, *stored.evicted)
+                        return AppendResult(stored.seqs, dict(dropped), stored.first_kept, evicted)
         self._drops.count_pending("disk_full", len(rows))
         self._flush_pending()
         raise SpoolFullError(
@@ -237,31 +256,32 @@ class Spool:
         )
 
     def _make_room(
-        self, cur: sqlite3.Cursor, rows: list[tuple[Any, ...]], dropped: Counter[str]
-    ) -> list[tuple[Any, ...]]:
-        """Apply the bounds inside the write transaction; returns the rows that may be added.
+        self, cur: sqlite3.Cursor, n: int, dropped: Counter[str], evicted: list[Eviction]
+    ) -> tuple[int, int]:
+        """Apply the bounds inside the write transaction for ``n`` new rows.
 
+        Returns which of them may be added: (index of the first, how many).
         ``drop_oldest`` deletes the oldest queued rows (and, if the batch alone is
-        over ``max_rows``, the oldest of the batch); ``drop_newest`` refuses the
-        newest rows of the batch instead.
+        over ``max_rows``, refuses the oldest of the batch); ``drop_newest``
+        refuses the newest rows of the batch instead.
         """
-        cfg, n = self.config, len(rows)
+        cfg = self.config
         if self._free_space() < cfg.min_free_bytes:
             if cfg.overflow == "drop_newest":
                 dropped["min_free_bytes"] += n
-                return []
-            dropped["min_free_bytes"] += _delete_oldest(cur, n)
+                return 0, 0
+            _note(evicted, dropped, _evict_oldest(cur, n, "min_free_bytes"))
         excess = self._depth_for_bound(cur, n) + n - cfg.max_rows
         if excess <= 0:
-            return rows
+            return 0, n
         if cfg.overflow == "drop_newest":
             keep = max(0, n - excess)
             dropped["max_rows"] += n - keep
-            return rows[:keep]
-        dropped["max_rows"] += _delete_oldest(cur, excess)
+            return 0, keep
+        _note(evicted, dropped, _evict_oldest(cur, excess, "max_rows"))
         keep = min(n, cfg.max_rows)
         dropped["max_rows"] += n - keep
-        return rows[n - keep :]
+        return n - keep, keep
 
     def _depth_for_bound(self, cur: sqlite3.Cursor, n: int) -> int:
         # Two subqueries: SQLite's min/max optimisation (one B-tree probe) only
@@ -276,13 +296,15 @@ class Spool:
             return upper  # cheap upper bound is already within the limit
         return int(cur.execute("SELECT COUNT(*) FROM reading").fetchone()[0])
 
-    def _drop_oldest_now(self, n: int, reason: str) -> int:
+    def _drop_oldest_now(self, n: int, reason: str) -> Eviction | None:
         dropped: Counter[str] = Counter()
         with self._write() as cur:
-            dropped[reason] = _delete_oldest(cur, n)
+            freed = _evict_oldest(cur, n, reason)
+            if freed is not None:
+                dropped[reason] = freed.count
             self._persist_drops(cur, dropped)
         self._drops.log(dropped)
-        return dropped[reason]
+        return freed
 
     def _free_space(self) -> int:
         now = time.monotonic()
@@ -832,14 +854,23 @@ def _insert(cur: sqlite3.Cursor, rows: list[tuple[Any, ...]]) -> list[int]:
     return list(range(hi - len(rows) + 1, hi + 1))
 
 
-def _delete_oldest(cur: sqlite3.Cursor, n: int) -> int:
-    cur.execute(
-        "DELETE FROM reading WHERE seq IN (SELECT seq FROM reading ORDER BY seq LIMIT ?)",
-        (n,),
-    )
+def _evict_oldest(cur: sqlite3.Cursor, n: int, reason: str) -> Eviction | None:
+    """Delete the ``n`` oldest queued rows; what was deleted, or None if nothing was queued."""
+    lo, hi = cur.execute(
+        "SELECT MIN(seq), MAX(seq) FROM (SELECT seq FROM reading ORDER BY seq LIMIT ?)", (n,)
+    ).fetchone()
+    if lo is None:
+        return None
+    cur.execute("DELETE FROM reading WHERE seq <= ?", (hi,))
     deleted = int(cur.rowcount)
     _add_reading_count(cur, -deleted)
-    return deleted
+    return Eviction(reason, deleted, int(lo), int(hi))
+
+
+def _note(evicted: list[Eviction], dropped: Counter[str], freed: Eviction | None) -> None:
+    if freed is not None:
+        evicted.append(freed)
+        dropped[freed.reason] += freed.count
 
 
 def _add_reading_count(cur: sqlite3.Cursor, delta: int) -> None:
