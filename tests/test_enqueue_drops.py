@@ -7,20 +7,14 @@ from pathlib import Path
 
 import pytest
 from daemon import mqttspool_env, run_cli
-from fakes.clock import FakeClock
+from fakes.clock import FakeClock, FakeClockSync
 
 from mqttspool.cli import enqueue
 from mqttspool.cli.enqueue import EnqueueResult, LineParser, enqueue_lines, input_lines
 from mqttspool.config import SpoolConfig
 from mqttspool.spool import open_spool
-from mqttspool.timekeeping import ClockSync
 
 BOUND = "reason max_rows (spool.max_rows = 5 reached; spool.overflow = {})"
-
-
-class Synced(ClockSync):
-    def is_synchronized(self) -> bool:
-        return True
 
 
 def lines(values: range) -> bytes:
@@ -30,11 +24,13 @@ def lines(values: range) -> bytes:
 def run_enqueue(
     tmp_path: Path, data: bytes, overflow: str = "drop_oldest"
 ) -> tuple[EnqueueResult, list[str], list[float]]:
-    cfg = SpoolConfig(path=str(tmp_path / "s.db"), max_rows=5, overflow=overflow, min_free_bytes=0)
+    cfg = SpoolConfig.model_validate(
+        {"path": str(tmp_path / "s.db"), "max_rows": 5, "overflow": overflow, "min_free_bytes": 0}
+    )
     spool = open_spool(cfg, FakeClock())
     errors = io.StringIO()
     try:
-        parser = LineParser("d", FakeClock(), Synced())
+        parser = LineParser("d", FakeClock(), FakeClockSync(True))
         result = enqueue_lines(spool, input_lines(io.BytesIO(data)), parser, errors)
         values = [r.value for r in spool.rows_after(0, 100)]
     finally:
