@@ -116,20 +116,9 @@ class Service:
             for signum in STOP_SIGNALS:
                 signal.signal(signum, self.request_stop)
         self.spool = open_spool(self.settings.spool, self.clock, integrity_check=True)
-        self.spool.begin_writing()  # a new epoch if the last stop may have lost commits
-        logger.info(
-            "mqttspool %s starting: device %s, spool %s (epoch %s, %d queued), broker %s",
-            _version(),
-            self.settings.device.id,
-            self.spool.path,
-            self.spool.epoch,
-            self.spool.depth(),
-            self.settings.broker.address(),
-        )
-        self._start_metrics()
-        self._start_components()
         code = EXIT_FAIL
-        try:
+        try:  # from here on every failure closes the spool and stops what was started
+            self._start()
             code = self._supervise()
         finally:
             left = self._stop_components()
@@ -144,6 +133,21 @@ class Service:
         return code
 
     # ----------------------------------------------------------- internals
+
+    def _start(self) -> None:
+        assert self.spool is not None
+        self.spool.begin_writing()  # a new epoch if the last stop may have lost commits
+        logger.info(
+            "mqttspool %s starting: device %s, spool %s (epoch %s, %d queued), broker %s",
+            _version(),
+            self.settings.device.id,
+            self.spool.path,
+            self.spool.epoch,
+            self.spool.depth(),
+            self.settings.broker.address(),
+        )
+        self._start_metrics()
+        self._start_components()
 
     def _start_components(self) -> None:
         assert self.spool is not None
@@ -166,15 +170,16 @@ class Service:
         threading.Thread(target=watch, name="mqttspool-watch", daemon=True).start()
 
     def _stop_components(self) -> int:
-        if self.sampler_thread is not None:
+        # A start that failed halfway leaves threads that were built but never started.
+        if self.sampler_thread is not None and self.sampler_thread.is_alive():
             self.sampler_thread.stop()
             self.sampler_thread.join(10)
-        left = 0
-        if self.bridge_thread is not None:
+        if self.bridge_thread is None:
+            return 0
+        if self.bridge_thread.is_alive():
             self.bridge_thread.stop()
             self.bridge_thread.join(self.settings.bridge.shutdown_timeout + 5)
-            left = self.bridge_thread.left_unacked
-        return left
+        return self.bridge_thread.left_unacked
 
     def _supervise(self) -> int:
         """Heartbeat and watch the components until a stop signal (0) or a fatal error (1)."""

@@ -152,6 +152,9 @@ class Spool:
         # The WAL's not-yet-checkpointed pages must fit in the reserve for a
         # checkpoint on a full disk to complete (SQLite's default on big disks).
         self.db = schema.database(path, config.synchronous, wal_pages(self.reserve.size))
+        # The disk-full state and the reserve change together, from the sampler and
+        # the bridge thread alike: one lock makes each transition atomic.
+        self._full_lock = threading.RLock()
         self._disk_full = disk_full  # set on ENOSPC, cleared when the reserve is back
         self._drops = DropCounters(path)
         self._txn = threading.local()  # per-thread undo list of the open write transaction
@@ -161,6 +164,7 @@ class Spool:
         self._file_checked_at = time.monotonic()
         self._identity = _identity(path)
         self._gone: SpoolGoneError | None = None
+        self._gone_lock = threading.Lock()
         self._epochs: EpochMap | None = None  # loaded on first use (read-only opens skip it)
         # The first write of this process decides whether a new epoch begins (epochs.fence).
         self._fence_lock = threading.Lock()
@@ -317,17 +321,19 @@ class Spool:
 
     def _enter_full(self) -> None:
         """ENOSPC: give back the reserve and the WAL's slack so deletes can commit."""
-        self._disk_full = True
-        self.reserve.release()
+        with self._full_lock:
+            self._disk_full = True
+            self.reserve.release()
         self._checkpoint()
 
     def _space_is_back(self) -> bool:
         """Leave the full state once headroom is assured again."""
-        if self.reserve.ensure():
-            if self._disk_full:
-                logger.warning("spool %s: disk space is back; reserve restored", self.path)
-            self._disk_full = False
-        return not self._disk_full
+        with self._full_lock:
+            if self.reserve.ensure():
+                if self._disk_full:
+                    logger.warning("spool %s: disk space is back; reserve restored", self.path)
+                self._disk_full = False
+            return not self._disk_full
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database and truncate it, returning its space to the disk."""
@@ -685,19 +691,24 @@ class Spool:
         now = _identity(self.path)
         if now is not None and now == self._identity:
             return
+        with self._gone_lock:
+            if self._gone is None:
+                self._gone = self._gone_error(now)
+            raise self._gone
+
+    def _gone_error(self, now: tuple[int, int] | None) -> SpoolGoneError:
         what = "deleted" if now is None else "replaced by another file"
         # A new file at the path shares the -wal/-shm names with the old one,
         # so what this connection reads then is no reliable count.
         stranded = self._stranded() if now is None else None
         held = "an unknown number of" if stranded is None else str(stranded)
-        self._gone = SpoolGoneError(
+        return SpoolGoneError(
             self.path,
             f"was {what} while open; {held} queued reading(s) remain in the unlinked file"
             " and will not be delivered. Stop mqttspool, restore the file if you can"
             " (e.g. from /proc/<pid>/fd while it runs), then start it again",
             stranded,
         )
-        raise self._gone
 
     def _on_database_error(self) -> None:
         """Called by the error mapping: a vanished file explains errors better than SQLite."""
@@ -725,8 +736,10 @@ class Spool:
             return None
 
     def _maybe_check_file(self) -> None:
-        if self._gone is not None:
-            raise self._gone  # once gone, every write says so (callers may retry)
+        with self._gone_lock:
+            gone = self._gone
+        if gone is not None:
+            raise gone  # once gone, every write says so (callers may retry)
         if time.monotonic() - self._file_checked_at >= FILE_CHECK_S:
             self.check_file()
 
