@@ -182,14 +182,16 @@ def _corrupt_a_reading_page(path: Path) -> None:
     conn = sqlite3.connect(path)
     try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        pages = conn.execute(
-            "SELECT pageno FROM dbstat WHERE name = 'reading' AND pagetype = 'leaf' ORDER BY pageno"
-        ).fetchall()
+        # The oldest rows' leaf: stats reads the oldest row (the counts come from meta).
+        (page,) = conn.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'reading' AND pagetype = 'leaf'"
+            " ORDER BY path LIMIT 1"
+        ).fetchone()
         size = int(conn.execute("PRAGMA page_size").fetchone()[0])
     finally:
         conn.close()
     with path.open("r+b") as fh:
-        fh.seek((int(pages[len(pages) // 2][0]) - 1) * size)
+        fh.seek((int(page) - 1) * size)
         fh.write(b"\xa5" * size)
 
 
@@ -207,7 +209,7 @@ def test_corruption_found_by_stats_is_a_spool_corrupt_error(tmp_path: Path) -> N
             s.stats()
         assert info.value.path == tmp_path / "spool.db"
         with pytest.raises(SpoolCorruptError):
-            s.depth()
+            s.rows_after(0, 10)
     finally:
         s.close()
 

@@ -298,7 +298,7 @@ class Spool:
         upper = int(hi) - int(lo) + 1
         if upper + n <= self.config.max_rows:
             return upper  # cheap upper bound is already within the limit
-        return int(cur.execute("SELECT COUNT(*) FROM reading").fetchone()[0])
+        return _counts(cur.execute)[0]  # exact: we hold the write lock
 
     def _drop_oldest_now(self, n: int, reason: str) -> Eviction | None:
         dropped: Counter[str] = Counter()
@@ -589,9 +589,11 @@ class Spool:
     def stats(self) -> SpoolStats:
         """Depth, oldest timestamp, dead letters, drops by reason, last publish."""
         q = self.db.execute_sql
-        depth = int(q("SELECT COUNT(*) FROM reading").fetchone()[0])
+        depth, dead = _counts(q)
         oldest = q("SELECT ts_us FROM reading ORDER BY seq LIMIT 1").fetchone()
-        dead = int(q("SELECT COUNT(*) FROM dead_letter").fetchone()[0])
+        # The counters read no row: probing the newest too walks both edges of the
+        # queue's B-tree, so a damaged page there shows here (and is salvaged) at once.
+        q("SELECT ts_us FROM reading ORDER BY seq DESC LIMIT 1").fetchone()
         meta = dict(q("SELECT key, value FROM meta").fetchall())
         dropped = Counter(
             {
@@ -614,8 +616,8 @@ class Spool:
 
     @mapped("count queued readings")
     def depth(self) -> int:
-        """Number of queued readings."""
-        return int(self.db.execute_sql("SELECT COUNT(*) FROM reading").fetchone()[0])
+        """Number of queued readings (from the row counters: no table scan)."""
+        return _counts(self.db.execute_sql)[0]
 
     @mapped("read the high-water mark")
     def high_water_seq(self) -> int:
@@ -923,6 +925,29 @@ def _set_reading_hwm(cur: sqlite3.Cursor) -> None:
         "UPDATE meta SET value = (" + schema.HWM_SQL + ") WHERE key = ?",
         (schema.COUNT_READING_HWM,),
     )
+
+
+_COUNTS_SQL = (
+    "SELECT (SELECT value FROM meta WHERE key = ?), (SELECT value FROM meta WHERE key = ?),"
+    " (" + schema.HWM_SQL + "), (SELECT value FROM meta WHERE key = ?)"
+)
+
+
+def _counts(execute: Callable[..., Any]) -> tuple[int, int]:
+    """(queued readings, dead letters) from the row counters, in one statement (one snapshot).
+
+    A file without the counters (opened read-only before its migration) is counted.
+    """
+    count, mark, hwm, dead = execute(
+        _COUNTS_SQL, (schema.COUNT_READING, schema.COUNT_READING_HWM, schema.COUNT_DEAD)
+    ).fetchone()
+    if count is None:
+        queued = int(execute("SELECT COUNT(*) FROM reading").fetchone()[0])
+    else:
+        queued = schema.queued_rows(int(count), None if mark is None else int(mark), int(hwm))
+    if dead is None:
+        dead = execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0]
+    return queued, int(dead)
 
 
 def _sync_dead_count(cur: sqlite3.Cursor) -> None:
