@@ -15,6 +15,7 @@ from pathlib import Path
 
 from daemon import mqttspool_env, run_cli
 from fakes.clock import FakeClock
+from support.spooltools import high_water_seq, read_meta
 
 from mqttspool.config import SpoolConfig
 from mqttspool.reading import Reading, from_us
@@ -92,7 +93,7 @@ def test_requeue_after_a_cut_fences_before_the_next_reading(tmp_path: Path) -> N
     assert "new epoch" in result.stderr
     spool = _open(path)
     try:
-        assert spool.read_meta("shutdown") == "clean"  # fenced, and no publisher is alive
+        assert read_meta(spool, "shutdown") == "clean"  # fenced, and no publisher is alive
         (seq,) = _append(spool, range(9, 10))
         assert seq == 4 and spool.epoch_of(seq) != published[4]
     finally:
@@ -111,7 +112,7 @@ def test_a_writer_beside_a_live_run_keeps_the_runs_epoch(tmp_path: Path) -> None
             try:
                 (seq,) = _append(other, range(10, 11))
                 assert other.epoch == run.epoch == other.epoch_of(seq) == change.new
-                assert other.read_meta("shutdown") == "running:normal"  # the run's record
+                assert read_meta(other, "shutdown") == "running:normal"  # the run's record
             finally:
                 other.close()
         finally:
@@ -131,13 +132,13 @@ def test_a_writer_while_a_run_starts_but_has_not_fenced_yet_fences_itself(
             (seq,) = _append(other, range(11, 12))
             assert other.epoch_of(seq) != published[seq]
             # Not "clean": the starting run must still record and judge for itself.
-            assert other.read_meta("shutdown") == "running:normal"
+            assert read_meta(other, "shutdown") == "running:normal"
         finally:
             other.close()
         run = _open(path)
         try:
             run.begin_writing()
-            assert run.stats().epoch == run.epoch_of(run.high_water_seq() + 1)
+            assert run.stats().epoch == run.epoch_of(high_water_seq(run) + 1)
         finally:
             run.close()
 

@@ -146,18 +146,18 @@ def test_leaving_the_full_state_cannot_undo_a_concurrent_enospc(
         return ok
 
     monkeypatch.setattr(spool.reserve, "ensure", slow_ensure)
-    spool._disk_full = True
+    spool.disk.enter_full()  # as after an ENOSPC, then the bridge sees space back
 
     def enospc() -> None:
         inside.wait(5)
-        spool._enter_full()
+        spool.disk.enter_full()
         enospc_done.set()
 
     other = threading.Thread(target=enospc)
     other.start()
-    spool._space_is_back()
+    spool.disk.space_is_back()
     other.join(5)
-    assert spool._disk_full  # the later ENOSPC wins: headroom stays for deletes
+    assert spool.disk.full  # the later ENOSPC wins: headroom stays for deletes
 
 
 def test_every_thread_sees_the_one_gone_error(spool: Spool) -> None:

@@ -98,7 +98,7 @@ def test_counts_stay_exact_through_every_change(
 def test_stats_and_depth_do_not_scan_the_queue(spool: Spool) -> None:
     spool.append(_batch(20))
     statements: list[str] = []
-    conn = spool.db.connection()  # type: ignore[no-untyped-call]
+    conn = spool.db.connection()
     trace: Callable[[str], None] = statements.append
     conn.set_trace_callback(trace)
     try:
