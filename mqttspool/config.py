@@ -226,7 +226,7 @@ class SpoolConfig(_Section):
 
     path: str = "mqttspool.db"
     synchronous: Literal["full", "normal"] = "full"
-    max_rows: int = Field(default=1_000_000, ge=1, le=MAX_ROWS)
+    max_rows: int = Field(default=10_000_000, ge=1, le=MAX_ROWS)
     max_age: AgeSeconds = 0
     min_free_bytes: int = Field(default=50 * 1024 * 1024, ge=0, le=MAX_FREE_BYTES)
     overflow: Literal["drop_oldest", "drop_newest"] = "drop_oldest"

@@ -81,6 +81,9 @@ class Sampler:
         self._synced: bool | None = None  # unknown until the first step
         self._full_log = LogThrottle(FULL_LOG_INTERVAL_S)
         self.rounds = 0
+        # False after a round whose readings the spool refused: not a finished round
+        # for health (which must go red while nothing is stored).
+        self.round_stored = True
 
     def step(self) -> float:
         """Run every due sensor, append their readings at once; seconds until the next is due."""
@@ -90,8 +93,7 @@ class Sampler:
         for state in self._states:
             if state.next_due_ns <= now:
                 readings.extend(self._sample(state, synced))
-        if readings:
-            self._store(readings)
+        self.round_stored = self._store(readings) if readings else True
         self.rounds += 1
         return self.seconds_until_due()
 
@@ -130,6 +132,8 @@ class Sampler:
         wall_us, mono_ns = self.clock.wall_us(), self.clock.mono_ns()
         try:
             fixed = self.spool.correct_clock(boot, wall_us, mono_ns)
+        except (SpoolCorruptError, SpoolGoneError):
+            raise  # the service salvages (corrupt) or stops (gone); not ours to swallow
         except Exception:
             logger.exception("clock synchronized, but re-timing unsynced readings failed")
             return
@@ -210,11 +214,13 @@ class Sampler:
 
     # ----------------------------------------------------------------- spool
 
-    def _store(self, readings: list[Reading]) -> None:
+    def _store(self, readings: list[Reading]) -> bool:
+        """Append one round; False if the spool stored none of it (counted and logged)."""
         try:
             self.spool.append(readings, clock_stamped=True)  # ts taken from our clock
         except SpoolFullError as exc:
             self._log_full(exc)
+            return False
         except SpoolCorruptError:
             # The service quarantines and salvages the file; the salvage counts
             # this round as dropped (reason corrupt).
@@ -227,6 +233,8 @@ class Sampler:
             # but never silently.
             self.spool.count_drop("spool_error", len(readings))
             logger.error("%s: %d reading(s) of this round dropped", exc, len(readings))
+            return False
+        return True
 
     def _log_full(self, exc: SpoolFullError) -> None:
         # The spool already counted the readings as dropped (reason disk_full).
@@ -278,7 +286,9 @@ class SamplerThread:
                 except Exception:
                     logger.exception("sampling round failed; retrying in %gs", ERROR_WAIT_S)
                     delay = ERROR_WAIT_S
-                self.last_round_mono = time.monotonic()
+                else:
+                    if self.sampler.round_stored:  # a round nothing was stored of is not done
+                        self.last_round_mono = time.monotonic()
                 self._stop.wait(min(delay, IDLE_WAIT_S))
         finally:
             self.sampler.close()

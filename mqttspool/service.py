@@ -24,15 +24,12 @@ fsync'd), close the spool, exit 0. A ``run`` or ``drain`` start records
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import signal
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -61,59 +58,6 @@ EXIT_OK, EXIT_FAIL = 0, 1
 # SIGHUP too: a closed terminal or `kill -HUP` must not kill the daemon with 129
 # (and skip the graceful shutdown); there is nothing to reload.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-class SpoolLock:
-    """One ``run`` or ``drain`` per spool: an exclusive ``flock`` on ``<spool>.lock``.
-
-    The file holds the owner's PID for the refusal message. The kernel drops
-    the lock when the owner exits however it ends (kill -9 included), so a
-    stale lock file never blocks a restart. ``enqueue``, ``status`` and
-    ``dead-letters`` do not take it: SQLite serialises their writes.
-    """
-
-    def __init__(self, spool_path: str | Path) -> None:
-        self.spool_path = Path(spool_path)
-        self.path = Path(f"{spool_path}.lock")
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        """Take the lock or raise :class:`SpoolError` naming the holder's PID."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise SpoolError(
-                self.spool_path, f"cannot open the lock file {self.path}: {exc.strerror}"
-            ) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise SpoolError(
-                self.spool_path,
-                f"in use by another mqttspool run or drain (PID {holder}, lock {self.path});"
-                " stop that process first, or give this one its own spool.path",
-            ) from None
-        with contextlib.suppress(OSError):  # the PID is for messages only (the disk may be full)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        """Give the lock up (the file stays: deleting it would race with the next owner)."""
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> SpoolLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 def make_companions(settings: Settings) -> list[Companion]:
@@ -172,20 +116,9 @@ class Service:
             for signum in STOP_SIGNALS:
                 signal.signal(signum, self.request_stop)
         self.spool = open_spool(self.settings.spool, self.clock, integrity_check=True)
-        self.spool.begin_writing()  # a new epoch if the last stop may have lost commits
-        logger.info(
-            "mqttspool %s starting: device %s, spool %s (epoch %s, %d queued), broker %s",
-            _version(),
-            self.settings.device.id,
-            self.spool.path,
-            self.spool.epoch,
-            self.spool.depth(),
-            self.settings.broker.address(),
-        )
-        self._start_metrics()
-        self._start_components()
         code = EXIT_FAIL
-        try:
+        try:  # from here on every failure closes the spool and stops what was started
+            self._start()
             code = self._supervise()
         finally:
             left = self._stop_components()
@@ -200,6 +133,21 @@ class Service:
         return code
 
     # ----------------------------------------------------------- internals
+
+    def _start(self) -> None:
+        assert self.spool is not None
+        self.spool.begin_writing()  # a new epoch if the last stop may have lost commits
+        logger.info(
+            "mqttspool %s starting: device %s, spool %s (epoch %s, %d queued), broker %s",
+            _version(),
+            self.settings.device.id,
+            self.spool.path,
+            self.spool.epoch,
+            self.spool.depth(),
+            self.settings.broker.address(),
+        )
+        self._start_metrics()
+        self._start_components()
 
     def _start_components(self) -> None:
         assert self.spool is not None
@@ -222,15 +170,16 @@ class Service:
         threading.Thread(target=watch, name="mqttspool-watch", daemon=True).start()
 
     def _stop_components(self) -> int:
-        if self.sampler_thread is not None:
+        # A start that failed halfway leaves threads that were built but never started.
+        if self.sampler_thread is not None and self.sampler_thread.is_alive():
             self.sampler_thread.stop()
             self.sampler_thread.join(10)
-        left = 0
-        if self.bridge_thread is not None:
+        if self.bridge_thread is None:
+            return 0
+        if self.bridge_thread.is_alive():
             self.bridge_thread.stop()
             self.bridge_thread.join(self.settings.bridge.shutdown_timeout + 5)
-            left = self.bridge_thread.left_unacked
-        return left
+        return self.bridge_thread.left_unacked
 
     def _supervise(self) -> int:
         """Heartbeat and watch the components until a stop signal (0) or a fatal error (1)."""
@@ -266,6 +215,9 @@ class Service:
         self._stop_components()
         self.spool.close()
         self.spool = recover_spool(self.settings.spool, self.clock)
+        # The salvaged file is a new spool: this run records itself in it (and judges
+        # the copied shutdown record) before the sampler's first append.
+        self.spool.begin_writing()
         self.recoveries += 1
         self._start_components()
 

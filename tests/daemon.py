@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from support.spooltools import high_water_seq as spool_high_water_seq
+
 from mqttspool.config import SpoolConfig
 from mqttspool.reading import Reading, from_us
 from mqttspool.spool import Spool, open_spool
@@ -183,6 +185,6 @@ def high_water_seq(path: Path) -> int:
     """The highest seq ever assigned in the spool (AUTOINCREMENT counter)."""
     spool = open_spool(SpoolConfig(path=str(path)))
     try:
-        return spool.high_water_seq()
+        return spool_high_water_seq(spool)
     finally:
         spool.close()

@@ -26,6 +26,7 @@ from daemon import (
 from support.broker import BrokerFactory, MosquittoBroker
 from support.proxy import ProxyFactory
 from support.recorder import Message, Recorder, RecorderFactory
+from support.spooltools import all_seqs
 
 from mqttspool.bridge import Bridge, BridgeThread
 from mqttspool.config import Settings, load_config
@@ -170,7 +171,7 @@ def test_broker_restarts_mid_drain_lose_nothing(
             # PUBACKs that arrived before the freeze are still being handled (event
             # queue, 50 ms delete batching): wait until the spool stops shrinking.
             wait_spool_settled(bridge, spool)
-            acked = set(seqs) - set(spool.all_seqs())
+            acked = set(seqs) - set(all_seqs(spool))
             wait_for_seqs(recorder, acked, 30)
             assert bridge.connected and bridge.inflight > 0
             broker.stop()  # the broker goes away with the bridge's window in flight

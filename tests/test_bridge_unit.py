@@ -16,6 +16,7 @@ from fakes.clock import FakeClock, FakeClockSync
 from fakes.publisher import FakePublisher
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.spooltools import all_seqs
 
 from mqttspool.bridge import Backoff, Bridge, TokenBucket
 from mqttspool.config import Settings, load_config
@@ -80,7 +81,7 @@ def test_window_is_filled_in_seq_order_and_refilled_after_acks(
     bridge.step(0.02)  # the four acks still count against the window until deleted
     bridge.step(0.1)  # flush interval passed: deleted, window refilled
     assert [s.doc()["seq"] for s in pub.data()] == list(range(1, 15))
-    assert spool.all_seqs() == list(range(5, 26))
+    assert all_seqs(spool) == list(range(5, 26))
 
 
 def test_window_is_capped_by_receive_maximum(tmp_path: Path, clock: FakeClock) -> None:
@@ -168,7 +169,7 @@ def test_disconnect_resends_unacked_from_oldest_with_backoff(
     bridge.step(0.01)
     assert not bridge.connected
     assert pub.closes == 1
-    assert spool.all_seqs() == [3, 4, 5, 6, 7, 8]  # acks before the cut were applied
+    assert all_seqs(spool) == [3, 4, 5, 6, 7, 8]  # acks before the cut were applied
     wait_s = bridge.next_attempt - 0.01
     assert 1.0 <= wait_s <= 1.0 + 1e-9  # first delay: reconnect_min
     bridge.step(0.5)

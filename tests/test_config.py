@@ -81,7 +81,7 @@ def test_defaults_without_a_file() -> None:
         "full",
         "drop_oldest",
     )
-    assert (s.spool.max_rows, s.spool.max_age, s.spool.min_free_bytes) == (1_000_000, 0, 52428800)
+    assert (s.spool.max_rows, s.spool.max_age, s.spool.min_free_bytes) == (10_000_000, 0, 52428800)
     assert s.bridge == BridgeConfig()
     assert (s.bridge.max_inflight, s.bridge.live_window, s.bridge.live_first) == (500, 60, False)
     assert s.sensors == [SimulatedConfig(name="simulated", interval=10)]

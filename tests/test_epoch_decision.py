@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from fakes.clock import FakeClock
 from fakes.publisher import FakePublisher
+from support.spooltools import read_meta
 
 from mqttspool.batch import decode as decode_batch
 from mqttspool.bridge import Bridge
@@ -80,7 +81,7 @@ def test_writer_start_after_clean_or_unclean_stop(
     path = tmp_path / "spool.db"
     first, same = _writer_session(path, level, 3, clean)
     assert first == same  # a new spool is recorded clean: its first start keeps the epoch
-    caplog.set_level(logging.WARNING, logger="mqttspool.spool.store")
+    caplog.set_level(logging.WARNING, logger="mqttspool.spool.durability")
     before, after = _writer_session(path, level, 2, clean=True)
     assert before == first
     assert (after != first) is renews
@@ -138,7 +139,7 @@ def test_salvage_keeps_every_epoch_range_and_the_shutdown_record(tmp_path: Path)
     spool = recover_spool(SpoolConfig(path=str(path), min_free_bytes=0), FakeClock())
     try:
         assert [spool.epoch_of(s) for s in range(1, 6)] == [first] * 3 + [second] * 2
-        assert spool.read_meta("shutdown") == "running:normal"  # still unclean: renews next
+        assert read_meta(spool, "shutdown") == "running:normal"  # still unclean: renews next
     finally:
         spool.close()
 

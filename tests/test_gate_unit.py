@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fakes.clock import FakeClock
 from fakes.publisher import FakePublisher
+from support.spooltools import all_seqs
 
 from mqttspool.bridge import Bridge
 from mqttspool.config import load_config
@@ -95,7 +96,7 @@ def test_no_subscribers_keeps_rows_pauses_and_probes_with_one(
     pub.ack_all_data(NO_SUBSCRIBERS)
     step(bridge, pub, 0.1, 0.2, 5.0, 29.9)
     assert seqs(pub) == [1, 2, 3]  # paused: nothing new
-    assert spool.all_seqs() == [1, 2, 3, 4, 5]  # nothing deleted
+    assert all_seqs(spool) == [1, 2, 3, 4, 5]  # nothing deleted
     assert last_snapshot(pub)["readings_paused"] == "no_subscribers"
     assert bridge.counters.gauge(READINGS_PAUSED) == 1
     step(bridge, pub, 30.2, 30.3)  # reconnect_max after the last 0x10: one probe, the oldest
@@ -103,7 +104,7 @@ def test_no_subscribers_keeps_rows_pauses_and_probes_with_one(
     pub.ack([pub.data()[-1].mid], NO_SUBSCRIBERS)  # the probe finds nobody either
     step(bridge, pub, 30.4, 45.0, 59.0)
     assert seqs(pub) == [1, 2, 3, 1]
-    assert spool.all_seqs() == [1, 2, 3, 4, 5]
+    assert all_seqs(spool) == [1, 2, 3, 4, 5]
     step(bridge, pub, 60.5)
     assert seqs(pub) == [1, 2, 3, 1, 1]  # the second probe: still the oldest row
     pub.ack([pub.data()[-1].mid])  # a subscriber now: success resumes everything
@@ -112,7 +113,7 @@ def test_no_subscribers_keeps_rows_pauses_and_probes_with_one(
         pub.ack_all_data()
     step(bridge, pub, 61.0, 61.2)
     assert seqs(pub)[5:] == [2, 3, 4, 5]
-    assert spool.all_seqs() == []
+    assert all_seqs(spool) == []
     assert last_snapshot(pub)["readings_paused"] is None
     assert bridge.counters.gauge(READINGS_PAUSED) == 0
 
@@ -123,7 +124,7 @@ def test_no_subscribers_is_success_when_not_required(tmp_path: Path, clock: Fake
     pub.ack_all_data(NO_SUBSCRIBERS)
     bridge.step(0.1)
     bridge.step(0.2)
-    assert spool.all_seqs() == []
+    assert all_seqs(spool) == []
 
 
 def test_consumer_topic_gates_readings_and_a_flip_mid_drain_settles_in_flight(
@@ -144,14 +145,14 @@ def test_consumer_topic_gates_readings_and_a_flip_mid_drain_settles_in_flight(
     pub.ack_all_data()
     step(bridge, pub, 0.4, 0.5, 0.6)
     assert seqs(pub) == [1, 2, 3, 4]  # nothing new went out
-    assert spool.all_seqs() == [5, 6, 7, 8, 9, 10]  # the in-flight four settled normally
+    assert all_seqs(spool) == [5, 6, 7, 8, 9, 10]  # the in-flight four settled normally
     pub.pending.append(ConsumerState(pub.generation, online=True))
     for t in (0.7, 0.8, 0.9, 1.0, 1.1):
         step(bridge, pub, t)
         pub.ack_all_data()
     step(bridge, pub, 1.3)
     assert seqs(pub) == list(range(1, 11))
-    assert spool.all_seqs() == []
+    assert all_seqs(spool) == []
 
 
 def test_a_new_connection_waits_for_the_consumer_state_again() -> None:

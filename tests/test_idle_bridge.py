@@ -37,7 +37,7 @@ class Statements:
 
     def __init__(self, spool: Spool) -> None:
         self.seen: list[str] = []
-        self._conn: sqlite3.Connection = spool.db.connection()  # type: ignore[no-untyped-call]
+        self._conn: sqlite3.Connection = spool.db.connection()
         self._conn.set_trace_callback(self.seen.append)
 
     def take(self) -> list[str]:

@@ -98,3 +98,16 @@ def test_the_import_graph_has_no_cycle() -> None:
 )
 def test_cycle_finder_itself(graph: dict[str, set[str]], expected: list[str] | None) -> None:
     assert _cycle(graph) == expected
+
+
+MAX_SPOOL_MODULE_LINES = 500
+
+
+def test_every_spool_module_fits_one_concern() -> None:
+    """mqttspool/spool/ is split by concern: no module over ~500 lines."""
+    long = {
+        p.name: n
+        for p in sorted((PACKAGE / "spool").glob("*.py"))
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_SPOOL_MODULE_LINES
+    }
+    assert long == {}

@@ -17,7 +17,7 @@ from mqttspool.errors import SpoolError
 from mqttspool.health import check_health, heartbeat_path, read_heartbeat
 from mqttspool.sensor_config import SimulatedConfig
 from mqttspool.service import Service
-from mqttspool.spool import store as store_module
+from mqttspool.spool import identity as identity_module
 
 
 def unused_port() -> int:
@@ -93,7 +93,7 @@ def test_a_spool_file_deleted_under_run_stops_it_with_exit_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Issue 9.21 end to end: the real spool notices the unlinked file, the service stops."""
-    monkeypatch.setattr(store_module, "FILE_CHECK_S", 0.05)
+    monkeypatch.setattr(identity_module, "FILE_CHECK_S", 0.05)
     cfg = load_config(None, environ={})
     cfg.spool.path = str(tmp_path / "spool.db")
     cfg.broker.host, cfg.broker.port = "127.0.0.1", unused_port()  # nobody listens: rows stay

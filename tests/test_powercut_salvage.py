@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from fakes.clock import FakeClock
+from support.spooltools import all_seqs, read_meta
 
 from mqttspool.config import SpoolConfig
 from mqttspool.reading import Reading, from_us
@@ -57,9 +58,9 @@ def test_a_salvage_cut_after_the_quarantine_is_redone_from_the_quarantined_file(
     spool = open_spool(cfg, FakeClock())  # any writer start resumes
     try:
         assert spool.epoch == epoch
-        assert spool.all_seqs() == list(range(1, 31))
+        assert all_seqs(spool) == list(range(1, 31))
         assert spool.stats().dropped == {}  # nothing unreadable, nothing counted twice
-        assert spool.read_meta("salvaged_from") == str(aside)
+        assert read_meta(spool, "salvaged_from") == str(aside)
     finally:
         spool.close()
     assert _digest(aside) == digest  # the quarantined file is kept as it was
@@ -82,7 +83,7 @@ def test_a_salvage_cut_after_it_landed_only_clears_its_intent(tmp_path: Path) ->
         conn.execute("DELETE FROM reading WHERE seq = 1")  # delivered since: must stay gone
     spool = open_spool(cfg, FakeClock())
     try:
-        assert spool.all_seqs() == [2, 3, 4, 5]  # not salvaged a second time
+        assert all_seqs(spool) == [2, 3, 4, 5]  # not salvaged a second time
     finally:
         spool.close()
     assert os.stat(path).st_ino == before
@@ -109,7 +110,7 @@ def test_a_writer_waits_for_a_salvage_in_progress_and_does_not_redo_it(tmp_path:
     writer.join(30)
     (spool,) = opened
     try:
-        assert spool.all_seqs() == list(range(1, 8))
-        assert spool.read_meta("salvaged_from") == str(aside)  # the first salvage, kept
+        assert all_seqs(spool) == list(range(1, 8))
+        assert read_meta(spool, "salvaged_from") == str(aside)  # the first salvage, kept
     finally:
         spool.close()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from daemon import wait_until
+from support.spooltools import all_seqs
 
 from mqttspool.config import load_config
 from mqttspool.errors import SpoolCorruptError
@@ -60,11 +61,11 @@ def test_corruption_reported_at_runtime_is_salvaged_and_sampling_goes_on(
     old = open_spool(cfg.spool.model_copy(update={"path": str(aside[0])}))
     new = open_spool(cfg.spool)
     try:
-        old_seqs = old.all_seqs()
+        old_seqs = all_seqs(old)
         assert old_seqs  # rows from before the error...
-        assert new.all_seqs()[: len(old_seqs)] == old_seqs  # ...salvaged with their seqs
+        assert all_seqs(new)[: len(old_seqs)] == old_seqs  # ...salvaged with their seqs
         assert new.epoch == old.epoch
-        assert len(new.all_seqs()) > len(old_seqs)  # and sampling continued afterwards
+        assert len(all_seqs(new)) > len(old_seqs)  # and sampling continued afterwards
     finally:
         old.close()
         new.close()

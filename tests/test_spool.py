@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fakes.clock import FakeClock
+from support.spooltools import ack, all_seqs, dead_letter, read_meta, write_meta
 
 from mqttspool.bridge import LeaseCursor
 from mqttspool.config import SpoolConfig
@@ -79,7 +80,7 @@ def test_new_spool_file_is_marked_as_ours(tmp_path: Path, spool: Spool) -> None:
     assert int.from_bytes(path.read_bytes()[68:72], "big") == APPLICATION_ID
     assert len(spool.epoch) == 8
     int(spool.epoch, 16)
-    assert spool.read_meta("epoch") == spool.epoch
+    assert read_meta(spool, "epoch") == spool.epoch
     assert spool.integrity_ok()
     conn = sqlite3.connect(path)
     try:
@@ -123,7 +124,7 @@ def test_lease_respects_n_and_continues(spool: Spool) -> None:
 def test_settle_deletes_acked_and_dead_letters_rejected(spool: Spool, clock: FakeClock) -> None:
     spool.append([reading(i) for i in range(5)])
     spool.settle([1, 2], [Rejection(3, 0x87, "not authorized")])
-    assert spool.all_seqs() == [4, 5]
+    assert all_seqs(spool) == [4, 5]
     stats = spool.stats()
     assert stats.depth == 2
     assert stats.dead_letters == 1
@@ -137,8 +138,8 @@ def test_settle_deletes_acked_and_dead_letters_rejected(spool: Spool, clock: Fak
         "not authorized",
     )
     assert dl.failed_at_us == clock.wall
-    spool.ack([4])
-    spool.dead_letter(5, 0x97, "quota exceeded")
+    ack(spool, [4])
+    dead_letter(spool, 5, 0x97, "quota exceeded")
     assert spool.depth() == 0
     assert [(d.reading.seq, d.code) for d in spool.dead_letters()] == [(3, 0x87), (5, 0x97)]
     assert [d.reading.seq for d in spool.dead_letters(limit=1)] == [3]
@@ -148,17 +149,17 @@ def test_settle_deletes_acked_and_dead_letters_rejected(spool: Spool, clock: Fak
 def test_requeue_keeps_the_seq_and_purge_counts(spool: Spool) -> None:
     spool.append([reading(i) for i in range(4)])
     for seq in (1, 2, 3):
-        spool.dead_letter(seq, 0x87, "no")
+        dead_letter(spool, seq, 0x87, "no")
     assert spool.requeue([2]) == 1
-    assert spool.all_seqs() == [2, 4]
+    assert all_seqs(spool) == [2, 4]
     assert [r.value for r in spool.rows_after(0, 10)] == [1.25, 3.25]  # same reading, same seq
     assert spool.requeue([]) == 0
     assert spool.purge([1]) == 1
     assert spool.stats().dropped == {"purged": 1}
     assert spool.requeue(None) == 1  # seq 3
-    assert spool.all_seqs() == [2, 3, 4]
+    assert all_seqs(spool) == [2, 3, 4]
     assert spool.dead_letters() == []
-    spool.dead_letter(4, 0x80, "unspecified")
+    dead_letter(spool, 4, 0x80, "unspecified")
     assert spool.purge(None) == 1
     assert spool.stats().dropped == {"purged": 2}
     assert spool.append([reading(9)]).seqs == [5]
@@ -188,10 +189,10 @@ def test_stats_and_status_document(spool: Spool, clock: FakeClock) -> None:
 
 
 def test_meta_values(spool: Spool) -> None:
-    assert spool.read_meta("heartbeat") is None
-    spool.write_meta("heartbeat", "1")
-    spool.write_meta("heartbeat", "2")
-    assert spool.read_meta("heartbeat") == "2"
+    assert read_meta(spool, "heartbeat") is None
+    write_meta(spool, "heartbeat", "1")
+    write_meta(spool, "heartbeat", "2")
+    assert read_meta(spool, "heartbeat") == "2"
 
 
 # --------------------------------------------------------- seq stability
@@ -199,9 +200,9 @@ def test_meta_values(spool: Spool) -> None:
 
 def test_seqs_are_never_reused_after_deletes(spool: Spool) -> None:
     spool.append([reading(i) for i in range(5)])
-    spool.ack([4, 5])  # delete the highest rows: plain rowid would reuse 4 and 5
+    ack(spool, [4, 5])  # delete the highest rows: plain rowid would reuse 4 and 5
     assert spool.append([reading(5)]).seqs == [6]
-    spool.ack([1, 2, 3, 6])
+    ack(spool, [1, 2, 3, 6])
     assert spool.depth() == 0
     assert spool.append([reading(6), reading(7)]).seqs == [7, 8]
 
@@ -210,7 +211,7 @@ def test_seqs_are_never_reused_across_reopen(tmp_path: Path, clock: FakeClock) -
     cfg = config(tmp_path)
     s = open_spool(cfg, clock)
     s.append([reading(i) for i in range(10)])
-    s.ack(list(range(1, 11)))
+    ack(s, list(range(1, 11)))
     epoch = s.epoch
     s.close()
     s = open_spool(cfg, clock)
@@ -227,8 +228,8 @@ def test_reopen_loses_nothing(tmp_path: Path, clock: FakeClock) -> None:
     s = open_spool(cfg, clock)
     for rnd in range(10):
         s.append([reading(rnd * 8 + i) for i in range(8)])  # 80 rows into 50: 30 dropped
-    s.dead_letter(31, 0x87, "no")
-    s.ack([32])
+    dead_letter(s, 31, 0x87, "no")
+    ack(s, [32])
     s.count_drop("sampler_overflow", 3)
     before_rows = s.rows_after(0, 1000)
     before_stats = s.stats()
@@ -270,7 +271,7 @@ def test_release_leases_makes_unacked_rows_leasable_again(spool: Spool) -> None:
     spool.append([reading(i) for i in range(6)])
     leases = LeaseCursor(spool)
     assert [r.seq for r in leases.take(4)] == [1, 2, 3, 4]
-    spool.ack([1, 3])
+    ack(spool, [1, 3])
     leases.release()
     assert [r.seq for r in leases.take(10)] == [2, 4, 5, 6]
     leases.release()
@@ -291,7 +292,7 @@ def test_max_rows_drop_oldest(tmp_path: Path, clock: FakeClock) -> None:
         result = s.append([reading(i) for i in range(8, 16)])
         assert result.seqs == list(range(9, 17))
         assert result.dropped == {"max_rows": 6}
-        assert s.all_seqs() == list(range(7, 17))
+        assert all_seqs(s) == list(range(7, 17))
         assert values(s.rows_after(0, 100)) == [i + 0.25 for i in range(6, 16)]
         # A batch larger than the bound: the queue is emptied, the batch's oldest go too.
         result = s.append([reading(i) for i in range(100, 113)])
@@ -313,10 +314,10 @@ def test_max_rows_drop_newest(tmp_path: Path, clock: FakeClock) -> None:
         result = s.append([reading(99)])
         assert result.seqs == []
         assert result.dropped == {"max_rows": 1}
-        assert s.all_seqs() == list(range(1, 11))
+        assert all_seqs(s) == list(range(1, 11))
         assert values(s.rows_after(0, 100)) == [i + 0.25 for i in range(10)]
         assert s.stats().dropped == {"max_rows": 7}
-        s.ack([1, 2, 3])
+        ack(s, [1, 2, 3])
         assert s.append([reading(i) for i in range(4)]).seqs == [11, 12, 13]
         assert s.stats().dropped == {"max_rows": 8}
     finally:
@@ -327,10 +328,10 @@ def test_max_rows_counts_real_rows_when_seqs_have_gaps(tmp_path: Path, clock: Fa
     s = open_spool(config(tmp_path, max_rows=5), clock)
     try:
         s.append([reading(i) for i in range(5)])
-        s.ack([2, 3, 4])  # 2 rows left, seq range 1..5
+        ack(s, [2, 3, 4])  # 2 rows left, seq range 1..5
         result = s.append([reading(i) for i in range(3)])
         assert result.dropped == {}
-        assert s.all_seqs() == [1, 5, 6, 7, 8]
+        assert all_seqs(s) == [1, 5, 6, 7, 8]
     finally:
         s.close()
 
@@ -360,15 +361,15 @@ def test_max_age_trusts_only_synced_timestamps_and_this_boots_monotonic_time(
         ).seqs
         assert (old_boot, this_boot) == ([1, 2], [3, 4, 5, 6])
         assert s.expire() == 2
-        assert s.all_seqs() == [1, 4, 5, 6]
+        assert all_seqs(s) == [1, 4, 5, 6]
         clock.advance(59)
         assert s.expire() == 0
         clock.advance(2)  # 61 s after the second round
         assert s.expire() == 3
-        assert s.all_seqs() == [1]
+        assert all_seqs(s) == [1]
         clock.advance(10 * 86_400)
         assert s.expire() == 0
-        assert s.all_seqs() == [1]
+        assert all_seqs(s) == [1]
         assert s.stats().dropped == {"max_age": 5}
     finally:
         s.close()
@@ -390,7 +391,7 @@ def test_append_applies_max_age(tmp_path: Path, clock: FakeClock) -> None:
     s = open_spool(cfg, clock)  # a fresh Spool expires on its first append
     try:
         assert s.append([reading(1, ts=from_us(clock.wall))]).seqs == [2]
-        assert s.all_seqs() == [2]
+        assert all_seqs(s) == [2]
         assert s.stats().dropped == {"max_age": 1}
     finally:
         s.close()
@@ -418,7 +419,7 @@ def test_low_disk_drop_oldest_makes_room(tmp_path: Path, clock: FakeClock) -> No
         result = s.append([reading(i) for i in range(10, 14)])
         assert result.seqs == [11, 12, 13, 14]
         assert result.dropped == {"min_free_bytes": 4}
-        assert s.all_seqs() == list(range(5, 15))
+        assert all_seqs(s) == list(range(5, 15))
         assert s.stats().dropped == {"min_free_bytes": 4}
     finally:
         s.close()
@@ -544,7 +545,7 @@ def test_corrupt_spool_is_moved_aside_and_salvaged(tmp_path: Path, clock: FakeCl
     s = open_spool(cfg, clock)
     for rnd in range(125):
         s.append([reading(rnd * 8 + i, sensor=f"sensor_{i}") for i in range(8)])
-    s.dead_letter(1000, 0x87, "not authorized")
+    dead_letter(s, 1000, 0x87, "not authorized")
     s.count_drop("sampler_overflow", 4)
     epoch = s.epoch
     s.close()
@@ -587,7 +588,7 @@ def test_corrupt_spool_is_moved_aside_and_salvaged(tmp_path: Path, clock: FakeCl
         assert salvaged == expected  # every readable row, with its original seq
         assert [d.reading.seq for d in s.dead_letters()] == [1000]
         assert s.stats().dropped == {"corrupt": lost, "sampler_overflow": 4}
-        assert s.read_meta("salvaged_from") == str(aside)
+        assert read_meta(s, "salvaged_from") == str(aside)
         assert s.append([reading(5000)]).seqs == [1001]  # above the old high-water mark
     finally:
         s.close()

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fakes.clock import FakeClock
+from support.spooltools import read_meta
 
 from mqttspool.config import SpoolConfig
 from mqttspool.reading import Reading
@@ -69,7 +70,7 @@ def test_a_schema_1_spool_is_migrated_and_its_rows_keep_their_time(tmp_path: Pat
     try:
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        assert s.read_meta("count.reading") == "1"
+        assert read_meta(s, "count.reading") == "1"
         assert s.correct_clock(clock.boot, 9_000_000_000_000, clock.mono) == 0
         assert _rows(path) == [(7.0, EXPLICIT_US, 0)]
         assert s.append([_reading(8.0)], clock_stamped=True).seqs == [2]

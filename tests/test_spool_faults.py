@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from support.spooltools import all_seqs
 from support.tmpfs import small_tmpfs
 
 from mqttspool.config import SpoolConfig
@@ -77,7 +78,7 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
 
 def _limit_pages_if_no_tmpfs(disk: SmallDisk, spool: Spool, pages: int) -> None:
     if not disk.on_tmpfs:
-        spool.db.execute_sql(f"PRAGMA max_page_count = {pages}")  # type: ignore[no-untyped-call]
+        spool.db.execute_sql(f"PRAGMA max_page_count = {pages}")
 
 
 def _fill_until_full(spool: Spool) -> tuple[dict[int, float], list[SpoolFullError], int]:
@@ -176,7 +177,7 @@ def test_disk_full_from_the_first_write(small_disk: SmallDisk) -> None:
         assert spool.stats().dropped == {"disk_full": 8}
         small_disk.filler.unlink()
         assert spool.append(batch(10_000)).seqs == list(range(len(stored) + 1, len(stored) + 9))
-        assert spool.all_seqs() == list(range(1, len(stored) + 9))
+        assert all_seqs(spool) == list(range(1, len(stored) + 9))
         assert spool.stats().dropped == {"disk_full": 8}
     finally:
         spool.close()
@@ -242,8 +243,8 @@ def test_kill_9_never_loses_or_duplicates_a_committed_reading(tmp_path: Path) ->
     try:
         assert spool.integrity_ok()
         assert list(tmp_path.glob("*.corrupt-*")) == []
-        assert set(reported) <= set(spool.all_seqs())
-        last = max(spool.all_seqs())
+        assert set(reported) <= set(all_seqs(spool))
+        last = max(all_seqs(spool))
         assert spool.append(batch(-100)).seqs == list(range(last + 1, last + 9))
     finally:
         spool.close()

@@ -13,7 +13,7 @@ from mqttspool.config import SpoolConfig
 from mqttspool.errors import SpoolError, SpoolGoneError
 from mqttspool.reading import Reading
 from mqttspool.spool import Spool, open_spool
-from mqttspool.spool import store as spool_store
+from mqttspool.spool import identity as spool_identity
 
 
 def _reading(i: int) -> Reading:
@@ -55,13 +55,13 @@ def test_append_and_settle_check_on_a_timer(
     seqs = s.append([_reading(i) for i in range(3)]).seqs
     s.path.unlink()
     s.append([_reading(3)])  # the check is due only every FILE_CHECK_S
-    monkeypatch.setattr(spool_store, "FILE_CHECK_S", 0.0)
+    monkeypatch.setattr(spool_identity, "FILE_CHECK_S", 0.0)
     with pytest.raises(SpoolGoneError) as info:
         s.append([_reading(4)])
     assert info.value.stranded == 4
     with pytest.raises(SpoolGoneError):
         s.settle(seqs)
-    monkeypatch.setattr(spool_store, "FILE_CHECK_S", 1e9)
+    monkeypatch.setattr(spool_identity, "FILE_CHECK_S", 1e9)
     with pytest.raises(SpoolGoneError):  # sticky: a retry does not write on
         s.settle(seqs)
     assert s.depth() == 4
@@ -75,7 +75,7 @@ def test_a_replaced_file_is_detected(tmp_path: Path, monkeypatch: pytest.MonkeyP
     fresh = _open(tmp_path)  # e.g. `mqttspool enqueue` created a new spool at the path
     fresh.append([_reading(2)])
     fresh.close()
-    monkeypatch.setattr(spool_store, "FILE_CHECK_S", 0.0)
+    monkeypatch.setattr(spool_identity, "FILE_CHECK_S", 0.0)
     with pytest.raises(
         SpoolGoneError, match="was replaced by another file while open; an unknown number of queued"
     ):
@@ -93,7 +93,7 @@ def test_a_database_error_on_a_deleted_file_says_it_was_deleted(tmp_path: Path) 
             raise sqlite3.OperationalError("disk I/O error")
 
     s.path.unlink()
-    s.db = Broken()  # type: ignore[assignment]
+    s.db = Broken()
     with pytest.raises(SpoolGoneError) as info:
         s.depth()
     assert isinstance(info.value, SpoolError)

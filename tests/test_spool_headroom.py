@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+from support.spooltools import all_seqs
 from support.tmpfs import small_tmpfs
 
 from mqttspool.config import SpoolConfig
@@ -81,7 +82,7 @@ def test_settle_works_on_a_full_disk_and_drops_are_persisted(disk: Path) -> None
         refused = _refuse_until_full(spool, 1000)
         refused += _refuse_until_full(spool, 2000)  # still full: refused without writing
         assert not spool.reserve.held()
-        queued = spool.all_seqs()
+        queued = all_seqs(spool)
         spool.settle(queued[:300])  # the PUBACKs of a drain: deletes must commit
         spool.settle(queued[300:])
         assert spool.depth() == 0
@@ -112,9 +113,9 @@ def test_drop_oldest_frees_rows_on_a_full_disk(disk: Path) -> None:
         # slack in the files' last blocks and the recycled WAL are used up).
         for i in range(400):
             stored += spool.append(batch(10_000 + i * 8)).seqs
-            if len(stored) > len(spool.all_seqs()) + 8:
+            if len(stored) > len(all_seqs(spool)) + 8:
                 break
-        present = spool.all_seqs()
+        present = all_seqs(spool)
         lost = sorted(set(stored) - set(present))
         assert lost and lost == stored[: len(lost)]  # the oldest, and only those
         assert set(present) == set(stored) - set(lost)
@@ -124,7 +125,7 @@ def test_drop_oldest_frees_rows_on_a_full_disk(disk: Path) -> None:
     spool = open_spool(cfg)
     try:
         assert spool.stats().dropped == {"disk_full": len(lost)}
-        assert spool.all_seqs() == present
+        assert all_seqs(spool) == present
     finally:
         spool.close()
 

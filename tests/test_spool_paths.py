@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from daemon import clean_env, run_cli
 from fakes.clock import FakeClock
+from support.spooltools import read_meta
 
 from mqttspool.config import SpoolConfig
 from mqttspool.reading import Reading
@@ -181,6 +182,6 @@ def test_requeue_and_purge_while_a_writer_drains(tmp_path: Path) -> None:
     assert len(drainer.delivered) == len(set(drainer.delivered))
     stats = daemon.stats()
     assert (stats.dead_letters, stats.depth, stats.dropped) == (0, 0, {"purged": 40})
-    assert daemon.read_meta("count.reading") == "0"
-    assert daemon.read_meta("count.dead_letter") == "0"
+    assert read_meta(daemon, "count.reading") == "0"
+    assert read_meta(daemon, "count.dead_letter") == "0"
     daemon.close()

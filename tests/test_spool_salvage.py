@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from fakes.clock import FakeClock
+from support.spooltools import ack, all_seqs, dead_letter, read_meta
 
 from mqttspool.config import SpoolConfig
 from mqttspool.reading import Reading
@@ -106,8 +107,8 @@ def test_dead_letter_and_deleted_rows_are_not_counted_as_lost(tmp_path: Path) ->
     cfg = _config(tmp_path)
     s = open_spool(cfg, FakeClock())
     _fill(s, 0, 1)
-    s.dead_letter(1, 0x87, "not authorized")
-    s.ack(_fill(s, 1, 500))
+    dead_letter(s, 1, 0x87, "not authorized")
+    ack(s, _fill(s, 1, 500))
     new = _fill(s, 501, 1500)
     epoch = s.epoch
     s.close()
@@ -139,7 +140,7 @@ def test_losing_the_first_leaf_page_counts_the_lowest_seqs(tmp_path: Path) -> No
     s, lost = _salvage(cfg, queued)
     try:
         assert lost > 0
-        assert 1 not in s.all_seqs()
+        assert 1 not in all_seqs(s)
         assert s.stats().dropped == {"corrupt": lost}
         assert s.depth() == 20_000 - lost
     finally:
@@ -152,7 +153,7 @@ def test_truncated_spool_counts_every_lost_row(tmp_path: Path, size: int) -> Non
     cfg = _config(tmp_path)
     s = open_spool(cfg, FakeClock())
     seqs = _fill(s, 0, 20_000)
-    s.ack(seqs[:100])  # delivered before the damage: not lost
+    ack(s, seqs[:100])  # delivered before the damage: not lost
     s.count_drop("sampler_overflow", 2)
     s.close()
     _leaf_pages(tmp_path / "spool.db")  # checkpoint: everything is in the main file
@@ -181,8 +182,8 @@ def test_an_old_spool_without_row_counters_is_migrated_with_exact_counts(tmp_pat
     conn.commit()
     conn.close()
     s = open_spool(cfg, FakeClock())  # migrates 1 -> 2
-    assert s.read_meta("count.reading") == "3000"
-    s.ack(seqs[:10])
+    assert read_meta(s, "count.reading") == "3000"
+    ack(s, seqs[:10])
     s.close()
     _smash(tmp_path / "spool.db", _leaf_pages(tmp_path / "spool.db")[3])
 

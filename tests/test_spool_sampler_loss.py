@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fakes.clock import FakeClock, FakeClockSync
+from support.spooltools import read_meta
 
 from mqttspool.config import SpoolConfig
 from mqttspool.counters import Counters
@@ -81,7 +82,7 @@ def test_a_vanished_spool_stops_the_sampler(tmp_path: Path) -> None:
     assert not thread.is_alive()
     assert isinstance(thread.error, SpoolGoneError)
     assert thread.error.stranded == 7
-    assert spool.read_meta("dropped.spool_error") is None  # not written on as if it were fine
+    assert read_meta(spool, "dropped.spool_error") is None  # not written on as if it were fine
 
 
 @pytest.fixture(autouse=True)

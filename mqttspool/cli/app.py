@@ -142,7 +142,7 @@ def _environ() -> dict[str, str]:
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    """Validate JSON lines and store the good ones; exit 1 if any line was rejected.
+    """Validate JSON lines and store the good ones; exit 1 if any line was rejected or dropped.
 
     The input rules and limits are in :mod:`mqttspool.cli.enqueue`.
     """
@@ -164,8 +164,9 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         raise
     finally:
         spool.close()
-    print(f"stored {result.stored} reading(s), rejected {result.rejected} line(s)", file=sys.stderr)
-    return EXIT_OK if result.rejected == 0 else EXIT_FAIL
+    for line in result.summary():
+        print(line, file=sys.stderr)
+    return EXIT_OK if result.rejected == 0 and result.dropped == 0 else EXIT_FAIL
 
 
 def _report_early_stop(result: EnqueueResult) -> None:

@@ -19,14 +19,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from collections import Counter, deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from mqttspool.errors import MqttspoolError, ReadingError, SpoolFullError
 from mqttspool.reading import Reading, from_us, load_json, validate_reading
-from mqttspool.spool import Spool
+from mqttspool.spool import AppendResult, Eviction, Spool
 from mqttspool.timekeeping import Clock, ClockSync
 
 logger = logging.getLogger(__name__)
@@ -37,13 +38,70 @@ _CHUNK = 65_536
 _BOM = b"\xef\xbb\xbf"
 
 
+class OwnRows:
+    """Which seqs this input's stored lines got, as runs (seq, line, length) of consecutive both.
+
+    Bounded by the number of batches and rejected lines, not by the input's size.
+    """
+
+    def __init__(self) -> None:
+        self._runs: deque[list[int]] = deque()
+
+    def add(self, seqs: list[int], lines: list[int]) -> None:
+        """Remember that ``lines`` were stored as ``seqs`` (same order)."""
+        for seq, line in zip(seqs, lines, strict=True):
+            last = self._runs[-1] if self._runs else None
+            if last and last[0] + last[2] == seq and last[1] + last[2] == line:
+                last[2] += 1
+            else:
+                self._runs.append([seq, line, 1])
+
+    def evict(self, first: int, last: int) -> list[int]:
+        """Forget every row up to seq ``last``; the lines of those in ``first..last``."""
+        lines: list[int] = []
+        while self._runs and self._runs[0][0] <= last:
+            seq, line, length = self._runs[0]
+            upto = min(length, last - seq + 1)
+            lines.extend(line + i for i in range(upto) if seq + i >= first)
+            if upto == length:
+                self._runs.popleft()
+            else:
+                self._runs[0] = [seq + upto, line + upto, length - upto]
+        return lines
+
+
 @dataclass
 class EnqueueResult:
-    """Running totals of one ``enqueue``; ``last_line`` is the last line read."""
+    """Running totals of one ``enqueue``; ``last_line`` is the last line read.
+
+    ``stored`` counts lines whose reading is in the spool (a line stored and
+    then dropped to make room for later lines is moved to ``dropped``);
+    ``dropped`` counts this input's lines the overflow policy refused or
+    deleted, ``dropped_queued`` readings that were queued before this input,
+    and ``drop_reasons`` both by reason.
+    """
 
     stored: int = 0
     rejected: int = 0
     last_line: int = 0
+    dropped: int = 0
+    dropped_queued: int = 0
+    drop_reasons: Counter[str] = field(default_factory=Counter)
+    own: OwnRows = field(default_factory=OwnRows)
+
+    def summary(self) -> list[str]:
+        """The closing lines; when readings were dropped to make room, the first says so."""
+        last = f"stored {self.stored} reading(s), rejected {self.rejected} line(s)"
+        if not self.drop_reasons:
+            return [last]
+        reasons = ", ".join(f"reason {r}: {n}" for r, n in sorted(self.drop_reasons.items()))
+        total = self.dropped + self.dropped_queued
+        return [
+            f"dropped {total} reading(s) at the spool's bounds ({reasons}): {self.dropped}"
+            f" line(s) of this input, {self.dropped_queued} reading(s) queued before it;"
+            " see spool.max_rows, spool.min_free_bytes and spool.overflow",
+            f"{last}, dropped {self.dropped} line(s)",
+        ]
 
 
 @contextlib.contextmanager
@@ -200,9 +258,76 @@ def _store(
         print(f"lines {batch[0][0]}-{batch[-1][0]}: not stored: {exc}", file=errors)
         result.rejected += len(batch)
         return
-    stored = len(appended.seqs)
-    # drop_newest: the last lines of the batch did not fit.
-    for lineno, _ in batch[stored:]:
-        print(f"line {lineno}: not stored: spool bound reached ({appended.dropped})", file=errors)
+    lines = [lineno for lineno, _ in batch]
+    first, stored = appended.first_kept, len(appended.seqs)
+    for eviction in appended.evicted:
+        _report_eviction(spool, eviction, result, errors)
+    refused = lines[:first] + lines[first + stored :]
+    if refused:
+        reason = _refusal_reason(appended)
+        why = (
+            "not stored"
+            if first == 0
+            else "dropped: the batch alone is over the bound, kept its newest"
+        )
+        print(f"{_ranges('line', refused)}: {why}: {_why(spool, reason)}", file=errors)
+        result.dropped += len(refused)
+        result.drop_reasons[reason] += len(refused)
+    result.own.add(appended.seqs, lines[first : first + stored])
     result.stored += stored
-    result.rejected += len(batch) - stored
+
+
+def _report_eviction(spool: Spool, ev: Eviction, result: EnqueueResult, errors: IO[str]) -> None:
+    """Name the queued readings deleted to make room: this input's lines, then the others."""
+    mine = result.own.evict(ev.first, ev.last)
+    seqs = f"seq {ev.first}" if ev.first == ev.last else f"seqs {ev.first}-{ev.last}"
+    why = _why(spool, ev.reason)
+    others = ev.count - len(mine)
+    if others:
+        among = "" if others == ev.last - ev.first + 1 else "among "
+        print(
+            f"dropped {others} reading(s) queued before this input ({among}{seqs}) to make"
+            f" room: {why}",
+            file=errors,
+        )
+    if mine:
+        print(f"{_ranges('line', mine)}: dropped to make room for later lines: {why}", file=errors)
+    result.stored -= len(mine)
+    result.dropped += len(mine)
+    result.dropped_queued += others
+    result.drop_reasons[ev.reason] += ev.count
+
+
+def _refusal_reason(appended: AppendResult) -> str:
+    """The reason the refused lines were counted under (evictions subtracted)."""
+    refused = Counter(appended.dropped)
+    refused.subtract(Counter({e.reason: e.count for e in appended.evicted}))
+    return next((r for r, n in refused.items() if n > 0), "max_rows")
+
+
+def _why(spool: Spool, reason: str) -> str:
+    cfg = spool.config
+    policy = f"spool.overflow = {cfg.overflow}"
+    if reason == "max_rows":
+        return f"reason max_rows (spool.max_rows = {cfg.max_rows} reached; {policy})"
+    if reason == "min_free_bytes":
+        return (
+            f"reason min_free_bytes (less than spool.min_free_bytes = {cfg.min_free_bytes}"
+            f" free on the spool's filesystem; {policy})"
+        )
+    return f"reason {reason} ({policy})"
+
+
+def _ranges(word: str, numbers: list[int]) -> str:
+    """``line 4`` / ``lines 1-3, 7, 9-12`` for sorted ``numbers``."""
+    parts: list[str] = []
+    start = prev = numbers[0]
+    for n in [*numbers[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    plural = "s" if len(numbers) > 1 else ""
+    return f"{word}{plural} {', '.join(parts)}"

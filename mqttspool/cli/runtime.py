@@ -47,7 +47,7 @@ def exclusive(handler: Handler) -> Handler:
     """``handler`` run while holding the spool's single-instance lock (``run``, ``drain``)."""
 
     def locked(args: argparse.Namespace, settings: Settings) -> int:
-        from mqttspool.service import SpoolLock  # noqa: PLC0415
+        from mqttspool.spool.ownership import SpoolLock  # noqa: PLC0415
 
         with SpoolLock(settings.spool.path):
             return handler(args, settings)

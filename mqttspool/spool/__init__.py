@@ -4,16 +4,27 @@ Modules, in the order a reading meets them:
 
 - :mod:`~mqttspool.spool.schema`: the file format (models, pragmas, schema
   version and migration), creating and attaching, :func:`classify_file`.
-- :mod:`~mqttspool.spool.store`: :class:`Spool`, the queue (append with
-  bounds and overflow policy, settle, dead letters, stats, meta).
-- :mod:`~mqttspool.spool.drops`: drop counters (pending until a commit).
-- :mod:`~mqttspool.spool.headroom`: the reserve file that lets a full disk drain.
+- :mod:`~mqttspool.spool.opening`: :func:`open_spool` / :func:`recover_spool`.
+- :mod:`~mqttspool.spool.store`: :class:`Spool`, the facade over its parts:
+- :mod:`~mqttspool.spool.queue`: the queue (append with bounds and overflow
+  policy, read in order, settle, expire).
+- :mod:`~mqttspool.spool.deadletters`: dead letters (list, requeue, purge).
+- :mod:`~mqttspool.spool.diskfull`: disk-full handling (the full state,
+  free space, retry with headroom); :mod:`~mqttspool.spool.headroom`: the
+  reserve file that lets a full disk drain.
+- :mod:`~mqttspool.spool.identity`: file identity (deleted or replaced while open).
+- :mod:`~mqttspool.spool.durability`: write transactions, fsync policy
+  (unsynced deletes), epochs at a writer's first write;
+  :mod:`~mqttspool.spool.epochs`: the epoch decision and seq -> epoch map;
+  :mod:`~mqttspool.spool.ownership`: the ``run``/``drain`` lock.
+- :mod:`~mqttspool.spool.rows`: the records the spool returns, shared row
+  SQL and the row counters; :mod:`~mqttspool.spool.stats`: the statistics
+  snapshot; :mod:`~mqttspool.spool.drops`: drop counters (pending until a commit).
 - :mod:`~mqttspool.spool.dberrors`: the one mapping of database errors to
   :class:`~mqttspool.errors.SpoolError` and its subclasses.
 - :mod:`~mqttspool.spool.salvage`: quarantine and salvage of a corrupt file.
-- :mod:`~mqttspool.spool.opening`: :func:`open_spool` / :func:`recover_spool`.
-- :mod:`~mqttspool.spool.readonly`: the standard-library-only reader behind
-  ``mqttspool health``.
+- :mod:`~mqttspool.spool.readonly`: a standard-library-only read of one meta
+  value (used while opening a possibly damaged file).
 
 Public names are re-exported here and imported on first use, so
 :mod:`mqttspool.spool.readonly` can be imported without loading peewee.
@@ -27,30 +38,26 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mqttspool.spool.dberrors import map_errors, sqlite_error_code
     from mqttspool.spool.opening import open_spool, recover_spool
+    from mqttspool.spool.rows import AppendResult, DeadLetter, Eviction, Rejection
     from mqttspool.spool.salvage import SalvageReport, count_lost_to_corruption
     from mqttspool.spool.schema import SCHEMA_VERSION, classify_file
-    from mqttspool.spool.store import (
-        AppendResult,
-        DeadLetter,
-        Rejection,
-        Spool,
-        SpoolStats,
-        read_stats_json,
-    )
+    from mqttspool.spool.stats import SpoolStats, read_stats_json
+    from mqttspool.spool.store import Spool
 
 _LAZY: dict[str, str] = {
-    "AppendResult": "mqttspool.spool.store",
-    "DeadLetter": "mqttspool.spool.store",
-    "Rejection": "mqttspool.spool.store",
+    "AppendResult": "mqttspool.spool.rows",
+    "DeadLetter": "mqttspool.spool.rows",
+    "Eviction": "mqttspool.spool.rows",
+    "Rejection": "mqttspool.spool.rows",
     "SCHEMA_VERSION": "mqttspool.spool.schema",
     "SalvageReport": "mqttspool.spool.salvage",
     "Spool": "mqttspool.spool.store",
-    "SpoolStats": "mqttspool.spool.store",
+    "SpoolStats": "mqttspool.spool.stats",
     "classify_file": "mqttspool.spool.schema",
     "count_lost_to_corruption": "mqttspool.spool.salvage",
     "map_errors": "mqttspool.spool.dberrors",
     "open_spool": "mqttspool.spool.opening",
-    "read_stats_json": "mqttspool.spool.store",
+    "read_stats_json": "mqttspool.spool.stats",
     "recover_spool": "mqttspool.spool.opening",
     "sqlite_error_code": "mqttspool.spool.dberrors",
 }
@@ -59,6 +66,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AppendResult",
     "DeadLetter",
+    "Eviction",
     "Rejection",
     "SalvageReport",
     "Spool",

@@ -4,19 +4,28 @@ At ``spool.synchronous = "normal"`` a power cut may take the last commits with
 it -- and with them seqs the bridge had already published. After the reboot
 SQLite hands those seqs out again. So a ``run`` or ``drain`` records in
 ``meta`` (key :data:`SHUTDOWN_KEY`) that it is running and at which level
-(``running:normal``), and a clean stop replaces that with ``clean``. A writer
-start that finds ``running:normal`` (or no record at all while configured for
-``normal``) begins a new random epoch before any new reading gets a seq: a
-reused seq then carries a new id, and a consumer deduping on ``id`` never
-drops a new reading. ``running:full`` keeps the epoch: at FULL no commit is
-lost.
+(``running:normal``) and who it is (key :data:`WRITER_KEY`), and a clean
+stop replaces the record with ``clean``.
+
+The FIRST WRITE of every writer -- ``run``, ``drain``, ``enqueue``,
+``dead-letters requeue``, the first append after a salvage -- passes
+:func:`fence` (the spool calls it before its first write transaction, see
+:meth:`Spool._write <mqttspool.spool.store.Spool._write>`). A record of
+``running:normal`` (or none at all while configured for ``normal``) that does
+not belong to the live ``run``/``drain`` holding ``<spool>.lock`` means an
+unclean stop: a new random epoch begins before any new reading gets a seq, so
+a reused seq carries a new id and a consumer deduping on ``id`` never drops a
+new reading. ``running:full`` keeps the epoch: at FULL no commit is lost. A
+short-lived writer that fenced while no ``run``/``drain`` is alive records
+``clean``: it publishes nothing, so none of its own commits can be lost after
+being published.
 
 The queue keeps the old epoch's rows under their old ids: the
 ``epoch_start`` table maps seq ranges to epochs (``seq`` = the first seq of
 that epoch; a row belongs to the epoch with the greatest start <= its seq).
 The mapping is exact because a new epoch starts above the high-water mark,
 read in the same transaction that records it, and that transaction is
-committed at FULL (fsync'd) before the first append of the new epoch.
+committed at FULL (fsync'd) before the first write of the new epoch.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from typing import Any
 from mqttspool.spool.dberrors import DB_ERRORS
 
 SHUTDOWN_KEY = "shutdown"
+WRITER_KEY = "writer"  # the identity of the run/drain that recorded ``running:``
 CLEAN = "clean"
 RUNNING = "running:"
 
@@ -89,6 +99,53 @@ def begin_epoch(cur: sqlite3.Cursor) -> tuple[str, int]:
     cur.execute("INSERT INTO epoch_start (seq, epoch) VALUES (?, ?)", (first, token))
     cur.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (token,))
     return token, first
+
+
+def fence(cur: sqlite3.Cursor, synchronous: str, owner: str | None, live: str | None) -> Fenced:
+    """Decide, inside the caller's FULL write transaction, whether a new epoch begins now.
+
+    ``owner``: this process's identity when it is the ``run``/``drain`` taking
+    the spool (it records ``running:<level>`` and itself), None for a
+    short-lived writer. ``live``: the identity of the ``run``/``drain`` holding
+    the spool's lock now, if any. A short-lived writer leaves a live
+    publisher's record alone; it fences what no live publisher fenced.
+    """
+    marker = _meta(cur, SHUTDOWN_KEY)
+    reason = new_epoch_reason(marker, synchronous)
+    if owner is None and live is not None and _meta(cur, WRITER_KEY) == live:
+        reason = None  # the live run/drain began its epoch at its start
+    change = None
+    if reason is not None:
+        old = _meta(cur, "epoch") or ""
+        token, first = begin_epoch(cur)
+        change = EpochChange(old, token, reason, first)
+    if owner is not None:
+        _meta_put(cur, SHUTDOWN_KEY, running_marker(synchronous))
+        _meta_put(cur, WRITER_KEY, owner)
+    elif change is not None and live is None:
+        _meta_put(cur, SHUTDOWN_KEY, CLEAN)  # fenced, and nobody publishes
+    return Fenced(_meta(cur, "epoch") or "", change)
+
+
+@dataclass(frozen=True)
+class Fenced:
+    """The outcome of :func:`fence`: the current epoch and the change, if one began."""
+
+    epoch: str
+    change: EpochChange | None
+
+
+def _meta(cur: sqlite3.Cursor, key: str) -> str | None:
+    row = cur.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _meta_put(cur: sqlite3.Cursor, key: str, value: str) -> None:
+    cur.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
 
 
 class EpochMap:

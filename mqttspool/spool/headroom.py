@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 from mqttspool.logthrottle import LogThrottle
@@ -37,6 +38,9 @@ class Reserve:
         self.path = Path(str(spool_path) + RESERVE_SUFFIX)
         self.size = _default_size(self.path.parent) if size is None else size
         self._log = LogThrottle(RELEASE_LOG_INTERVAL_S)
+        # The sampler and bridge threads share one reserve: creating and releasing
+        # it must not interleave (a release mid-creation would be undone by it).
+        self._lock = threading.Lock()
 
     def held(self) -> bool:
         """The reserve file exists."""
@@ -48,6 +52,10 @@ class Reserve:
         Creates the reserve when it is needed and the disk has room for it
         twice over; False while it is needed but cannot be created.
         """
+        with self._lock:
+            return self._ensure()
+
+    def _ensure(self) -> bool:
         if self.size <= 0 or self.held():
             return True
         free = free_bytes(self.path.parent)
@@ -68,6 +76,10 @@ class Reserve:
 
     def release(self) -> bool:
         """Delete the reserve to make room; True if there was one to give back."""
+        with self._lock:
+            return self._release()
+
+    def _release(self) -> bool:
         try:
             self.path.unlink()
         except FileNotFoundError:

@@ -1,10 +1,12 @@
-"""The spool's read-only side, without peewee: one meta value for ``mqttspool health``.
+"""The spool's standard-library-only reader: one meta value of a file that may be damaged.
 
-Part of the spool layer (the only other module that speaks SQL is
-:mod:`mqttspool.spool`). It exists separately because Docker runs
-``mqttspool health`` every few seconds and importing peewee (and through the
-spool, pydantic) costs more than the whole check should. It opens the file
-read-only (``mode=ro``): nothing is created, migrated or locked for writing.
+Opening uses it to read ``meta.salvaged_from`` of a file before deciding
+whether a salvage already landed (:mod:`~mqttspool.spool.opening`), and
+:mod:`~mqttspool.spool.schema` takes :data:`APPLICATION_ID` from here. It
+opens the file read-only (``mode=ro``): nothing is created, migrated or
+locked for writing, and a file that is not an mqttspool spool is never read
+past its header. (``mqttspool health`` reads its own heartbeat file, not the
+spool.)
 """
 
 from __future__ import annotations
