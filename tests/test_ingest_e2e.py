@@ -20,7 +20,8 @@ from daemon import Daemon, mqttspool_env, run_cli, spool_with_backlog, wait_unti
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from support.broker import MosquittoBroker
 
-from mqttspool.reading import StoredReading, render_payload
+from mqttspool.reading import StoredReading
+from mqttspool.wire.payload import render_payload
 
 pytestmark = pytest.mark.timeout(60)
 SUBSCRIBED = r"ingest: subscribed to \$share/"

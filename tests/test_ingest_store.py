@@ -12,7 +12,6 @@ from mqttspool.ingest.completeness import completeness
 from mqttspool.ingest.store import (
     ROWS_PER_STATEMENT,
     IngestRow,
-    Snapshot,
     SqlStore,
     StoreError,
     Undecodable,
@@ -20,6 +19,7 @@ from mqttspool.ingest.store import (
     open_store,
     redact_url,
 )
+from mqttspool.wire.snapshot import Snapshot
 
 Opener = Callable[[], SqlStore]
 

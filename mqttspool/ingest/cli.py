@@ -72,13 +72,12 @@ def _report(state: StoredState, as_json: bool) -> int:
 
 
 def _consume(settings: Settings, store: SqlStore) -> int:
-    from mqttspool.batch import decode as decode_batch  # noqa: PLC0415
     from mqttspool.ingest.consumer import IngestConsumer  # noqa: PLC0415
     from mqttspool.ingest.decode import Decoder  # noqa: PLC0415
     from mqttspool.mqtt import AckingSubscriber  # noqa: PLC0415
 
     cfg, prefix = settings.ingest, settings.topics.prefix
-    decoder = Decoder(prefix, decode_batch)
+    decoder = Decoder(prefix)
     # Retained messages never reach a shared subscription, so the spool
     # snapshots (retained) come through a plain one on every ingest process.
     topics = [f"$share/{cfg.group}/{prefix}/#", f"{prefix}/+/spool"]

@@ -97,7 +97,7 @@ def completeness(state: StoredState) -> list[EpochReport]:
     reports: list[EpochReport] = []
     for epoch, streams in sorted(by_epoch.items()):
         snap = state.snapshots.get(epoch)
-        accounted = None if snap is None else sum(snap.dropped.values()) + snap.dead_letters
+        accounted = None if snap is None else snap.accounted
         reports.append(
             EpochReport(
                 epoch=epoch,

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from mqttspool.errors import ConfigError, MqttspoolError
+from mqttspool.wire.snapshot import Snapshot
 
 INSTALL_HINT = "pip install 'mqttspool[postgres]'"
 ROWS_PER_STATEMENT = 500  # 11 parameters each: well inside SQLite's 32766 variables
@@ -54,16 +55,6 @@ class IngestRow:
     ts_us: int
     time_synced: bool
     replay: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """A device's retained spool snapshot: its drop counters for one epoch."""
-
-    device: str
-    epoch: str
-    dropped: dict[str, int]
-    dead_letters: int
 
 
 @dataclass(frozen=True, slots=True)
