@@ -299,6 +299,7 @@ class IngestConfig(_Section):
     batch_max: int = Field(default=500, ge=1, le=10_000)  # messages per transaction
     batch_linger: float = Field(default=0.2, gt=0, le=60, allow_inf_nan=False)
     status_interval: PositiveSeconds = 60
+    quarantine_max: int = Field(default=1000, ge=1, le=10_000_000)  # refused messages kept
 
 
 class LogConfig(_Section):

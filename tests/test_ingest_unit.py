@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import queue
 
-import pytest
-
 from mqttspool.batch import encode as encode_batch
 from mqttspool.ingest.completeness import completeness, explain
 from mqttspool.ingest.consumer import IngestConsumer
@@ -14,6 +12,7 @@ from mqttspool.ingest.decode import Decoder
 from mqttspool.ingest.store import (
     StoredState,
     StoreError,
+    StoreRefusedError,
     StreamCounts,
     WriteBatch,
 )
@@ -137,12 +136,21 @@ def test_a_batch_is_acknowledged_after_the_commit() -> None:
     assert (consumer.totals.new_rows, consumer.totals.duplicates) == (1, 1)
 
 
-def test_a_failed_commit_acknowledges_nothing() -> None:
-    source = _Source(_deliveries())
-    consumer = IngestConsumer(source, _Store(fail=True), Decoder("mqttspool"), 10, 0.01)
-    with pytest.raises(StoreError, match="disk full"):
-        consumer.step(wait=0.1)
-    assert source.acked == []
+def test_an_unreachable_database_acknowledges_nothing_and_retries_the_same_messages() -> None:
+    source, store = _Source(_deliveries()), _Store(fail=True)
+    consumer = IngestConsumer(source, store, Decoder("mqttspool"), 10, 0.01)
+    states: list[bool] = []
+    consumer.on_db_state = states.append
+    assert consumer.step(wait=0.1) == 0
+    assert (source.acked, consumer.db_ok, [d.mid for d in consumer.pending]) == ([], False, [5, 6])
+    store.fail = False
+    assert consumer.step(wait=0.1) == 2
+    assert (source.acked, consumer.db_ok, consumer.pending, states) == (
+        [5, 6],
+        True,
+        [],
+        [False, True],
+    )
 
 
 def test_metrics_export_unexplained_missing_per_epoch() -> None:
@@ -177,3 +185,30 @@ def test_the_real_batch_decoder_round_trips_through_ingest() -> None:
         ("edge-01:abcd:8", 8.0, "%", True),
         ("edge-01:abcd:10", 10.0, "%", False),
     ]
+
+
+class _PickyStore(_Store):
+    """Refuses any write holding a row with seq 13, as PostgreSQL refuses bigint overflow."""
+
+    def write(self, batch: WriteBatch) -> int:
+        if any(r.seq == 13 for r in batch.rows):
+            raise StoreRefusedError("fake", "write refused: bigint out of range")
+        self.batches.append(batch)
+        return len(batch.rows)
+
+
+def test_a_message_the_database_refuses_is_quarantined_and_the_rest_stored() -> None:
+    topic = "mqttspool/edge-01/s/m"
+    deliveries = [Delivery(1, mid, 1, topic, _payload(mid), False) for mid in (12, 13, 14)]
+    source, store = _Source(deliveries), _PickyStore(fail=False)
+    consumer = IngestConsumer(source, store, Decoder("mqttspool"), 10, 0.01)
+    assert consumer.step(wait=0.1) == 3
+    assert source.acked == [12, 13, 14]
+    assert [[r.seq for r in b.rows] for b in store.batches] == [[12], [], [14]]
+    [quarantined] = [u for b in store.batches for u in b.undecodable]
+    assert (quarantined.topic, quarantined.reason, quarantined.payload) == (
+        topic,
+        "refused by the database: write refused: bigint out of range",
+        _payload(13),
+    )
+    assert (consumer.totals.new_rows, consumer.totals.undecodable) == (2, 1)

@@ -51,7 +51,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         settings.ingest.db = args.db
     if args.group is not None:
         settings.ingest.group = args.group
-    store = open_store(settings.ingest.db)
+    store = open_store(settings.ingest.db, settings.ingest.quarantine_max)
     try:
         if args.report:
             return _report(store.state(), args.json)

@@ -8,7 +8,9 @@ scrape never touches the database:
 * ``mqttspool_ingest_unexplained_missing{epoch,devices}`` (gauge): readings
   missing in gaps no drop counter explains; alert when above 0;
 * ``mqttspool_ingest_missing{epoch,devices}`` (gauge): all missing readings;
-* ``mqttspool_ingest_messages_total`` / ``_duplicates_total`` (counters, since start).
+* ``mqttspool_ingest_messages_total`` / ``_duplicates_total`` (counters, since start);
+* ``mqttspool_ingest_quarantined_total`` (counter, since start): messages the decoder
+  or the database refused, kept in ``ingest_quarantine`` and acknowledged.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class IngestCollector:
         for name, value, doc in (
             ("messages", totals.messages, "Messages stored and acknowledged since start."),
             ("duplicates", totals.duplicates, "Readings already in the database since start."),
+            ("quarantined", totals.undecodable, "Messages refused and quarantined since start."),
         ):
             family = CounterMetricFamily(f"mqttspool_ingest_{name}_total", doc)
             family.add_metric([], float(value))

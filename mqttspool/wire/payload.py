@@ -11,6 +11,7 @@ form (per-reading or batch) carried it.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,9 @@ from mqttspool.wire.bounds import (
 from mqttspool.wire.jsonload import load_object
 
 READING_DEPTH = 1  # a flat object
+# What the bridge renders (and any consumer-friendly ISO 8601 with a zone); strict,
+# because datetime.fromisoformat alone accepts oddities such as a NUL separator.
+_TS = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d{1,6})?)?(Z|[+-]\d\d:?\d\d)", re.ASCII)
 _FIELDS = frozenset(
     ("id", "seq", "device", "sensor", "metric", "value", "unit", "ts", "time_synced", "replay")
 )
@@ -129,7 +133,7 @@ def parse_reading(payload: bytes) -> DecodedReading:
 
 
 def _parse_ts(raw: Any) -> int:
-    if not isinstance(raw, str) or len(raw) > 64:
+    if not isinstance(raw, str) or not _TS.fullmatch(raw):
         raise WireError("ts", "must be an ISO 8601 timestamp with a timezone")
     try:
         ts = datetime.fromisoformat(raw)
