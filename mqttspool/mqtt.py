@@ -684,12 +684,19 @@ class AckingSubscriber(_SessionClient):
     """
 
     def __init__(
-        self, config: BrokerConfig, client_id: str, topics: list[str], session_expiry: int
+        self,
+        config: BrokerConfig,
+        client_id: str,
+        topics: list[str],
+        session_expiry: int,
+        will: Will | None = None,
     ) -> None:
         self.client_id = client_id
         self.topics = topics
         self.session_expiry = session_expiry
         self.messages: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
+        # Told True after a successful SUBACK, False when the connection is lost.
+        self.on_subscribed: Callable[[bool], None] = lambda subscribed: None
         self._connection = 0
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -697,6 +704,8 @@ class AckingSubscriber(_SessionClient):
             protocol=MQTTProtocolVersion.MQTTv5,
             manual_ack=True,
         )
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=1, retain=True)
         client.on_subscribe = self._on_subscribe
         super().__init__(config, client)
 
@@ -705,6 +714,18 @@ class AckingSubscriber(_SessionClient):
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.session_expiry
         self._connect(False, props)
+
+    def publish_retained(self, topic: str, payload: bytes, timeout: float = 5.0) -> bool:
+        """Publish a retained QoS 1 message; True once the broker acknowledged it within
+        ``timeout`` s (0: do not wait, e.g. from a callback on paho's own thread)."""
+        info = self._client.publish(topic, payload, qos=1, retain=True)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS or timeout <= 0:
+            return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError):
+            return False
+        return bool(info.is_published())
 
     def ack(self, delivery: Delivery) -> None:
         """Send the PUBACK for ``delivery`` (skipped if it came on an earlier connection)."""
@@ -739,6 +760,18 @@ class AckingSubscriber(_SessionClient):
             self.status.put(f"broker {self.config.address()} refused subscription(s): {refused}")
         else:
             self.status.put(f"subscribed to {', '.join(self.topics)}")
+            self.on_subscribed(True)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+        self.on_subscribed(False)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.messages.put(

@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from mqttspool.errors import ConfigError
+
 if TYPE_CHECKING:
     from mqttspool.config import Settings
     from mqttspool.ingest.consumer import IngestConsumer
@@ -74,17 +76,16 @@ def _report(state: StoredState, as_json: bool) -> int:
 def _consume(settings: Settings, store: SqlStore) -> int:
     from mqttspool.ingest.consumer import IngestConsumer  # noqa: PLC0415
     from mqttspool.ingest.decode import Decoder  # noqa: PLC0415
-    from mqttspool.mqtt import AckingSubscriber  # noqa: PLC0415
+    from mqttspool.ingest.state import IngestState  # noqa: PLC0415
 
     cfg, prefix = settings.ingest, settings.topics.prefix
-    decoder = Decoder(prefix)
-    # Retained messages never reach a shared subscription, so the spool
-    # snapshots (retained) come through a plain one on every ingest process.
-    topics = [f"$share/{cfg.group}/{prefix}/#", f"{prefix}/+/spool"]
-    sub = AckingSubscriber(
-        settings.broker, client_id_for(cfg.group, cfg.client_id), topics, cfg.session_expiry
-    )
-    consumer = IngestConsumer(sub, store, decoder, cfg.batch_max, cfg.batch_linger)
+    sub = _subscriber(settings)
+    state_topic = cfg.resolved_state_topic()
+    state = IngestState(lambda payload, wait: sub.publish_retained(state_topic, payload, wait))
+    consumer = IngestConsumer(sub, store, Decoder(prefix), cfg.batch_max, cfg.batch_linger)
+    if state_topic:
+        sub.on_subscribed = state.subscription
+        consumer.on_db_state = state.database
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -96,10 +97,30 @@ def _consume(settings: Settings, store: SqlStore) -> int:
     try:
         consumer.run(stop, cfg.status_interval)
     finally:
+        if state_topic:
+            state.stop()
         sub.stop()
         if metrics is not None:
             metrics.stop()
     return 0
+
+
+def _subscriber(settings: Settings) -> AckingSubscriber:
+    """The shared subscription (and the plain one for retained snapshots), with the will."""
+    from mqttspool.ingest.state import OFFLINE  # noqa: PLC0415
+    from mqttspool.mqtt import AckingSubscriber, Will  # noqa: PLC0415
+
+    cfg, prefix = settings.ingest, settings.topics.prefix
+    state_topic = cfg.resolved_state_topic()
+    if state_topic.startswith(f"{prefix}/"):
+        problem = f"{state_topic!r} lies under topics.prefix {prefix!r}; choose a topic outside it"
+        raise ConfigError("ingest.state_topic", [("ingest.state_topic", problem)])
+    # Retained messages never reach a shared subscription, so the spool
+    # snapshots (retained) come through a plain one on every ingest process.
+    topics = [f"$share/{cfg.group}/{prefix}/#", f"{prefix}/+/spool"]
+    will = Will(state_topic, OFFLINE) if state_topic else None
+    client_id = client_id_for(cfg.group, cfg.client_id)
+    return AckingSubscriber(settings.broker, client_id, topics, cfg.session_expiry, will)
 
 
 def _start_metrics(settings: Settings, consumer: IngestConsumer) -> IngestMetricsServer | None:
