@@ -289,6 +289,17 @@ class MetricsConfig(_Section):
     port: int = Field(default=9108, ge=1, le=65535)
 
 
+class IngestMetricsConfig(_Section):
+    """``[ingest.metrics]``: ingest's own Prometheus endpoint (``run`` uses ``[metrics]``).
+
+    Its own port, so ``run`` and ``ingest`` on one host with one config do not clash.
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=9109, ge=1, le=65535)
+
+
 class IngestConfig(_Section):
     """``[ingest]``: the reference consumer (``mqttspool ingest``)."""
 
@@ -312,6 +323,8 @@ class IngestConfig(_Section):
         if "+" in v or "#" in v:
             raise ValueError("must be one topic, without + or # wildcards")
         return v
+
+    metrics: IngestMetricsConfig = Field(default_factory=IngestMetricsConfig)
 
     def resolved_state_topic(self) -> str:
         """``state_topic`` with ``{group}`` filled in ("" when disabled)."""

@@ -21,6 +21,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -436,6 +437,28 @@ def redact_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{parts.username}:********@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_db(db: str) -> None:
+    """Check ``ingest.db`` without creating anything; raises :class:`ConfigError`.
+
+    A PostgreSQL URL needs psycopg (the ``postgres`` extra) and a host and a
+    database name; a SQLite path needs an existing directory.
+    """
+    if db.startswith(("postgresql://", "postgres://")):
+        _import_psycopg()
+        parts = urlsplit(db)
+        if not parts.path.strip("/") and "dbname=" not in parts.query:
+            problem = f"{redact_url(db)} names no database (postgresql://user@host/dbname)"
+            raise ConfigError("ingest.db", [("ingest.db", problem)])
+        return
+    if "://" in db and not db.startswith("sqlite:///"):
+        problem = f"{redact_url(db)}: use a SQLite path or postgresql://user@host/dbname"
+        raise ConfigError("ingest.db", [("ingest.db", problem)])
+    parent = Path(db.removeprefix("sqlite:///")).expanduser().parent
+    if not parent.is_dir():
+        problem = f"directory {parent} does not exist (ingest creates the file, not directories)"
+        raise ConfigError("ingest.db", [("ingest.db", problem)])
 
 
 def open_store(db: str, quarantine_max: int = SqlStore.quarantine_max) -> SqlStore:
