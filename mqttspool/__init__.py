@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mqttspool.config import Settings, load_config
     from mqttspool.errors import (
-        BrokerError,
         ConfigError,
         MqttspoolError,
         NotASpoolError,
@@ -38,7 +37,6 @@ _LAZY: dict[str, str] = {
     "decode_batch": "mqttspool.wire.batch",
     "Settings": "mqttspool.config",
     "load_config": "mqttspool.config",
-    "BrokerError": "mqttspool.errors",
     "ConfigError": "mqttspool.errors",
     "MqttspoolError": "mqttspool.errors",
     "NotASpoolError": "mqttspool.errors",
@@ -57,7 +55,6 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "BatchError",
-    "BrokerError",
     "ConfigError",
     "DecodedReading",
     "MqttspoolError",

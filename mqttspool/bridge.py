@@ -364,7 +364,7 @@ class Bridge:
         self.counters = counters or Counters()
         self.companions = list(companions)
         self.prefix, self.device = settings.topics.prefix, settings.device.id
-        self._client_id = client_id_for(settings.broker, self.device)
+        self._client_id = client_id_for(settings.broker.client_id, self.device)
         self.backoff = Backoff(self.cfg.reconnect_min, self.cfg.reconnect_max, rng)
         self.bucket = TokenBucket(self.cfg.max_rate)
         self.conn: _Connection | None = None

@@ -39,11 +39,6 @@ def register(add: Add) -> None:
     p.add_argument("--json", action="store_true", help="with --report: print JSON")
 
 
-def client_id_for(group: str, configured: str) -> str:
-    """``ingest.client_id``, or one stable per group and host."""
-    return configured or f"mqttspool-ingest-{group}-{socket.gethostname()}"
-
-
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     """Run the consumer until SIGTERM/SIGINT, or print the report.
 
@@ -132,7 +127,7 @@ def _consume(settings: Settings, store: SqlStore, metrics: IngestMetricsServer |
 def _subscriber(settings: Settings) -> AckingSubscriber:
     """The shared subscription (and the plain one for retained snapshots), with the will."""
     from mqttspool.ingest.state import OFFLINE  # noqa: PLC0415
-    from mqttspool.mqtt import AckingSubscriber, Will  # noqa: PLC0415
+    from mqttspool.mqtt import AckingSubscriber, Will, client_id_for  # noqa: PLC0415
 
     cfg, prefix = settings.ingest, settings.topics.prefix
     state_topic = cfg.resolved_state_topic()
@@ -140,7 +135,8 @@ def _subscriber(settings: Settings) -> AckingSubscriber:
     # snapshots (retained) come through a plain one on every ingest process.
     topics = [f"$share/{cfg.group}/{prefix}/#", f"{prefix}/+/spool"]
     will = Will(state_topic, OFFLINE) if state_topic else None
-    client_id = client_id_for(cfg.group, cfg.client_id)
+    # ingest.client_id, or one stable per group and host (its persistent session).
+    client_id = client_id_for(cfg.client_id, "ingest", cfg.group, socket.gethostname())
     return AckingSubscriber(settings.broker, client_id, topics, cfg.session_expiry, will)
 
 
