@@ -46,8 +46,9 @@ from support.broker import MosquittoBroker  # noqa: E402
 from support.proxy import TcpProxy  # noqa: E402
 
 from mqttspool.config import SpoolConfig  # noqa: E402
-from mqttspool.reading import Reading, render_payload  # noqa: E402
+from mqttspool.reading import Reading  # noqa: E402
 from mqttspool.spool import open_spool  # noqa: E402
+from mqttspool.wire.payload import render_payload  # noqa: E402
 
 WINDOW = 1000  # = the shipped mosquitto.conf max_inflight_messages (Receive Maximum)
 DEVICE = "bench"

@@ -8,7 +8,7 @@ Each device is a real ``mqttspool drain`` process with its own spool holding a
 backlog (as after a shared outage); all reconnect to one mosquitto on an
 ephemeral 127.0.0.1 port at once. Consumers read with a shared subscription
 (``$share/ingest/mqttspool/+/+/+``; batches on ``$share/ingest/mqttspool/+/batch``),
-decode both forms (:func:`mqttspool.batch.decode`) and dedupe on ``id``, as the
+decode both forms (:func:`mqttspool.wire.decode`) and dedupe on ``id``, as the
 README tells fleet operators to; ``--payload`` picks ``bridge.payload``. The
 same run measures the raw baseline: the same number of raw paho clients
 (processes) publishing the same payloads pipelined with the same window.
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from daemon import spool_with_backlog  # noqa: E402
 from support.broker import MosquittoBroker  # noqa: E402
 
-from mqttspool.batch import decode  # noqa: E402
+from mqttspool.wire import decode  # noqa: E402
 
 WINDOW = 500
 
@@ -85,9 +85,9 @@ class Consumer:
         self.client.loop_start()
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic.endswith("/batch"):
-            ids = [r.id for r in decode(msg.payload)]
-        else:
+        if msg.topic.startswith("mqttspool/"):  # both forms, through the one decoder
+            ids = [r.id for r in decode(msg.topic, bytes(msg.payload), "mqttspool").readings]
+        else:  # the raw baseline's own payloads
             ids = [str(json.loads(msg.payload)["id"])]
         with self.lock:
             self.ids.extend(ids)

@@ -12,10 +12,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mqttspool.batch import BatchError, DecodedReading, decode_batch
     from mqttspool.config import Settings, load_config
     from mqttspool.errors import (
-        BrokerError,
         ConfigError,
         MqttspoolError,
         NotASpoolError,
@@ -25,18 +23,20 @@ if TYPE_CHECKING:
         SpoolError,
         SpoolFullError,
     )
-    from mqttspool.reading import Reading, parse_payload, render_payload, render_topic
+    from mqttspool.reading import Reading
     from mqttspool.spool import Spool, open_spool
+    from mqttspool.wire.batch import BatchError, DecodedReading, decode_batch
+    from mqttspool.wire.payload import parse_payload, render_payload
+    from mqttspool.wire.topics import render_topic
 
     __version__: str
 
 _LAZY: dict[str, str] = {
-    "BatchError": "mqttspool.batch",
-    "DecodedReading": "mqttspool.batch",
-    "decode_batch": "mqttspool.batch",
+    "BatchError": "mqttspool.wire.batch",
+    "DecodedReading": "mqttspool.wire.batch",
+    "decode_batch": "mqttspool.wire.batch",
     "Settings": "mqttspool.config",
     "load_config": "mqttspool.config",
-    "BrokerError": "mqttspool.errors",
     "ConfigError": "mqttspool.errors",
     "MqttspoolError": "mqttspool.errors",
     "NotASpoolError": "mqttspool.errors",
@@ -46,16 +46,15 @@ _LAZY: dict[str, str] = {
     "SpoolError": "mqttspool.errors",
     "SpoolFullError": "mqttspool.errors",
     "Reading": "mqttspool.reading",
-    "parse_payload": "mqttspool.reading",
-    "render_payload": "mqttspool.reading",
-    "render_topic": "mqttspool.reading",
+    "parse_payload": "mqttspool.wire.payload",
+    "render_payload": "mqttspool.wire.payload",
+    "render_topic": "mqttspool.wire.topics",
     "Spool": "mqttspool.spool",
     "open_spool": "mqttspool.spool",
 }
 
 __all__ = [
     "BatchError",
-    "BrokerError",
     "ConfigError",
     "DecodedReading",
     "MqttspoolError",

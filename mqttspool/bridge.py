@@ -56,7 +56,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from mqttspool.batch import CONTENT_TYPE, ENCODING_PROPERTY, batch_topic, encode_within
 from mqttspool.config import Settings
 from mqttspool.counters import BROKER_CONNECTED, MESSAGES_PUBLISHED, READINGS_PAUSED, Counters
 from mqttspool.errors import SpoolCorruptError, SpoolError, SpoolGoneError
@@ -75,9 +74,12 @@ from mqttspool.mqtt import (
     Will,
     client_id_for,
 )
-from mqttspool.reading import StoredReading, render_payload, render_topic
+from mqttspool.reading import StoredReading
 from mqttspool.spool import Rejection, Spool, read_stats_json
 from mqttspool.timekeeping import Clock
+from mqttspool.wire.batch import CONTENT_TYPE, ENCODING_PROPERTY, encode_within
+from mqttspool.wire.payload import render_payload
+from mqttspool.wire.topics import batch_topic, render_topic, spool_topic, status_topic
 
 logger = logging.getLogger(__name__)
 
@@ -113,16 +115,6 @@ class Companion(Protocol):
         """Messages to send with a reading (after it was handed to the broker);
         ``now_us`` is the wall clock at that moment."""
         ...
-
-
-def status_topic(prefix: str, device: str) -> str:
-    """``{prefix}/{device}/status`` (retained online/offline)."""
-    return f"{prefix}/{device}/status"
-
-
-def spool_topic(prefix: str, device: str) -> str:
-    """``{prefix}/{device}/spool`` (retained backlog snapshot)."""
-    return f"{prefix}/{device}/spool"
 
 
 def will_for(settings: Settings) -> Will:
@@ -372,7 +364,7 @@ class Bridge:
         self.counters = counters or Counters()
         self.companions = list(companions)
         self.prefix, self.device = settings.topics.prefix, settings.device.id
-        self._client_id = client_id_for(settings.broker, self.device)
+        self._client_id = client_id_for(settings.broker.client_id, self.device)
         self.backoff = Backoff(self.cfg.reconnect_min, self.cfg.reconnect_max, rng)
         self.bucket = TokenBucket(self.cfg.max_rate)
         self.conn: _Connection | None = None

@@ -289,6 +289,17 @@ class MetricsConfig(_Section):
     port: int = Field(default=9108, ge=1, le=65535)
 
 
+class IngestMetricsConfig(_Section):
+    """``[ingest.metrics]``: ingest's own Prometheus endpoint (``run`` uses ``[metrics]``).
+
+    Its own port, so ``run`` and ``ingest`` on one host with one config do not clash.
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=9109, ge=1, le=65535)
+
+
 class IngestConfig(_Section):
     """``[ingest]``: the reference consumer (``mqttspool ingest``)."""
 
@@ -299,6 +310,25 @@ class IngestConfig(_Section):
     batch_max: int = Field(default=500, ge=1, le=10_000)  # messages per transaction
     batch_linger: float = Field(default=0.2, gt=0, le=60, allow_inf_nan=False)
     status_interval: PositiveSeconds = 60
+    quarantine_max: int = Field(default=1000, ge=1, le=10_000_000)  # refused messages kept
+    # Retained {"online": true|false} (a device's bridge.consumer_topic); "{group}" is
+    # replaced by ingest.group; "" publishes none. Must lie outside topics.prefix.
+    state_topic: str = Field(
+        default="mqttspool-ingest/{group}/state", max_length=MAX_TOPIC_PREFIX_BYTES
+    )
+
+    @field_validator("state_topic")
+    @classmethod
+    def _one_topic(cls, v: str) -> str:
+        if "+" in v or "#" in v:
+            raise ValueError("must be one topic, without + or # wildcards")
+        return v
+
+    metrics: IngestMetricsConfig = Field(default_factory=IngestMetricsConfig)
+
+    def resolved_state_topic(self) -> str:
+        """``state_topic`` with ``{group}`` filled in ("" when disabled)."""
+        return self.state_topic.replace("{group}", self.group)
 
 
 class LogConfig(_Section):

@@ -70,15 +70,6 @@ class SpoolFullError(SpoolError):
         super().__init__(path, message)
 
 
-class BrokerError(MqttspoolError):
-    """The broker could not be reached or refused us; ``broker`` is ``host:port``."""
-
-    def __init__(self, broker: str, message: str, reason_code: int | None = None) -> None:
-        self.broker = broker
-        self.reason_code = reason_code
-        super().__init__(f"broker {broker}: {message}")
-
-
 class SensorError(MqttspoolError):
     """A sensor read failed; ``sensor`` is its configured name."""
 

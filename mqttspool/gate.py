@@ -38,9 +38,11 @@ def consumer_online(payload: bytes) -> bool:
     text = payload.decode("utf-8", errors="replace").strip()
     if text.lower() == "online":
         return True
+    if text.count("{") + text.count("[") > 8:
+        return False  # a STATE is a flat object; deep nesting would recurse in the parser
     try:
         doc = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(doc, dict) and doc.get("online") is True
 

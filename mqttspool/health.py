@@ -116,8 +116,11 @@ KNOWN_SETTINGS = frozenset(
                 "batch_max",
                 "batch_linger",
                 "status_interval",
+                "quarantine_max",
+                "state_topic",
             )
         ),
+        *(f"ingest.metrics.{k}" for k in ("enabled", "host", "port")),
         "log.level",
         "log.format",
     }

@@ -27,9 +27,11 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mqttspool.bridge import OutMessage, status_topic
+from mqttspool.bridge import OutMessage
 from mqttspool.logthrottle import LogThrottle
 from mqttspool.reading import format_ts
+from mqttspool.wire.topics import ha_state_topic as state_topic
+from mqttspool.wire.topics import status_topic
 
 if TYPE_CHECKING:
     from mqttspool.config import Settings
@@ -102,11 +104,6 @@ def classify(metric: str, unit: str | None) -> HaSensorClass:
     if by_name in _PERCENT_CLASSES and unit == "%":
         return HaSensorClass(by_name, "%")
     return HaSensorClass(None, unit)
-
-
-def state_topic(prefix: str, device: str, sensor: str, metric: str) -> str:
-    """``{prefix}/{device}/{sensor}/{metric}/state``: the retained latest live value."""
-    return f"{prefix}/{device}/{sensor}/{metric}/state"
 
 
 def config_topic(ha_prefix: str, device: str, sensor: str, metric: str) -> str:

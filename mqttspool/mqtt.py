@@ -27,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import SecretStr
 
 from mqttspool.config import BrokerConfig
 from mqttspool.errors import ConfigError
@@ -347,12 +348,12 @@ class MqttPublisher:
         self._wake.set()
 
     def _make_client(self, gen: int) -> mqtt.Client:
-        v5 = self.config.protocol == "5"
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if v5 else True,
+        # The bridge reconnects itself, with a fresh client each time.
+        client = new_client(
+            self.config,
+            self.client_id,
+            password=self._password,
+            will=self.will,
             reconnect_on_failure=False,
         )
         # The bridge keeps its own window; paho's limit of 20 would silently cap it and
@@ -362,15 +363,6 @@ class MqttPublisher:
         client.connect_timeout = CONNECT_TIMEOUT_S
         if _PAHO_LOGGER.isEnabledFor(logging.DEBUG):
             client.enable_logger(_PAHO_LOGGER)  # one log call per packet: debug only
-        if self.config.username:
-            password = self._password.get_secret_value() if self._password else None
-            client.username_pw_set(self.config.username, password)
-        if self.will is not None:
-            client.will_set(self.will.topic, self.will.payload, qos=1, retain=True)
-        if self.config.tls.enabled:
-            client.tls_set_context(_tls_context(self.config))
-            if self.config.tls.insecure:
-                client.tls_insecure_set(True)
         client.on_connect = _on_connect(self._emit, gen, self.consumer_topic)
         client.on_disconnect = _on_disconnect(self._emit, gen)
         client.on_publish = _on_publish(self._emit, gen)
@@ -533,9 +525,50 @@ def _tls_context(config: BrokerConfig) -> ssl.SSLContext:
     return ctx
 
 
-def client_id_for(config: BrokerConfig, device: str) -> str:
-    """``broker.client_id`` or ``mqttspool-<device>``."""
-    return config.client_id or f"mqttspool-{device}"
+def client_id_for(configured: str, *parts: str) -> str:
+    """The configured client id, or ``mqttspool-<parts...>`` (``mqttspool-edge-01``,
+    ``mqttspool-ingest-<group>-<host>``): the one naming rule of every client."""
+    return configured or "-".join(("mqttspool", *parts))
+
+
+def new_client(
+    config: BrokerConfig,
+    client_id: str,
+    *,
+    password: SecretStr | None,
+    persistent: bool = False,
+    manual_ack: bool = False,
+    will: Will | None = None,
+    force_v5: bool = False,
+    reconnect_on_failure: bool = True,
+) -> mqtt.Client:
+    """The one place a paho client is built: protocol, session, credentials, TLS, will.
+
+    ``persistent``: the session outlives the connection (MQTT 3.1.1 clean
+    session off; v5 sessions are set per connect). ``password`` is resolved
+    once by the caller (``broker.password_file`` is read at start, not per
+    connection). TLS files are checked here, so a missing one is a
+    :class:`ConfigError` naming the setting.
+    """
+    v5 = force_v5 or config.protocol == "5"
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        clean_session=None if v5 else not persistent,
+        manual_ack=manual_ack,
+        reconnect_on_failure=reconnect_on_failure,
+    )
+    if config.username:
+        client.username_pw_set(config.username, password.get_secret_value() if password else None)
+    if config.tls.enabled:
+        _check_tls_files(config)
+        client.tls_set_context(_tls_context(config))
+        if config.tls.insecure:
+            client.tls_insecure_set(True)
+    if will is not None:
+        client.will_set(will.topic, will.payload, qos=1, retain=True)
+    return client
 
 
 # ---------------------------------------------------------------- subscriber
@@ -558,7 +591,6 @@ class _SessionClient:
         self.config = config
         self.status: queue.SimpleQueue[str] = queue.SimpleQueue()
         client.reconnect_delay_set(1, 30)
-        _apply_credentials(client, config)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
@@ -618,15 +650,10 @@ class Subscriber(_SessionClient):
     """
 
     def __init__(self, config: BrokerConfig, client_id: str, topic: str) -> None:
-        v5 = config.protocol == "5"
         self.topic = topic
         self.messages: queue.SimpleQueue[Received] = queue.SimpleQueue()
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if v5 else False,
-        )
+        password = config.resolved_password()
+        client = new_client(config, client_id, password=password, persistent=True)
         super().__init__(config, client)
 
     def start(self) -> None:
@@ -684,18 +711,23 @@ class AckingSubscriber(_SessionClient):
     """
 
     def __init__(
-        self, config: BrokerConfig, client_id: str, topics: list[str], session_expiry: int
+        self,
+        config: BrokerConfig,
+        client_id: str,
+        topics: list[str],
+        session_expiry: int,
+        will: Will | None = None,
     ) -> None:
         self.client_id = client_id
         self.topics = topics
         self.session_expiry = session_expiry
         self.messages: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
+        # Told True after a successful SUBACK, False when the connection is lost.
+        self.on_subscribed: Callable[[bool], None] = lambda subscribed: None
         self._connection = 0
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-            manual_ack=True,
+        password = config.resolved_password()
+        client = new_client(
+            config, client_id, password=password, manual_ack=True, will=will, force_v5=True
         )
         client.on_subscribe = self._on_subscribe
         super().__init__(config, client)
@@ -705,6 +737,18 @@ class AckingSubscriber(_SessionClient):
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.session_expiry
         self._connect(False, props)
+
+    def publish_retained(self, topic: str, payload: bytes, timeout: float = 5.0) -> bool:
+        """Publish a retained QoS 1 message; True once the broker acknowledged it within
+        ``timeout`` s (0: do not wait, e.g. from a callback on paho's own thread)."""
+        info = self._client.publish(topic, payload, qos=1, retain=True)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS or timeout <= 0:
+            return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError):
+            return False
+        return bool(info.is_published())
 
     def ack(self, delivery: Delivery) -> None:
         """Send the PUBACK for ``delivery`` (skipped if it came on an earlier connection)."""
@@ -739,19 +783,20 @@ class AckingSubscriber(_SessionClient):
             self.status.put(f"broker {self.config.address()} refused subscription(s): {refused}")
         else:
             self.status.put(f"subscribed to {', '.join(self.topics)}")
+            self.on_subscribed(True)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+        self.on_subscribed(False)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.messages.put(
             Delivery(self._connection, msg.mid, msg.qos, msg.topic, bytes(msg.payload), msg.retain)
         )
-
-
-def _apply_credentials(client: mqtt.Client, config: BrokerConfig) -> None:
-    password = config.resolved_password()
-    if config.username:
-        client.username_pw_set(config.username, password.get_secret_value() if password else None)
-    if config.tls.enabled:
-        _check_tls_files(config)
-        client.tls_set_context(_tls_context(config))
-        if config.tls.insecure:
-            client.tls_insecure_set(True)

@@ -72,18 +72,13 @@ WARN_INTERVAL_S = 300.0
 REFUSED = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n\r\n"
 
 
-def _import_prometheus() -> Any:
+def _import_prometheus(setting: str = "metrics.enabled") -> Any:
     try:
         import prometheus_client  # noqa: PLC0415 - optional extra
     except ImportError as exc:
         raise ConfigError(
-            "metrics.enabled",
-            [
-                (
-                    "metrics.enabled",
-                    f"needs prometheus-client, which is not installed: {INSTALL_HINT}",
-                )
-            ],
+            setting,
+            [(setting, f"needs prometheus-client, which is not installed: {INSTALL_HINT}")],
         ) from exc
     return prometheus_client
 

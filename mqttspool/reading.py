@@ -1,9 +1,9 @@
-"""Validated readings and their wire format (topic and JSON payload).
+"""Validated readings: the producer side's model, timestamps in microseconds, the id.
 
 A :class:`Reading` is what producers hand to the spool. A :class:`StoredReading`
-is a reading with its spool ``seq``; :func:`render_payload` turns it into the
-compact JSON documented in DESIGN.md, ``id = device:epoch:seq``, where
-``epoch`` is the epoch the row was spooled in (``Spool.epoch_of(seq)``; a
+is a reading with its spool ``seq``; :func:`mqttspool.wire.payload.render_payload`
+turns it into the compact JSON documented in DESIGN.md, ``id = device:epoch:seq``,
+where ``epoch`` is the epoch the row was spooled in (``Spool.epoch_of(seq)``; a
 spool begins a new one after an unclean stop at ``synchronous = "normal"``).
 """
 
@@ -62,6 +62,14 @@ class Reading(BaseModel):
         if not math.isfinite(number):
             raise ValueError("must be a finite number (NaN and infinity are rejected)")
         return number
+
+    @field_validator("unit")
+    @classmethod
+    def _unit_printable(cls, v: str | None) -> str | None:
+        # The consumer contract refuses control characters (NUL: PostgreSQL text cannot hold it).
+        if v is not None and any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in v):
+            raise ValueError("must not contain control characters (NUL, newline, ...)")
+        return v
 
     @field_validator("ts", mode="before")
     @classmethod
@@ -176,66 +184,6 @@ class StoredReading:
 def reading_id(device: str, epoch: str, seq: int) -> str:
     """The stable message id a consumer dedupes on."""
     return f"{device}:{epoch}:{seq}"
-
-
-def render_topic(prefix: str, device: str, sensor: str, metric: str) -> str:
-    """``{prefix}/{device}/{sensor}/{metric}``."""
-    return f"{prefix}/{device}/{sensor}/{metric}"
-
-
-def render_payload(row: StoredReading, epoch: str, replay: bool) -> bytes:
-    """Compact UTF-8 JSON payload of one reading (see DESIGN.md, wire format).
-
-    ``epoch`` is the row's own epoch (``Spool.epoch_of(row.seq)``), not
-    necessarily the spool's current one.
-
-    Hand-assembled because it is the drain's hot path: names match
-    ``[A-Za-z0-9_-]`` and the epoch is hex, so only ``unit`` needs JSON escaping;
-    ``float.__repr__`` is exactly what ``json.dumps`` writes for a finite float.
-    tests/test_payload_fastpath.py checks it against ``json.dumps`` of the same document.
-    """
-    unit = "null" if row.unit is None else json.dumps(row.unit, ensure_ascii=False)
-    return (
-        f'{{"id":"{row.device}:{epoch}:{row.seq}","seq":{row.seq},"device":"{row.device}",'
-        f'"sensor":"{row.sensor}","metric":"{row.metric}","value":{row.value!r},'
-        f'"unit":{unit},"ts":"{format_ts(row.ts_us)}",'
-        f'"time_synced":{"true" if row.time_synced else "false"},'
-        f'"replay":{"true" if replay else "false"}}}'
-    ).encode()
-
-
-@dataclass(frozen=True, slots=True)
-class WireMessage:
-    """A payload parsed back by a consumer (``watch``, tests)."""
-
-    id: str
-    seq: int
-    epoch: str
-    reading: Reading
-    replay: bool
-
-
-def parse_payload(payload: bytes) -> WireMessage:
-    """Parse and validate a data payload; raises :class:`ReadingError` naming the field."""
-    try:
-        doc = load_json(payload)
-    except ReadingError as exc:
-        raise ReadingError("", f"payload is {exc.message}") from exc
-    if not isinstance(doc, dict):
-        raise ReadingError("", "payload is not a JSON object")
-    envelope = {k: doc.pop(k, None) for k in ("id", "seq", "replay")}
-    seq, msg_id, replay = envelope["seq"], envelope["id"], envelope["replay"]
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-        raise ReadingError("seq", "must be a positive integer")
-    if not isinstance(msg_id, str) or msg_id.count(":") != 2:
-        raise ReadingError("id", "must be device:epoch:seq")
-    if not isinstance(replay, bool):
-        raise ReadingError("replay", "must be a boolean")
-    reading = validate_reading(doc)
-    epoch = msg_id.split(":")[1]
-    if msg_id != reading_id(reading.device, epoch, seq):
-        raise ReadingError("id", f"{msg_id!r} does not match device and seq")
-    return WireMessage(id=msg_id, seq=seq, epoch=epoch, reading=reading, replay=replay)
 
 
 def validate_reading(doc: dict[str, Any]) -> Reading:

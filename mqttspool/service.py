@@ -75,7 +75,7 @@ def make_bridge(
     """A bridge with a real paho publisher."""
     publisher = MqttPublisher(
         settings.broker,
-        client_id_for(settings.broker, settings.device.id),
+        client_id_for(settings.broker.client_id, settings.device.id),
         will_for(settings),
         consumer_topic=settings.bridge.consumer_topic,
     )

@@ -7,59 +7,22 @@ is numbered per spool (one epoch), and one spool may carry several devices
 the epoch's whole seq sequence, never per device: interleaved devices are
 not gaps. Gaps may close later (``live_first`` sends fresh readings ahead of
 the backlog), so the summary reports what is still missing at the end.
-Batches (``{device}/batch``) are decoded with :func:`mqttspool.batch.decode`
-and every reading in them is tracked exactly like a per-reading message, so
-duplicates and gaps are found across both forms.
-
-:func:`classify_topic` tells readings from control messages by the topic's
-shape below the configured prefix, never by a level's name alone, so a
-sensor called ``status`` or a metric called ``state`` is still a reading.
+Messages are decoded by :func:`mqttspool.wire.decode` (both payload forms),
+and every reading is tracked the same way, so duplicates and gaps are found
+across both forms.
 """
 
 from __future__ import annotations
 
 import bisect
-import enum
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mqttspool.batch import DecodedReading, decode
 from mqttspool.errors import ReadingError
-from mqttspool.reading import WireMessage, parse_payload, validate_reading
-
-
-class TopicKind(enum.Enum):
-    """What a topic under ``{prefix}/`` carries, judged by its levels."""
-
-    READING = "reading"  # {device}/{sensor}/{metric}
-    STATUS = "status"  # {device}/status: online/offline
-    SPOOL = "spool"  # {device}/spool: the retained spool snapshot
-    STATE = "state"  # {device}/{sensor}/{metric}/state: Home Assistant's latest value
-    BATCH = "batch"  # {device}/batch: a zlib batch payload
-    OTHER = "other"  # any other shape below the prefix
-
-
-def classify_topic(topic: str, prefix: str) -> TopicKind:
-    """Classify ``topic`` by its depth and level positions below ``prefix``.
-
-    ``prefix`` may itself hold ``/`` (``plant/telemetry``). A topic outside
-    the prefix (``watch --topic`` elsewhere) is taken as a reading: the
-    payload decides.
-    """
-    rest = topic.removeprefix(f"{prefix}/")
-    if rest == topic:
-        return TopicKind.READING
-    levels = rest.split("/")
-    if len(levels) == 3:
-        return TopicKind.READING
-    if len(levels) == 2:
-        return _DEVICE_TOPICS.get(levels[1], TopicKind.OTHER)
-    if len(levels) == 4 and levels[3] == "state":
-        return TopicKind.STATE
-    return TopicKind.OTHER
-
-
-_DEVICE_TOPICS = {"status": TopicKind.STATUS, "spool": TopicKind.SPOOL, "batch": TopicKind.BATCH}
+from mqttspool.reading import from_us
+from mqttspool.wire import batch
+from mqttspool.wire.payload import DecodedReading, parse_reading
 
 
 class MissingSeqs:
@@ -106,7 +69,7 @@ class EpochState:
 class Observation:
     """The verdict on one arriving data message."""
 
-    message: WireMessage
+    message: DecodedReading
     duplicate: bool
     gap: tuple[int, int] | None  # first and last missing seq newly detected
     filled_gap: bool
@@ -122,32 +85,36 @@ class WatchTracker:
     invalid: int = 0
 
     def observe(self, payload: bytes) -> Observation:
-        """Account for one data payload; raises ReadingError if it is not one."""
-        try:
-            msg = parse_payload(payload)
-        except ReadingError:
-            self.invalid += 1
-            raise
-        return self._account(msg)
+        """Account for one per-reading payload; raises ReadingError if it is not one."""
+        return self.account(self._decoded(parse_reading, payload))[0]
 
     def observe_batch(self, payload: bytes) -> list[Observation]:
         """Account for every reading of one batch payload, in order; raises
-        :class:`~mqttspool.batch.BatchError` (a ReadingError) if it is not a valid batch."""
+        :class:`~mqttspool.wire.batch.BatchError` (a ReadingError) if it is not a valid batch."""
+        return self.account(self._decoded(batch.decode, payload))
+
+    def _decoded(
+        self, parse: Callable[[bytes], DecodedReading | list[DecodedReading]], payload: bytes
+    ) -> list[DecodedReading]:
         try:
-            messages = [_wire_message(r) for r in decode(payload)]
+            got = parse(payload)
         except ReadingError:
             self.invalid += 1
             raise
-        return [self._account(msg) for msg in messages]
+        return got if isinstance(got, list) else [got]
 
-    def _account(self, msg: WireMessage) -> Observation:
+    def account(self, readings: list[DecodedReading]) -> list[Observation]:
+        """Account for decoded readings (:func:`mqttspool.wire.decode`), in order."""
+        return [self._account(r) for r in readings]
+
+    def _account(self, msg: DecodedReading) -> Observation:
         self.received += 1
         state = self.epochs.setdefault(msg.epoch, EpochState())
         if msg.id in state.ids:
             self.duplicates += 1
             return Observation(msg, True, None, False)
         state.ids.add(msg.id)
-        state.devices.add(msg.reading.device)
+        state.devices.add(msg.device)
         if msg.seq in state.seqs:  # same seq under another device: a bad producer, not a gap
             return Observation(msg, False, None, False)
         state.seqs.add(msg.seq)
@@ -179,23 +146,9 @@ class WatchTracker:
         }
 
 
-def _wire_message(decoded: DecodedReading) -> WireMessage:
-    """A batch's reading as the per-reading parser would have returned it."""
-    doc = decoded.payload_doc()
-    envelope = {k: doc.pop(k) for k in ("id", "seq", "replay")}
-    reading = validate_reading(doc)
-    return WireMessage(
-        id=decoded.id,
-        seq=decoded.seq,
-        epoch=decoded.epoch,
-        reading=reading,
-        replay=bool(envelope["replay"]),
-    )
-
-
 def format_observation(obs: Observation) -> str:
     """One human line for a reading."""
-    r = obs.message.reading
+    r = obs.message
     unit = f" {r.unit}" if r.unit else ""
     flags = []
     if obs.message.replay:
@@ -207,7 +160,7 @@ def format_observation(obs: Observation) -> str:
     if obs.filled_gap:
         flags.append("late (fills gap)")
     flag_text = f"  [{', '.join(flags)}]" if flags else ""
-    ts = r.ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    ts = r.ts[:23] + "Z"  # milliseconds, as before
     return (
         f"{ts} {r.device}/{r.sensor}/{r.metric} = {r.value:g}{unit}"
         f"  seq={obs.message.seq} id={obs.message.id}{flag_text}"
@@ -216,7 +169,7 @@ def format_observation(obs: Observation) -> str:
 
 def observation_json(obs: Observation) -> str:
     """One JSON line for a reading (``watch --json``)."""
-    r = obs.message.reading
+    r = obs.message
     return json.dumps(
         {
             "id": obs.message.id,
@@ -226,7 +179,7 @@ def observation_json(obs: Observation) -> str:
             "metric": r.metric,
             "value": r.value,
             "unit": r.unit,
-            "ts": r.ts.isoformat().replace("+00:00", "Z"),
+            "ts": from_us(r.ts_us).isoformat().replace("+00:00", "Z"),
             "replay": obs.message.replay,
             "duplicate": obs.duplicate,
             "gap": list(obs.gap) if obs.gap else None,

@@ -12,8 +12,9 @@ from support.broker import MosquittoBroker
 from test_watch_cli import PREFIX, publish_retained, start_watch, stop
 
 from mqttspool.batch import BatchError, encode
-from mqttspool.reading import StoredReading, render_payload
+from mqttspool.reading import StoredReading
 from mqttspool.watch import WatchTracker
+from mqttspool.wire.payload import render_payload
 
 EPOCH = "aaaa0000"
 
@@ -38,7 +39,7 @@ def test_duplicates_and_gaps_are_found_across_both_forms() -> None:
         (8, False, (5, 7)),
     ]
     assert observations[1].message.replay is True
-    assert observations[1].message.reading.unit == "°C"
+    assert observations[1].message.unit == "°C"
     late = tracker.observe(render_payload(row(6), EPOCH, True))
     assert late.filled_gap
     summary = tracker.summary()

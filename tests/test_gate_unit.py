@@ -81,7 +81,10 @@ def last_snapshot(pub: FakePublisher) -> dict[str, Any]:
         (b"offline", False),
         (b"", False),
         (b"\xff", False),
+        (b"[" * 100_000 + b"]" * 100_000, False),  # a rogue state cannot crash the bridge
+        (b'{"online": true, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", False),
     ],
+    ids=lambda v: repr(v)[:40],
 )
 def test_consumer_state_payloads(payload: bytes, online: bool) -> None:
     assert consumer_online(payload) is online

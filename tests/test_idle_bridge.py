@@ -26,10 +26,10 @@ from mqttspool.bridge import (
     VERSION_CHECK_S,
     Bridge,
     BridgeThread,
-    spool_topic,
 )
 from mqttspool.config import Settings
 from mqttspool.spool import Spool, open_spool
+from mqttspool.wire.topics import spool_topic
 
 
 class Statements:

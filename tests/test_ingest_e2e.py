@@ -20,7 +20,8 @@ from daemon import Daemon, mqttspool_env, run_cli, spool_with_backlog, wait_unti
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from support.broker import MosquittoBroker
 
-from mqttspool.reading import StoredReading, render_payload
+from mqttspool.reading import StoredReading
+from mqttspool.wire.payload import render_payload
 
 pytestmark = pytest.mark.timeout(60)
 SUBSCRIBED = r"ingest: subscribed to \$share/"
@@ -250,12 +251,17 @@ def test_prometheus_gauge_exports_unexplained_missing(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     db = str(tmp_path / "ingest.db")
-    ingest_factory(
-        db,
-        metrics__enabled="true",
-        metrics__port=port,
-        ingest__status_interval=0.2,
-    )
+    with socket.socket() as busy:  # what `run` holds with the same config: [metrics].port
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        ingest_factory(
+            db,
+            metrics__enabled="true",
+            metrics__port=busy.getsockname()[1],
+            ingest__metrics__enabled="true",
+            ingest__metrics__port=port,
+            ingest__status_interval=0.2,
+        )
     _publish(broker, [_reading("dev-b", "bbbb", s) for s in (1, 2, 5)])
     wanted = 'mqttspool_ingest_unexplained_missing{devices="dev-b",epoch="bbbb"} 2.0'
 

@@ -12,14 +12,16 @@ from mqttspool.ingest.completeness import completeness
 from mqttspool.ingest.store import (
     ROWS_PER_STATEMENT,
     IngestRow,
-    Snapshot,
+    PostgresStore,
     SqlStore,
     StoreError,
+    StoreRefusedError,
     Undecodable,
     WriteBatch,
     open_store,
     redact_url,
 )
+from mqttspool.wire.snapshot import Snapshot
 
 Opener = Callable[[], SqlStore]
 
@@ -112,7 +114,7 @@ class TestStoreContract:
         store = opener()
         broken = row(2)
         object.__setattr__(broken, "sensor", None)  # violates NOT NULL inside the transaction
-        with pytest.raises(StoreError, match="write failed"):
+        with pytest.raises(StoreRefusedError, match="write refused"):
             store.write(WriteBatch(rows=[row(1), broken], snapshots=[Snapshot("a", "e1", {}, 0)]))
         assert store.write(WriteBatch(rows=[row(1)])) == 1
         state = store.state()
@@ -121,7 +123,8 @@ class TestStoreContract:
 
     def test_state_survives_reopening(self, opener: Opener) -> None:
         store = opener()
-        store.write(WriteBatch(rows=[row(1), row(4)], snapshots=[Snapshot("a", "e1", {}, 2)]))
+        snap = Snapshot("edge-01", "e1", {}, 2)
+        store.write(WriteBatch(rows=[row(1), row(4)], snapshots=[snap]))
         store.close()
         reopened = opener()
         assert reopened.write(WriteBatch(rows=[row(1)])) == 0
@@ -132,6 +135,64 @@ class TestStoreContract:
             2,
             0,
         )
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [("seq", 2**64), ("seq", 2**63), ("unit", "a\x00b"), ("epoch", "e\x00"), ("ts_us", 2**64)],
+    )
+    def test_a_value_the_database_cannot_hold_is_refused_not_stored(
+        self, opener: Opener, field: str, value: object
+    ) -> None:
+        store = opener()
+        bad = row(2)
+        object.__setattr__(bad, field, value)
+        try:
+            store.write(WriteBatch(rows=[row(1), bad]))
+        except StoreRefusedError as exc:
+            assert "write refused" in str(exc)
+            refused = True
+        else:
+            refused = False
+        # SQLite holds NUL in text; PostgreSQL refuses it. Neither holds 2^63 in a BIGINT.
+        postgres = isinstance(store, PostgresStore)
+        assert refused == (field in ("seq", "ts_us") or postgres)
+        assert store.write(WriteBatch(rows=[row(1)])) == int(refused)  # the connection works
+
+    def test_the_quarantine_keeps_the_newest_and_the_first_bytes(self, opener: Opener) -> None:
+        store = opener()
+        store.quarantine_max = 3
+        for i in range(5):
+            bad = Undecodable(f"p/a\x00/{i}", f"reason {i}\x00", bytes([i]) * 5000)
+            store.write(WriteBatch(undecodable=[bad]))
+        assert store.state().undecodable == 3
+        cur = store.conn.cursor()
+        cur.execute("SELECT topic, reason, size, payload FROM ingest_quarantine ORDER BY id")
+        kept = [(t, r, n, bytes(p)) for t, r, n, p in cur.fetchall()]
+        store.conn.rollback()
+        assert kept == [(f"p/a?/{i}", f"reason {i}?", 5000, bytes([i]) * 1024) for i in (2, 3, 4)]
+
+    def test_a_snapshot_cannot_take_over_another_devices_epoch(self, opener: Opener) -> None:
+        store = opener()
+        store.write(WriteBatch(rows=[row(1), row(5)], snapshots=[Snapshot("edge-01", "e1", {}, 0)]))
+        store.write(WriteBatch(snapshots=[Snapshot("rogue", "e1", {"overflow": 3}, 0)]))
+        store.write(WriteBatch(snapshots=[Snapshot("rogue", "e9", {"overflow": 3}, 0)]))
+        state = store.state()
+        assert state.snapshots["e1"] == Snapshot("edge-01", "e1", {}, 0)
+        [report] = completeness(state)  # e9 has no readings of "rogue": explains nothing
+        assert (report.epoch, report.missing, report.unexplained) == ("e1", 3, 3)
+
+    def test_state_rereads_only_the_epochs_written_since(self, opener: Opener) -> None:
+        store = opener()
+        store.write(WriteBatch(rows=[row(1), row(2, epoch="e2")]))
+        assert len(store.state().streams) == 2
+        other = opener()  # another writer: its rows are not this store's to re-read
+        other.write(WriteBatch(rows=[row(3)]))
+        store.write(WriteBatch(rows=[row(5, epoch="e2")]))
+        counts = {s.epoch: (s.received, s.last_seq) for s in store.state().streams}
+        assert counts == {"e1": (1, 1), "e2": (2, 5)}  # e1 was not rescanned
+        assert store.state().gaps == {"e2": [(3, 4)]}
+        fresh = {s.epoch: (s.received, s.last_seq) for s in opener().state().streams}
+        assert fresh == {"e1": (2, 3), "e2": (2, 5)}
 
 
 def test_postgres_url_password_is_never_shown() -> None:

@@ -5,22 +5,21 @@ from __future__ import annotations
 import json
 import queue
 
-import pytest
-
-from mqttspool.batch import decode as decode_batch
 from mqttspool.batch import encode as encode_batch
 from mqttspool.ingest.completeness import completeness, explain
 from mqttspool.ingest.consumer import IngestConsumer
-from mqttspool.ingest.decode import Decoder, snapshot_from
+from mqttspool.ingest.decode import Decoder
 from mqttspool.ingest.store import (
-    Snapshot,
     StoredState,
     StoreError,
+    StoreRefusedError,
     StreamCounts,
     WriteBatch,
 )
 from mqttspool.mqtt import Delivery
-from mqttspool.reading import StoredReading, render_payload
+from mqttspool.reading import StoredReading
+from mqttspool.wire.payload import render_payload
+from mqttspool.wire.snapshot import Snapshot
 
 
 def test_gaps_are_explained_oldest_first_while_the_counters_cover_them() -> None:
@@ -67,7 +66,7 @@ def _payload(seq: int) -> bytes:
 
 def test_decoder_sorts_readings_snapshots_and_undecodable() -> None:
     batch = WriteBatch()
-    decoder = Decoder("mqttspool", batch_decoder=None)
+    decoder = Decoder("mqttspool")
     decoder.add(batch, "mqttspool/edge-01/s/m", _payload(7))
     decoder.add(batch, "mqttspool/edge-01/status", b"online")
     snap = {"device": "edge-01", "epoch": "abcd", "dead_letters": 1, "dropped": {"x": 2}}
@@ -77,7 +76,7 @@ def test_decoder_sorts_readings_snapshots_and_undecodable() -> None:
     assert [(r.id, r.seq, r.value, r.unit) for r in batch.rows] == [("edge-01:abcd:7", 7, 2.5, "%")]
     assert batch.snapshots == [Snapshot("edge-01", "abcd", {"x": 2}, 1)]
     assert [(u.topic, u.reason) for u in batch.undecodable] == [
-        ("mqttspool/edge-01/batch", "batch payload, but this build has no mqttspool.batch decoder"),
+        ("mqttspool/edge-01/batch", "batch payload is a truncated zlib stream"),
         (
             "mqttspool/edge-01/s/m",
             "payload is not valid JSON (Expecting property name enclosed in double quotes"
@@ -86,9 +85,11 @@ def test_decoder_sorts_readings_snapshots_and_undecodable() -> None:
     ]
 
 
-def test_snapshot_without_epoch_is_rejected() -> None:
-    with pytest.raises(Exception, match="lacks device or epoch"):
-        snapshot_from(b'{"device": "a", "dropped": {}, "dead_letters": 0}')
+def test_snapshot_without_epoch_is_quarantined() -> None:
+    batch = WriteBatch()
+    payload = b'{"device": "a", "dropped": {}, "dead_letters": 0}'
+    Decoder("mqttspool").add(batch, "mqttspool/a/spool", payload)
+    assert [u.reason for u in batch.undecodable] == ["epoch: must be 1-32 characters [0-9a-f]"]
 
 
 class _Source:
@@ -128,19 +129,28 @@ def _deliveries() -> list[Delivery]:
 
 def test_a_batch_is_acknowledged_after_the_commit() -> None:
     source, store = _Source(_deliveries()), _Store(fail=False)
-    consumer = IngestConsumer(source, store, Decoder("mqttspool", None), 10, 0.01)
+    consumer = IngestConsumer(source, store, Decoder("mqttspool"), 10, 0.01)
     assert consumer.step(wait=0.1) == 2
     assert len(store.batches) == 1 and len(store.batches[0].rows) == 2
     assert source.acked == [5, 6]
     assert (consumer.totals.new_rows, consumer.totals.duplicates) == (1, 1)
 
 
-def test_a_failed_commit_acknowledges_nothing() -> None:
-    source = _Source(_deliveries())
-    consumer = IngestConsumer(source, _Store(fail=True), Decoder("mqttspool", None), 10, 0.01)
-    with pytest.raises(StoreError, match="disk full"):
-        consumer.step(wait=0.1)
-    assert source.acked == []
+def test_an_unreachable_database_acknowledges_nothing_and_retries_the_same_messages() -> None:
+    source, store = _Source(_deliveries()), _Store(fail=True)
+    consumer = IngestConsumer(source, store, Decoder("mqttspool"), 10, 0.01)
+    states: list[bool] = []
+    consumer.on_db_state = states.append
+    assert consumer.step(wait=0.1) == 0
+    assert (source.acked, consumer.db_ok, [d.mid for d in consumer.pending]) == ([], False, [5, 6])
+    store.fail = False
+    assert consumer.step(wait=0.1) == 2
+    assert (source.acked, consumer.db_ok, consumer.pending, states) == (
+        [5, 6],
+        True,
+        [],
+        [False, True],
+    )
 
 
 def test_metrics_export_unexplained_missing_per_epoch() -> None:
@@ -148,7 +158,7 @@ def test_metrics_export_unexplained_missing_per_epoch() -> None:
 
     from mqttspool.ingest.metrics import IngestCollector  # noqa: PLC0415
 
-    consumer = IngestConsumer(_Source([]), _Store(False), Decoder("mqttspool", None), 10, 0.01)
+    consumer = IngestConsumer(_Source([]), _Store(False), Decoder("mqttspool"), 10, 0.01)
     consumer.reports = completeness(
         StoredState([StreamCounts("a", "e1", 3, 0, 1, 6)], {"e1": [(2, 4)]}, {}, 0)
     )
@@ -157,35 +167,6 @@ def test_metrics_export_unexplained_missing_per_epoch() -> None:
     text = prometheus_client.generate_latest(registry).decode()
     assert 'mqttspool_ingest_unexplained_missing{devices="a",epoch="e1"} 3.0' in text
     assert 'mqttspool_ingest_missing{devices="a",epoch="e1"} 3.0' in text
-
-
-class _Decoded:
-    """What ``mqttspool.batch.decode`` yields per reading (attributes only)."""
-
-    def __init__(self, seq: int) -> None:
-        self.id, self.seq, self.epoch = f"edge-01:abcd:{seq}", seq, "abcd"
-        self.device, self.sensor, self.metric = "edge-01", "s", "m"
-        self.value, self.unit, self.ts_us = 1.25, None, 1_795_992_144_377_000 + seq
-        self.time_synced, self.replay = True, True
-
-
-def test_batch_payloads_go_through_the_plugged_in_decoder() -> None:
-    def decode(payload: bytes) -> list[object]:
-        if payload != b"good":
-            raise ValueError("not a zlib stream")
-        return [_Decoded(3), _Decoded(4)]
-
-    batch = WriteBatch()
-    decoder = Decoder("mqttspool", batch_decoder=decode)
-    decoder.add(batch, "mqttspool/edge-01/batch", b"good")
-    decoder.add(batch, "mqttspool/edge-01/batch", b"bad")
-    assert [(r.id, r.seq, r.ts_us, r.replay) for r in batch.rows] == [
-        ("edge-01:abcd:3", 3, 1_795_992_144_377_003, True),
-        ("edge-01:abcd:4", 4, 1_795_992_144_377_004, True),
-    ]
-    assert [u.reason for u in batch.undecodable] == [
-        "batch payload cannot be decoded: not a zlib stream"
-    ]
 
 
 def test_the_real_batch_decoder_round_trips_through_ingest() -> None:
@@ -197,10 +178,37 @@ def test_the_real_batch_decoder_round_trips_through_ingest() -> None:
     ]
     payload = encode_batch(rows, "edge-01", "abcd", [True, True, False])
     batch = WriteBatch()
-    Decoder("mqttspool", decode_batch).add(batch, "mqttspool/edge-01/batch", payload)
+    Decoder("mqttspool").add(batch, "mqttspool/edge-01/batch", payload)
     assert batch.undecodable == []
     assert [(r.id, r.value, r.unit, r.replay) for r in batch.rows] == [
         ("edge-01:abcd:7", 7.0, "%", True),
         ("edge-01:abcd:8", 8.0, "%", True),
         ("edge-01:abcd:10", 10.0, "%", False),
     ]
+
+
+class _PickyStore(_Store):
+    """Refuses any write holding a row with seq 13, as PostgreSQL refuses bigint overflow."""
+
+    def write(self, batch: WriteBatch) -> int:
+        if any(r.seq == 13 for r in batch.rows):
+            raise StoreRefusedError("fake", "write refused: bigint out of range")
+        self.batches.append(batch)
+        return len(batch.rows)
+
+
+def test_a_message_the_database_refuses_is_quarantined_and_the_rest_stored() -> None:
+    topic = "mqttspool/edge-01/s/m"
+    deliveries = [Delivery(1, mid, 1, topic, _payload(mid), False) for mid in (12, 13, 14)]
+    source, store = _Source(deliveries), _PickyStore(fail=False)
+    consumer = IngestConsumer(source, store, Decoder("mqttspool"), 10, 0.01)
+    assert consumer.step(wait=0.1) == 3
+    assert source.acked == [12, 13, 14]
+    assert [[r.seq for r in b.rows] for b in store.batches] == [[12], [], [14]]
+    [quarantined] = [u for b in store.batches for u in b.undecodable]
+    assert (quarantined.topic, quarantined.reason, quarantined.payload) == (
+        topic,
+        "refused by the database: write refused: bigint out of range",
+        _payload(13),
+    )
+    assert (consumer.totals.new_rows, consumer.totals.undecodable) == (2, 1)

@@ -57,8 +57,8 @@ def test_unreadable_tls_file_is_a_config_error_naming_the_key(tmp_path: Path) ->
 
 
 def test_client_id_defaults_to_device() -> None:
-    assert client_id_for(BrokerConfig(), "edge-01") == "mqttspool-edge-01"
-    assert client_id_for(BrokerConfig(client_id="custom"), "edge-01") == "custom"
+    assert client_id_for(BrokerConfig().client_id, "edge-01") == "mqttspool-edge-01"
+    assert client_id_for(BrokerConfig(client_id="custom").client_id, "edge-01") == "custom"
 
 
 def test_password_never_in_repr(tmp_path: Path) -> None:
@@ -144,3 +144,22 @@ def test_configuration_kinds_carry_a_hint_and_transient_ones_do_not() -> None:
     assert not any(k.hint for k in set(FailureKind) - configuration)
     assert "broker.client_id" in FailureKind.SESSION_TAKEN_OVER.hint
     assert "broker.username" in FailureKind.NOT_AUTHORIZED.hint
+
+
+def test_one_client_factory_and_one_client_id_rule() -> None:
+    """Every paho client is built, authenticated and secured in ``new_client`` alone."""
+    package = Path(__file__).resolve().parents[1] / "mqttspool"
+    sources = {p: p.read_text(encoding="utf-8") for p in package.rglob("*.py")}
+
+    def places(needle: str) -> list[str]:
+        return sorted(p.name for p, text in sources.items() for _ in range(text.count(needle)))
+
+    assert places("mqtt.Client(") == ["mqtt.py"]
+    assert places(".username_pw_set(") == ["mqtt.py"]
+    assert places(".tls_set_context(") == ["mqtt.py"]
+    assert places("def client_id_for(") == ["mqtt.py"]
+
+
+def test_ingest_client_id_is_stable_per_group_and_host() -> None:
+    assert client_id_for("", "ingest", "g1", "host-a") == "mqttspool-ingest-g1-host-a"
+    assert client_id_for("mine", "ingest", "g1", "host-a") == "mine"

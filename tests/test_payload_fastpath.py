@@ -7,7 +7,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mqttspool.reading import StoredReading, format_ts, reading_id, render_payload
+from mqttspool.reading import StoredReading, format_ts, reading_id
+from mqttspool.wire.payload import render_payload
 
 
 def render_payload_reference(row: StoredReading, epoch: str, replay: bool) -> bytes:

@@ -17,13 +17,12 @@ from mqttspool.reading import (
     StoredReading,
     format_ts,
     from_us,
-    parse_payload,
     reading_id,
-    render_payload,
-    render_topic,
     to_us,
     validate_reading,
 )
+from mqttspool.wire.payload import parse_payload, render_payload
+from mqttspool.wire.topics import render_topic
 
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 
@@ -40,7 +39,7 @@ aware_ts = st.datetimes(
 finite = st.floats(allow_nan=False, allow_infinity=False) | st.integers(
     min_value=-(2**53), max_value=2**53
 )
-units = st.none() | st.text(max_size=16)
+units = st.none() | st.text(st.characters(exclude_categories=("Cc", "Cs")), max_size=16)
 epochs = st.text(alphabet="0123456789abcdef", min_size=8, max_size=8)
 
 

@@ -16,8 +16,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from support.broker import MosquittoBroker
 
 from mqttspool.errors import ReadingError
-from mqttspool.reading import StoredReading, render_payload
-from mqttspool.watch import TopicKind, WatchTracker, classify_topic, format_observation
+from mqttspool.reading import StoredReading
+from mqttspool.watch import WatchTracker, format_observation
+from mqttspool.wire.payload import render_payload
+from mqttspool.wire.topics import TopicKind, classify_topic
 
 TS = 1_795_000_000_000_000
 

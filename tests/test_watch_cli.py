@@ -16,7 +16,8 @@ from daemon import mqttspool_env
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from support.broker import MosquittoBroker
 
-from mqttspool.reading import StoredReading, render_payload
+from mqttspool.reading import StoredReading
+from mqttspool.wire.payload import render_payload
 
 pytestmark = pytest.mark.integration
 

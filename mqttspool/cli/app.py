@@ -205,21 +205,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def status_document(settings: Settings) -> dict[str, Any]:
     """The ``status --json`` object; a missing or 0-byte spool reads as empty (nothing created)."""
     from mqttspool.spool import classify_file, open_spool, read_stats_json  # noqa: PLC0415
+    from mqttspool.wire.snapshot import Snapshot  # noqa: PLC0415
 
     path = Path(settings.spool.path)
     now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
     if classify_file(path) in ("missing", "empty"):
-        return {
-            "device": settings.device.id,
-            "epoch": None,
-            "depth": 0,
-            "oldest_age_seconds": None,
-            "dead_letters": 0,
-            "dropped": {},
-            "last_publish": None,
-            "spool_path": str(path),
-            "readings_paused": None,
-        }
+        return {**Snapshot.empty(settings.device.id, str(path)).as_json(), "readings_paused": None}
     spool = open_spool(settings.spool, create=False)
     try:
         doc = read_stats_json(spool.stats(), settings.device.id, now_us)

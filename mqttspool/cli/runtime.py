@@ -131,28 +131,22 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
 
 def _print_message(msg: Received, prefix: str, tracker: WatchTracker, as_json: bool) -> None:
     from mqttspool.errors import ReadingError  # noqa: PLC0415
-    from mqttspool.watch import (  # noqa: PLC0415
-        TopicKind,
-        classify_topic,
-        format_observation,
-        observation_json,
-    )
+    from mqttspool.watch import format_observation, observation_json  # noqa: PLC0415
+    from mqttspool.wire import TopicKind, classify_topic, decode  # noqa: PLC0415
 
-    kind = classify_topic(msg.topic, prefix)
-    if kind not in (TopicKind.READING, TopicKind.BATCH):
+    if classify_topic(msg.topic, prefix) not in (TopicKind.READING, TopicKind.BATCH):
+        # Status, spool snapshot, Home Assistant state: shown as they are.
         print(f"# {msg.topic}: {msg.payload[:500].decode(errors='replace')}", flush=True)
         return
     try:
-        if kind is TopicKind.BATCH:
-            observations = tracker.observe_batch(msg.payload)
-            print(f"# {msg.topic}: batch of {len(observations)} reading(s)", flush=True)
-        else:
-            observations = [tracker.observe(msg.payload)]
+        decoded = decode(msg.topic, msg.payload, prefix)
     except ReadingError as exc:
-        what = "batch" if kind is TopicKind.BATCH else "reading"
-        print(f"# {msg.topic}: not a {what}: {exc}", file=sys.stderr)
+        tracker.invalid += 1
+        print(f"# {msg.topic}: not a valid message: {exc}", file=sys.stderr)
         return
-    for obs in observations:
+    if decoded.kind is TopicKind.BATCH:
+        print(f"# {msg.topic}: batch of {len(decoded.readings)} reading(s)", flush=True)
+    for obs in tracker.account(decoded.readings):
         print(observation_json(obs) if as_json else format_observation(obs), flush=True)
 
 

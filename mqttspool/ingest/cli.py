@@ -17,9 +17,10 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from mqttspool.errors import ConfigError
+
 if TYPE_CHECKING:
     from mqttspool.config import Settings
-    from mqttspool.ingest.consumer import IngestConsumer
     from mqttspool.ingest.metrics import IngestMetricsServer
     from mqttspool.ingest.store import SqlStore, StoredState
     from mqttspool.mqtt import AckingSubscriber
@@ -38,26 +39,47 @@ def register(add: Add) -> None:
     p.add_argument("--json", action="store_true", help="with --report: print JSON")
 
 
-def client_id_for(group: str, configured: str) -> str:
-    """``ingest.client_id``, or one stable per group and host."""
-    return configured or f"mqttspool-ingest-{group}-{socket.gethostname()}"
-
-
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    """Run the consumer until SIGTERM/SIGINT, or print the report."""
-    from mqttspool.ingest.store import open_store  # noqa: PLC0415
+    """Run the consumer until SIGTERM/SIGINT, or print the report.
+
+    Every check (database URL and its extra, the metrics extra and port, the
+    state topic) runs before anything is created: a mistake costs no file.
+    """
+    from mqttspool.ingest.store import check_db, open_store  # noqa: PLC0415
 
     if args.db is not None:
         settings.ingest.db = args.db
     if args.group is not None:
         settings.ingest.group = args.group
-    store = open_store(settings.ingest.db)
+    check_db(settings.ingest.db)
+    metrics = None if args.report else _preflight(settings)
     try:
-        if args.report:
-            return _report(store.state(), args.json)
-        return _consume(settings, store)
+        store = open_store(settings.ingest.db, settings.ingest.quarantine_max)
+        try:
+            if args.report:
+                return _report(store.state(), args.json)
+            return _consume(settings, store, metrics)
+        finally:
+            store.close()
     finally:
-        store.close()
+        if metrics is not None:
+            metrics.stop()
+
+
+def _preflight(settings: Settings) -> IngestMetricsServer | None:
+    """Check the state topic, bind the metrics port (if enabled); raises ConfigError."""
+    cfg, prefix = settings.ingest, settings.topics.prefix
+    state_topic = cfg.resolved_state_topic()
+    if state_topic.startswith(f"{prefix}/"):
+        problem = f"{state_topic!r} lies under topics.prefix {prefix!r}; choose a topic outside it"
+        raise ConfigError("ingest.state_topic", [("ingest.state_topic", problem)])
+    if not cfg.metrics.enabled:
+        return None
+    from mqttspool.ingest.metrics import IngestMetricsServer  # noqa: PLC0415
+
+    server = IngestMetricsServer(cfg.metrics.host, cfg.metrics.port)
+    server.bind()
+    return server
 
 
 def _report(state: StoredState, as_json: bool) -> int:
@@ -71,25 +93,24 @@ def _report(state: StoredState, as_json: bool) -> int:
     return 1 if any(r.unexplained for r in reports) else 0
 
 
-def _consume(settings: Settings, store: SqlStore) -> int:
-    from mqttspool.batch import decode as decode_batch  # noqa: PLC0415
+def _consume(settings: Settings, store: SqlStore, metrics: IngestMetricsServer | None) -> int:
     from mqttspool.ingest.consumer import IngestConsumer  # noqa: PLC0415
     from mqttspool.ingest.decode import Decoder  # noqa: PLC0415
-    from mqttspool.mqtt import AckingSubscriber  # noqa: PLC0415
+    from mqttspool.ingest.state import IngestState  # noqa: PLC0415
 
     cfg, prefix = settings.ingest, settings.topics.prefix
-    decoder = Decoder(prefix, decode_batch)
-    # Retained messages never reach a shared subscription, so the spool
-    # snapshots (retained) come through a plain one on every ingest process.
-    topics = [f"$share/{cfg.group}/{prefix}/#", f"{prefix}/+/spool"]
-    sub = AckingSubscriber(
-        settings.broker, client_id_for(cfg.group, cfg.client_id), topics, cfg.session_expiry
-    )
-    consumer = IngestConsumer(sub, store, decoder, cfg.batch_max, cfg.batch_linger)
+    sub = _subscriber(settings)
+    state_topic = cfg.resolved_state_topic()
+    state = IngestState(lambda payload, wait: sub.publish_retained(state_topic, payload, wait))
+    consumer = IngestConsumer(sub, store, Decoder(prefix), cfg.batch_max, cfg.batch_linger)
+    if state_topic:
+        sub.on_subscribed = state.subscription
+        consumer.on_db_state = state.database
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    metrics = _start_metrics(settings, consumer)
+    if metrics is not None:
+        metrics.serve(consumer)
     logger.info("ingest: writing to %s, group %s", store.name, cfg.group)
     sub.start()
     relay = threading.Thread(target=_log_status, args=(sub, stop), daemon=True)
@@ -97,20 +118,26 @@ def _consume(settings: Settings, store: SqlStore) -> int:
     try:
         consumer.run(stop, cfg.status_interval)
     finally:
+        if state_topic:
+            state.stop()
         sub.stop()
-        if metrics is not None:
-            metrics.stop()
     return 0
 
 
-def _start_metrics(settings: Settings, consumer: IngestConsumer) -> IngestMetricsServer | None:
-    if not settings.metrics.enabled:
-        return None
-    from mqttspool.ingest.metrics import IngestMetricsServer  # noqa: PLC0415
+def _subscriber(settings: Settings) -> AckingSubscriber:
+    """The shared subscription (and the plain one for retained snapshots), with the will."""
+    from mqttspool.ingest.state import OFFLINE  # noqa: PLC0415
+    from mqttspool.mqtt import AckingSubscriber, Will, client_id_for  # noqa: PLC0415
 
-    server = IngestMetricsServer(consumer, settings.metrics.host, settings.metrics.port)
-    server.start()
-    return server
+    cfg, prefix = settings.ingest, settings.topics.prefix
+    state_topic = cfg.resolved_state_topic()
+    # Retained messages never reach a shared subscription, so the spool
+    # snapshots (retained) come through a plain one on every ingest process.
+    topics = [f"$share/{cfg.group}/{prefix}/#", f"{prefix}/+/spool"]
+    will = Will(state_topic, OFFLINE) if state_topic else None
+    # ingest.client_id, or one stable per group and host (its persistent session).
+    client_id = client_id_for(cfg.client_id, "ingest", cfg.group, socket.gethostname())
+    return AckingSubscriber(settings.broker, client_id, topics, cfg.session_expiry, will)
 
 
 def _log_status(sub: AckingSubscriber, stop: threading.Event) -> None:

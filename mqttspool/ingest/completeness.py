@@ -97,7 +97,9 @@ def completeness(state: StoredState) -> list[EpochReport]:
     reports: list[EpochReport] = []
     for epoch, streams in sorted(by_epoch.items()):
         snap = state.snapshots.get(epoch)
-        accounted = None if snap is None else sum(snap.dropped.values()) + snap.dead_letters
+        if snap is not None and snap.device not in {s[0] for s in streams}:
+            snap = None  # a snapshot explains only an epoch its own device wrote to
+        accounted = None if snap is None else snap.accounted
         reports.append(
             EpochReport(
                 epoch=epoch,

@@ -6,6 +6,14 @@ after the commit are its messages acknowledged to the broker (paho manual
 ack). A crash anywhere before that leaves them unacknowledged in the
 persistent session, so the broker resends them and the ``UNIQUE(id)``
 insert drops the copies that did make it: nothing lost, nothing twice.
+
+No message can stop the loop. What the decoder refuses is quarantined; when
+the database refuses a batch (:class:`StoreRefusedError`: a value out of range,
+NUL in text...), each message is written alone and the ones it still
+refuses are quarantined with the database's reason; all of them are
+acknowledged. When the database is unreachable (:class:`StoreError`) the
+batch stays unacknowledged and is retried with backoff; ``on_db_state``
+hears about it (``ingest`` publishes its STATE offline meanwhile).
 """
 
 from __future__ import annotations
@@ -20,10 +28,11 @@ from typing import Protocol
 
 from mqttspool.ingest.completeness import EpochReport, completeness
 from mqttspool.ingest.decode import Decoder
-from mqttspool.ingest.store import Store, WriteBatch
+from mqttspool.ingest.store import Store, StoreError, StoreRefusedError, Undecodable, WriteBatch
 from mqttspool.mqtt import Delivery
 
 logger = logging.getLogger(__name__)
+RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0  # while the database is unreachable
 
 
 class DeliverySource(Protocol):
@@ -43,7 +52,8 @@ class IngestTotals:
     messages: int = 0
     new_rows: int = 0
     duplicates: int = 0
-    undecodable: int = 0
+    undecodable: int = 0  # quarantined: refused by the decoder or by the database
+    db_failures: int = 0
 
 
 class IngestConsumer:
@@ -66,6 +76,10 @@ class IngestConsumer:
         self.clock = clock
         self.totals = IngestTotals()
         self.reports: list[EpochReport] = []  # refreshed by refresh_reports (metrics reads it)
+        self.pending: list[Delivery] = []  # gathered, not yet stored (the database was down)
+        self.db_ok: bool | None = None  # None: not written yet
+        self.retry_s = RETRY_MIN_S
+        self.on_db_state: Callable[[bool], None] = lambda ok: None
 
     def gather(self, wait: float) -> list[Delivery]:
         """Up to ``batch_max`` deliveries: wait ``wait`` s for the first, then linger."""
@@ -83,19 +97,58 @@ class IngestConsumer:
         return got
 
     def step(self, wait: float = 0.5) -> int:
-        """Gather, store in one transaction, acknowledge; returns messages handled."""
-        deliveries = self.gather(wait)
+        """Gather, store in one transaction, acknowledge; returns messages handled.
+
+        0 with :attr:`db_ok` False: the database is unreachable, the messages
+        wait in :attr:`pending` (unacknowledged) for the next step.
+        """
+        deliveries = self.pending or self.gather(wait)
         if not deliveries:
             return 0
+        self.pending = deliveries
         logger.debug("ingest: storing %d message(s)", len(deliveries))
+        try:
+            batch, new = self._store(deliveries)
+        except StoreError as exc:
+            self._database(False, exc)
+            return 0
+        self.pending = []
+        for d in deliveries:
+            self.source.ack(d)
+        self._database(True, None)
+        self._count(len(deliveries), batch, new)
+        return len(deliveries)
+
+    def _store(self, deliveries: list[Delivery]) -> tuple[WriteBatch, int]:
         batch = WriteBatch()
         for d in deliveries:
             self.decoder.add(batch, d.topic, d.payload)
-        new = self.store.write(batch)  # raises StoreError: nothing acknowledged
+        try:
+            return batch, self.store.write(batch)
+        except StoreRefusedError as exc:
+            logger.warning("ingest: %s; writing the %d message(s) one by one", exc, len(deliveries))
+        done, new = WriteBatch(), 0
         for d in deliveries:
-            self.source.ack(d)
-        self._count(len(deliveries), batch, new)
-        return len(deliveries)
+            one = WriteBatch()
+            self.decoder.add(one, d.topic, d.payload)
+            try:
+                new += self.store.write(one)
+            except StoreRefusedError as exc:
+                reason = f"refused by the database: {exc.message}"
+                one = WriteBatch(undecodable=[Undecodable(d.topic, reason, d.payload)])
+                self.store.write(one)
+            done.rows.extend(one.rows)
+            done.undecodable.extend(one.undecodable)
+        return done, new
+
+    def _database(self, ok: bool, exc: StoreError | None) -> None:
+        if exc is not None:
+            self.totals.db_failures += 1
+            logger.error("ingest: %s; retrying in %.0f s (nothing acknowledged)", exc, self.retry_s)
+        if ok != self.db_ok:
+            self.db_ok = ok
+            self.on_db_state(ok)
+        self.retry_s = RETRY_MIN_S if ok else min(self.retry_s * 2, RETRY_MAX_S)
 
     def _count(self, messages: int, batch: WriteBatch, new: int) -> None:
         t = self.totals
@@ -104,11 +157,15 @@ class IngestConsumer:
         t.duplicates += len(batch.rows) - new
         t.undecodable += len(batch.undecodable)
         for bad in batch.undecodable:
-            logger.warning("ingest: kept undecodable message on %s: %s", bad.topic, bad.reason)
+            logger.warning("ingest: quarantined a message on %.200s: %s", bad.topic, bad.reason)
 
     def refresh_reports(self) -> list[EpochReport]:
-        """Recompute completeness from the store (status line, metrics)."""
-        self.reports = completeness(self.store.state())
+        """Recompute completeness from the store (status line, metrics); on a
+        database failure the previous reports stay (the next refresh retries)."""
+        try:
+            self.reports = completeness(self.store.state())
+        except StoreError as exc:
+            logger.warning("ingest: completeness not refreshed: %s", exc)
         return self.reports
 
     def status_line(self) -> str:
@@ -118,7 +175,7 @@ class IngestConsumer:
         unexplained = sum(r.unexplained for r in reports)
         return (
             f"ingest: {t.messages} message(s), {t.new_rows} new reading(s),"
-            f" {t.duplicates} duplicate(s), {t.undecodable} undecodable;"
+            f" {t.duplicates} duplicate(s), {t.undecodable} quarantined;"
             f" {len(reports)} epoch(s), {unexplained} unexplained missing reading(s)"
         )
 
@@ -128,6 +185,8 @@ class IngestConsumer:
         next_status = self.clock() + status_interval
         while not stop.is_set():
             self.step()
+            if self.db_ok is False:
+                stop.wait(self.retry_s)
             if self.clock() >= next_status:
                 next_status = self.clock() + status_interval
                 logger.info("%s", self.status_line())

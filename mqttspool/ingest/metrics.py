@@ -1,4 +1,4 @@
-"""Prometheus export for ``mqttspool ingest`` (``[metrics] enabled = true``; extra ``metrics``).
+"""Prometheus export for ``mqttspool ingest`` (``[ingest.metrics]``; extra ``metrics``).
 
 Served with the same bounded server as the bridge's endpoint
 (:class:`~mqttspool.prometheus.BoundedWSGIServer`). Values come from the
@@ -8,7 +8,9 @@ scrape never touches the database:
 * ``mqttspool_ingest_unexplained_missing{epoch,devices}`` (gauge): readings
   missing in gaps no drop counter explains; alert when above 0;
 * ``mqttspool_ingest_missing{epoch,devices}`` (gauge): all missing readings;
-* ``mqttspool_ingest_messages_total`` / ``_duplicates_total`` (counters, since start).
+* ``mqttspool_ingest_messages_total`` / ``_duplicates_total`` (counters, since start);
+* ``mqttspool_ingest_quarantined_total`` (counter, since start): messages the decoder
+  or the database refused, kept in ``ingest_quarantine`` and acknowledged.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class IngestCollector:
         for name, value, doc in (
             ("messages", totals.messages, "Messages stored and acknowledged since start."),
             ("duplicates", totals.duplicates, "Readings already in the database since start."),
+            ("quarantined", totals.undecodable, "Messages refused and quarantined since start."),
         ):
             family = CounterMetricFamily(f"mqttspool_ingest_{name}_total", doc)
             family.add_metric([], float(value))
@@ -67,34 +70,44 @@ class IngestCollector:
 
 
 class IngestMetricsServer:
-    """Serves :class:`IngestCollector` on ``host:port`` from a daemon thread."""
+    """Serves :class:`IngestCollector` on ``host:port`` from a daemon thread.
 
-    def __init__(self, consumer: IngestConsumer, host: str, port: int) -> None:
+    :meth:`bind` (at start-up, before ingest creates anything) takes the port
+    and checks the extra; :meth:`serve` starts answering for a consumer.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
-        self._prom = _import_prometheus()
-        self.registry = self._prom.CollectorRegistry(auto_describe=False)
-        self.registry.register(IngestCollector(consumer))
+        self._prom = _import_prometheus("ingest.metrics.enabled")
         self._server: BoundedWSGIServer | None = None
+        self._serving = False
 
-    def start(self) -> None:
-        """Bind and serve; raises :class:`ConfigError` if the address cannot be bound."""
+    def bind(self) -> None:
+        """Take the address; raises :class:`ConfigError` if it cannot be bound."""
         try:
-            server = BoundedWSGIServer((self.host, self.port))
+            self._server = BoundedWSGIServer((self.host, self.port))
         except OSError as exc:
-            raise ConfigError(
-                "metrics",
-                [("metrics.port", f"cannot listen on {self.host}:{self.port}: {exc.strerror}")],
-            ) from exc
-        server.set_app(self._prom.make_wsgi_app(self.registry))
+            where = f"{self.host}:{self.port}"
+            problem = f"cannot listen on {where}: {exc.strerror} (another process? `run` uses"
+            problem += " [metrics].port; give ingest another [ingest.metrics].port)"
+            raise ConfigError("ingest.metrics", [("ingest.metrics.port", problem)]) from exc
+
+    def serve(self, consumer: IngestConsumer) -> None:
+        """Answer scrapes with ``consumer``'s numbers."""
+        assert self._server is not None, "bind() first"
+        registry = self._prom.CollectorRegistry(auto_describe=False)
+        registry.register(IngestCollector(consumer))
+        self._server.set_app(self._prom.make_wsgi_app(registry))
         threading.Thread(
-            target=server.serve_forever, args=(POLL_S,), name="ingest-metrics", daemon=True
+            target=self._server.serve_forever, args=(POLL_S,), name="ingest-metrics", daemon=True
         ).start()
-        self._server = server
+        self._serving = True
         logger.info("prometheus metrics on http://%s:%d/metrics", self.host, self.port)
 
     def stop(self) -> None:
         """Stop serving and free the port."""
         server, self._server = self._server, None
         if server is not None:
-            server.shutdown()
+            if self._serving:  # shutdown() waits for serve_forever, which may never have run
+                server.shutdown()
             server.server_close()

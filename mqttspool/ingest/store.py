@@ -21,22 +21,38 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from mqttspool.errors import ConfigError, MqttspoolError
+from mqttspool.wire.snapshot import Snapshot
 
 INSTALL_HINT = "pip install 'mqttspool[postgres]'"
+QUARANTINE_PAYLOAD_BYTES = 1024  # the first bytes of a quarantined message are kept
+QUARANTINE_TEXT_CHARS = 512  # topic and reason, cut to this length
 ROWS_PER_STATEMENT = 500  # 11 parameters each: well inside SQLite's 32766 variables
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # several ingest processes may share one SQLite file
 
 
 class StoreError(MqttspoolError):
-    """The ingest database failed (unreachable, full, refused); names the database."""
+    """The ingest database failed (unreachable, full, locked); names the database.
+
+    Waiting may heal it: ``ingest`` keeps the messages unacknowledged and retries.
+    """
 
     def __init__(self, db: str, message: str) -> None:
         super().__init__(f"ingest database {db}: {message}")
         self.db = db
+        self.message = message
+
+
+class StoreRefusedError(StoreError):
+    """The database refused what was written (a value out of range, NUL in text...).
+
+    Retrying the same data cannot help: ``ingest`` quarantines the message that
+    caused it and goes on.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,16 +70,6 @@ class IngestRow:
     ts_us: int
     time_synced: bool
     replay: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """A device's retained spool snapshot: its drop counters for one epoch."""
-
-    device: str
-    epoch: str
-    dropped: dict[str, int]
-    dead_letters: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +109,7 @@ class StoredState:
     streams: list[StreamCounts]
     gaps: dict[str, list[tuple[int, int]]]  # epoch -> missing (first, last) seq ranges
     snapshots: dict[str, Snapshot]  # epoch -> latest snapshot
-    undecodable: int  # messages kept in ingest_undecodable
+    undecodable: int  # messages kept in ingest_quarantine (bounded)
 
 
 class Store(Protocol):
@@ -128,12 +134,12 @@ _COLUMNS = "id, device, epoch, seq, sensor, metric, value, unit, ts_us, time_syn
 _STREAMS_SQL = (
     "SELECT r.device, r.epoch, COUNT(*), MIN(r.seq), MAX(r.seq),"
     " COALESCE(MAX(s.duplicates), 0) FROM ingest_reading r LEFT JOIN ingest_stream s"
-    " ON s.device = r.device AND s.epoch = r.epoch GROUP BY r.device, r.epoch"
+    " ON s.device = r.device AND s.epoch = r.epoch{where} GROUP BY r.device, r.epoch"
     " ORDER BY r.epoch, r.device"
 )
 _GAPS_SQL = (
     "SELECT epoch, seq + 1, next_seq - 1 FROM (SELECT epoch, seq,"
-    " LEAD(seq) OVER (PARTITION BY epoch ORDER BY seq) AS next_seq FROM ingest_reading) g"
+    " LEAD(seq) OVER (PARTITION BY epoch ORDER BY seq) AS next_seq FROM ingest_reading{where}) g"
     " WHERE next_seq - seq > 1 ORDER BY epoch, seq"
 )
 _SNAPSHOTS_SQL = "SELECT device, epoch, dropped_json, dead_letters FROM ingest_snapshot"
@@ -142,19 +148,25 @@ _DUPLICATES_SQL = (
     " ON CONFLICT (device, epoch) DO UPDATE"
     " SET duplicates = ingest_stream.duplicates + excluded.duplicates"
 )
+# The first device to report an epoch owns it: another device's snapshot cannot
+# overwrite (and so "explain") the counters of an epoch that is not its own.
 _SNAPSHOT_SQL = (
     "INSERT INTO ingest_snapshot (epoch, device, dropped_json, dead_letters, received_us)"
-    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (epoch) DO UPDATE SET device = excluded.device,"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (epoch) DO UPDATE SET"
     " dropped_json = excluded.dropped_json, dead_letters = excluded.dead_letters,"
-    " received_us = excluded.received_us"
+    " received_us = excluded.received_us WHERE ingest_snapshot.device = excluded.device"
 )
-_UNDECODABLE_SQL = (
-    "INSERT INTO ingest_undecodable (topic, reason, payload, received_us) VALUES (?, ?, ?, ?)"
+_QUARANTINE_SQL = (
+    "INSERT INTO ingest_quarantine (topic, reason, size, payload, received_us)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+_QUARANTINE_PRUNE_SQL = (
+    "DELETE FROM ingest_quarantine WHERE id <= (SELECT MAX(id) FROM ingest_quarantine) - ?"
 )
 
 
-def schema(blob_type: str) -> list[str]:
-    """The DDL (idempotent), with the dialect's binary column type."""
+def schema(blob_type: str, serial_key: str) -> list[str]:
+    """The DDL (idempotent), with the dialect's binary and auto-increment key types."""
     return [
         "CREATE TABLE IF NOT EXISTS ingest_reading (id TEXT NOT NULL, device TEXT NOT NULL,"
         " epoch TEXT NOT NULL, seq BIGINT NOT NULL, sensor TEXT NOT NULL, metric TEXT NOT NULL,"
@@ -166,8 +178,9 @@ def schema(blob_type: str) -> list[str]:
         "CREATE TABLE IF NOT EXISTS ingest_snapshot (epoch TEXT PRIMARY KEY,"
         " device TEXT NOT NULL, dropped_json TEXT NOT NULL, dead_letters BIGINT NOT NULL,"
         " received_us BIGINT NOT NULL)",
-        "CREATE TABLE IF NOT EXISTS ingest_undecodable (topic TEXT NOT NULL,"
-        f" reason TEXT NOT NULL, payload {blob_type} NOT NULL, received_us BIGINT NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS ingest_quarantine (id {serial_key}, topic TEXT NOT NULL,"
+        " reason TEXT NOT NULL, size BIGINT NOT NULL,"
+        f" payload {blob_type} NOT NULL, received_us BIGINT NOT NULL)",
     ]
 
 
@@ -190,9 +203,13 @@ class SqlStore:
     name = "?"
     placeholder = "?"
     errors: tuple[type[BaseException], ...] = ()
+    unavailable: tuple[type[BaseException], ...] = ()  # errors that waiting may heal
+    quarantine_max = 1000
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
+        self._cache: dict[str, tuple[list[StreamCounts], list[tuple[int, int]]]] | None = None
+        self._dirty: set[str] = set()
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", self.placeholder)
@@ -201,14 +218,25 @@ class SqlStore:
     def _translated(self, what: str) -> Iterator[None]:
         try:
             yield
-        except self.errors as exc:
+        except self.unavailable as exc:
             raise StoreError(self.name, f"{what} failed: {exc}") from exc
+        except self._refusals() as exc:
+            raise StoreRefusedError(self.name, f"{what} refused: {exc}") from exc
+
+    def _refusals(self) -> tuple[type[BaseException], ...]:
+        # The driver's other errors, and what Python raises binding a value the
+        # column cannot hold (SQLite: OverflowError for an int beyond 64 bits).
+        return (*self.errors, OverflowError, ValueError, TypeError)
+
+    def _ensure_open(self) -> None:
+        """Reconnect if the connection was lost (PostgreSQL); nothing for SQLite."""
 
     def write(self, batch: WriteBatch) -> int:
         """Insert new readings, count duplicates, keep snapshots; one transaction."""
         rows, repeats = unique_rows(batch.rows)
         now_us = time.time_ns() // 1000
         with self._translated("write"):
+            self._ensure_open()
             cur = self.conn.cursor()
             try:
                 new_ids = self._insert_rows(cur, rows)
@@ -223,8 +251,10 @@ class SqlStore:
                 self._write_extras(cur, batch, now_us)
                 self.conn.commit()
             except BaseException:
-                self.conn.rollback()
+                with contextlib.suppress(*self.errors):
+                    self.conn.rollback()
                 raise
+        self._dirty.update(r.epoch for r in rows)
         return len(new_ids)
 
     def _insert_rows(self, cur: Any, rows: list[IngestRow]) -> set[str]:
@@ -249,35 +279,74 @@ class SqlStore:
             params = (snap.epoch, snap.device, dropped, snap.dead_letters, now_us)
             cur.execute(self._sql(_SNAPSHOT_SQL), params)
         for bad in batch.undecodable:
-            cur.execute(self._sql(_UNDECODABLE_SQL), (bad.topic, bad.reason, bad.payload, now_us))
+            kept = (
+                _printable(bad.topic),
+                _printable(bad.reason),
+                len(bad.payload),
+                bad.payload[:QUARANTINE_PAYLOAD_BYTES],
+                now_us,
+            )
+            cur.execute(self._sql(_QUARANTINE_SQL), kept)
+        if batch.undecodable:
+            cur.execute(self._sql(_QUARANTINE_PRUNE_SQL), (self.quarantine_max,))
 
     def state(self) -> StoredState:
-        """Counts per (device, epoch), gaps per epoch, the latest snapshot per epoch."""
+        """Counts per (device, epoch), gaps per epoch, the latest snapshot per epoch.
+
+        The first call reads every epoch; later calls re-read only the epochs this
+        store wrote since (an index range each), so a status refresh does not
+        rescan the readings table.
+        """
         with self._translated("reading the completeness state"):
+            self._ensure_open()
             cur = self.conn.cursor()
-            cur.execute(_STREAMS_SQL)
-            streams = [
-                StreamCounts(str(d), str(e), int(n), int(dup), int(lo), int(hi))
-                for d, e, n, lo, hi, dup in cur.fetchall()
-            ]
-            gaps: dict[str, list[tuple[int, int]]] = {}
-            cur.execute(_GAPS_SQL)
-            for epoch, first, last in cur.fetchall():
-                gaps.setdefault(str(epoch), []).append((int(first), int(last)))
+            epochs = None if self._cache is None else sorted(self._dirty)
+            self._dirty.clear()
+            fresh = self._read_epochs(cur, epochs)
+            self._cache = fresh if self._cache is None else {**self._cache, **fresh}
             cur.execute(_SNAPSHOTS_SQL)
             snapshots = {
                 str(e): Snapshot(str(d), str(e), json.loads(dropped), int(dead))
                 for d, e, dropped, dead in cur.fetchall()
             }
-            cur.execute("SELECT COUNT(*) FROM ingest_undecodable")
+            cur.execute("SELECT COUNT(*) FROM ingest_quarantine")
             undecodable = int(cur.fetchone()[0])
             self.conn.rollback()  # end the read transaction (PostgreSQL opened one)
+        streams = sorted(
+            (s for st, _ in self._cache.values() for s in st), key=lambda s: (s.epoch, s.device)
+        )
+        gaps = {e: g for e, (_, g) in self._cache.items() if g}
         return StoredState(streams, gaps, snapshots, undecodable)
+
+    def _read_epochs(
+        self, cur: Any, epochs: list[str] | None
+    ) -> dict[str, tuple[list[StreamCounts], list[tuple[int, int]]]]:
+        """Streams and gaps of ``epochs`` (None: all of them)."""
+        if epochs == []:
+            return {}
+        where, params = "", tuple(epochs or ())
+        if epochs is not None:
+            where = f" WHERE epoch IN ({', '.join('?' * len(epochs))})"
+        out: dict[str, tuple[list[StreamCounts], list[tuple[int, int]]]] = {}
+        cur.execute(self._sql(_STREAMS_SQL.format(where=where.replace("epoch", "r.epoch"))), params)
+        for d, e, n, lo, hi, dup in cur.fetchall():
+            entry = out.setdefault(str(e), ([], []))
+            entry[0].append(StreamCounts(str(d), str(e), int(n), int(dup), int(lo), int(hi)))
+        cur.execute(self._sql(_GAPS_SQL.format(where=where)), params)
+        for epoch, first, last in cur.fetchall():
+            out.setdefault(str(epoch), ([], []))[1].append((int(first), int(last)))
+        return out
 
     def close(self) -> None:
         """Close the connection."""
         with contextlib.suppress(*self.errors):
             self.conn.close()
+
+
+def _printable(text: str) -> str:
+    """``text`` cut short, control characters (NUL: PostgreSQL refuses it) as ``?``."""
+    cut = text[:QUARANTINE_TEXT_CHARS]
+    return "".join("?" if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F else c for c in cut)
 
 
 def _row_values(r: IngestRow) -> tuple[object, ...]:
@@ -301,6 +370,7 @@ class SqliteStore(SqlStore):
 
     placeholder = "?"
     errors = (sqlite3.Error,)
+    unavailable = (sqlite3.OperationalError,)  # locked, disk full, I/O error
 
     def __init__(self, path: str) -> None:
         self.name = path
@@ -308,7 +378,7 @@ class SqliteStore(SqlStore):
             conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-            for ddl in schema("BLOB"):
+            for ddl in schema("BLOB", "INTEGER PRIMARY KEY"):
                 conn.execute(ddl)
             conn.commit()
         except sqlite3.Error as exc:
@@ -323,17 +393,29 @@ class PostgresStore(SqlStore):
 
     def __init__(self, url: str) -> None:
         self.name = redact_url(url)
-        psycopg = _import_psycopg()
+        self._url = url
+        self._psycopg = psycopg = _import_psycopg()
         self.errors = (psycopg.Error,)
+        self.unavailable = (psycopg.OperationalError, psycopg.InterfaceError)
+        super().__init__(self._connect())
+
+    def _connect(self) -> Any:
         try:
-            conn = psycopg.connect(url, connect_timeout=10)
+            conn = self._psycopg.connect(self._url, connect_timeout=10)
             with conn.cursor() as cur:
-                for ddl in schema("BYTEA"):
+                for ddl in schema("BYTEA", "BIGSERIAL PRIMARY KEY"):
                     cur.execute(ddl)
             conn.commit()
-        except psycopg.Error as exc:
+        except self._psycopg.Error as exc:
             raise StoreError(self.name, f"cannot connect: {exc}") from exc
-        super().__init__(conn)
+        return conn
+
+    def _ensure_open(self) -> None:
+        """A lost connection (server restart, network) is replaced by a new one."""
+        if self.conn.closed or self.conn.broken:
+            with contextlib.suppress(*self.errors):
+                self.conn.close()
+            self.conn = self._connect()
 
 
 def _import_psycopg() -> Any:
@@ -357,8 +439,34 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def open_store(db: str) -> SqlStore:
-    """The backend for ``db``: a ``postgresql://`` URL, or a SQLite file path."""
+def check_db(db: str) -> None:
+    """Check ``ingest.db`` without creating anything; raises :class:`ConfigError`.
+
+    A PostgreSQL URL needs psycopg (the ``postgres`` extra) and a host and a
+    database name; a SQLite path needs an existing directory.
+    """
     if db.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(db)
-    return SqliteStore(db.removeprefix("sqlite:///"))
+        _import_psycopg()
+        parts = urlsplit(db)
+        if not parts.path.strip("/") and "dbname=" not in parts.query:
+            problem = f"{redact_url(db)} names no database (postgresql://user@host/dbname)"
+            raise ConfigError("ingest.db", [("ingest.db", problem)])
+        return
+    if "://" in db and not db.startswith("sqlite:///"):
+        problem = f"{redact_url(db)}: use a SQLite path or postgresql://user@host/dbname"
+        raise ConfigError("ingest.db", [("ingest.db", problem)])
+    parent = Path(db.removeprefix("sqlite:///")).expanduser().parent
+    if not parent.is_dir():
+        problem = f"directory {parent} does not exist (ingest creates the file, not directories)"
+        raise ConfigError("ingest.db", [("ingest.db", problem)])
+
+
+def open_store(db: str, quarantine_max: int = SqlStore.quarantine_max) -> SqlStore:
+    """The backend for ``db``: a ``postgresql://`` URL, or a SQLite file path."""
+    store: SqlStore
+    if db.startswith(("postgresql://", "postgres://")):
+        store = PostgresStore(db)
+    else:
+        store = SqliteStore(db.removeprefix("sqlite:///"))
+    store.quarantine_max = quarantine_max
+    return store

@@ -14,6 +14,7 @@ from typing import Any
 
 from mqttspool.reading import format_ts
 from mqttspool.spool.rows import counts
+from mqttspool.wire.snapshot import Snapshot
 
 
 @dataclass(frozen=True)
@@ -62,16 +63,15 @@ def read_stats(
 
 
 def read_stats_json(stats: SpoolStats, device: str, now_us: int) -> dict[str, Any]:
-    """The ``status --json`` / retained spool topic document."""
+    """The ``status --json`` / retained spool topic document (:class:`~mqttspool.wire.Snapshot`)."""
     last = stats.last_publish_us
-    age = stats.oldest_age_seconds(now_us)
-    return {
-        "device": device,
-        "epoch": stats.epoch,
-        "depth": stats.depth,
-        "oldest_age_seconds": None if age is None else round(age, 3),
-        "dead_letters": stats.dead_letters,
-        "dropped": stats.dropped,
-        "last_publish": None if last is None else format_ts(last),
-        "spool_path": stats.path,
-    }
+    return Snapshot(
+        device=device,
+        epoch=stats.epoch,
+        dead_letters=stats.dead_letters,
+        dropped=stats.dropped,
+        depth=stats.depth,
+        oldest_age_seconds=stats.oldest_age_seconds(now_us),
+        last_publish=None if last is None else format_ts(last),
+        spool_path=stats.path,
+    ).as_json()
