@@ -421,12 +421,15 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     if path is not None:
         _check_toml(path)
     _check_env_keys(environ, source)
+    if any(k.upper().startswith(ENV_PREFIX) and k.upper() != CONFIG_ENV for k in environ):
+        source += " + environment"
     names: list[str] = []
     tokens = (_toml_path.set(path), _environ.set(environ), _sensor_names.set(names))
     try:
         settings = Settings()
     except ValidationError as exc:
-        raise ConfigError(source, config_problems(exc, names)) from exc
+        problems = _name_env_vars(config_problems(exc, names), environ)
+        raise ConfigError(source, problems) from exc
     finally:
         _sensor_names.reset(tokens[2])
         _environ.reset(tokens[1])
@@ -436,6 +439,31 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     except ConfigError as exc:
         raise ConfigError(source, exc.problems) from exc
     return settings
+
+
+def _name_env_vars(problems: list[Problem], environ: Mapping[str, str]) -> list[Problem]:
+    """Label each problem whose value came from a ``MQTTSPOOL_*`` variable with its name.
+
+    A bad value from the environment must not look like it came from the file
+    (or from the built-in defaults): ``broker.port (MQTTSPOOL_BROKER__PORT): ...``.
+    """
+    paths = {
+        key[len(ENV_PREFIX) :].lower().replace("__", "."): key
+        for key in environ
+        if key.upper().startswith(ENV_PREFIX) and key.upper() != CONFIG_ENV
+    }
+    out: list[Problem] = []
+    for where, message in problems:
+        field = where.split(" ", 1)[0].split(":", 1)[0]
+        names = [
+            var
+            for setting, var in paths.items()
+            if setting == field
+            or setting.startswith(f"{field}.")
+            or field.startswith(f"{setting}.")
+        ]
+        out.append((f"{where} ({', '.join(sorted(names))})" if names else where, message))
+    return out
 
 
 def _check_toml(path: Path) -> None:
