@@ -619,8 +619,9 @@ class Bridge:
             return
         logger.log(
             logging.ERROR if kind.configuration else logging.WARNING,
-            "broker %s unreachable: %s%s; %d reading(s) spooled; retrying in %.1f s%s",
+            "broker %s %s: %s%s; %d reading(s) spooled; retrying in %.1f s%s",
             self.publisher.broker,
+            "refused the login" if kind is FailureKind.NOT_AUTHORIZED else "unreachable",
             reason,
             _times(count, "attempts"),
             self.spool.depth(),

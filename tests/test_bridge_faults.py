@@ -409,8 +409,9 @@ def test_wrong_password_is_reported_and_readings_stay(
     result = run_cli(["drain", "--timeout", "3"], env)
     assert result.returncode == 1
     out = result.stdout + result.stderr
-    assert f"broker 127.0.0.1:{broker.port} unreachable: connection refused:" in out
+    assert f"broker 127.0.0.1:{broker.port} refused the login: not authorized (" in out
     assert "Not authorized" in out or "Bad user name or password" in out
+    assert "check broker.username, broker.password/password_file" in out
     assert "50 reading(s) remain" in out
     assert secret not in out
     check = run_cli(["check-config"], env)
