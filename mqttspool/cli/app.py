@@ -107,7 +107,24 @@ def _add_spool_commands(add: Callable[[str, Handler, str], argparse.ArgumentPars
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
+    """Entry point of the console script; returns the exit code.
+
+    A reader that goes away early (``mqttspool check-config --json | head -c
+    300``) is not an error worth a traceback: the rest of the output is
+    discarded and the exit code is 1.
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe fails here, not at exit
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit cannot fail again
+        os.close(devnull)
+        return EXIT_FAIL
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     fast = fast_health(sys.argv[1:] if argv is None else argv, os.environ)
     if fast is not None:
         return fast
