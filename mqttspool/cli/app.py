@@ -286,16 +286,33 @@ def cmd_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
                 f"mqttspool: dead-letters {args.dl_action}: give SEQ... or --all", file=sys.stderr
             )
             return EXIT_CONFIG
-        seqs = None if args.all else list(args.seqs)
-        if args.dl_action == "requeue":
-            n = spool.requeue(seqs)
-            print(f"requeued {n} reading(s) (same seq, same id)")
-        else:
-            n = spool.purge(seqs)
-            print(f"purged {n} dead letter(s) (counted as dropped, reason purged)")
+        seqs, unknown = _dead_letter_seqs(spool, args)
+        if seqs is None or seqs:
+            if args.dl_action == "requeue":
+                n = spool.requeue(seqs)
+                print(f"requeued {n} reading(s) (same seq, same id)")
+            else:
+                n = spool.purge(seqs)
+                print(f"purged {n} dead letter(s) (counted as dropped, reason purged)")
+        if unknown:
+            print(
+                f"mqttspool: dead-letters {args.dl_action}: not a dead letter:"
+                f" {' '.join(map(str, unknown))} (see `mqttspool dead-letters list`)",
+                file=sys.stderr,
+            )
+            return EXIT_FAIL
         return EXIT_OK
     finally:
         spool.close()
+
+
+def _dead_letter_seqs(spool: Spool, args: argparse.Namespace) -> tuple[list[int] | None, list[int]]:
+    """The seqs to act on (None: all) and the given seqs that are not dead letters."""
+    if args.all:
+        return None, []
+    letters = {dl.reading.seq for dl in spool.dead_letters()}
+    given = list(dict.fromkeys(args.seqs))
+    return [s for s in given if s in letters], [s for s in given if s not in letters]
 
 
 def _dl_list(spool: Spool, as_json: bool) -> int:
