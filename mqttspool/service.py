@@ -192,11 +192,17 @@ class Service:
             self._heartbeat("stopped" if code == EXIT_OK else "failed")
             if code == EXIT_OK:
                 self._record_clean_stop()
+                queued = self.spool.depth()
             self.spool.close()
             if self._metrics is not None:
                 self._metrics.stop()
         if code == EXIT_OK:
-            logger.info("stopped cleanly; %d reading(s) left unacknowledged stay spooled", left)
+            logger.info(
+                "stopped cleanly; %d reading(s) stay spooled (%d of them sent but not"
+                " acknowledged: resent with the same id next time)",
+                queued,
+                left,
+            )
         return code
 
     # ----------------------------------------------------------- internals

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from daemon import clean_env, spool_with_backlog
+from daemon import Daemon, clean_env, mqttspool_env, run_cli, spool_with_backlog
 
 
 def _into_a_closed_pipe(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
@@ -42,3 +44,29 @@ def test_a_reader_that_goes_away_gets_no_traceback(tmp_path: Path, args: list[st
     code, stderr = _into_a_closed_pipe(args, env, tmp_path)
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
     assert code == 1
+
+
+def _free_port() -> int:
+    """A 127.0.0.1 port nobody listens on (bound then released; nothing connects back)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_clean_stop_says_how_many_readings_stay_spooled(tmp_path: Path) -> None:
+    db = tmp_path / "spool.db"
+    spool_with_backlog(db, 12)
+    daemon = Daemon(mqttspool_env(db, _free_port()))
+    try:
+        daemon.wait_log(r"unreachable", 30)
+        daemon.terminate()
+        assert daemon.wait(30) == 0
+    finally:
+        daemon.stop()
+    depth = json.loads(run_cli(["status", "--json"], mqttspool_env(db, 1)).stdout)["depth"]
+    assert depth >= 12
+    [line] = [x for x in daemon.log if "stopped cleanly" in x]
+    assert line.endswith(
+        f"stopped cleanly; {depth} reading(s) stay spooled (0 of them sent but not"
+        " acknowledged: resent with the same id next time)"
+    )
