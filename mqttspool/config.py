@@ -14,7 +14,7 @@ import re
 import socket
 import stat
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -410,11 +410,26 @@ def _entry_name(entry: Any) -> str:
     return name if isinstance(name, str) else ""
 
 
-def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+# What a command uses beyond the settings tree; load_config checks it before a
+# command opens or creates anything. check-config and run use everything, so what
+# check-config passes, run accepts; `sensors` uses no broker and needs no password file.
+USES_BROKER = "broker"  # broker.password_file must be readable
+USES_METRICS = "metrics"  # metrics.enabled needs the optional prometheus-client
+USES_EVERYTHING = frozenset({USES_BROKER, USES_METRICS})
+METRICS_INSTALL_HINT = "pip install 'mqttspool[metrics]'"
+
+
+def load_config(
+    path: Path | None,
+    environ: Mapping[str, str] | None = None,
+    uses: Collection[str] = USES_EVERYTHING,
+) -> Settings:
     """Load, validate and return the settings; raises :class:`ConfigError` (exit 2).
 
-    Everything is checked here, driver options and ``broker.password_file``
-    included, so every command fails the same way on the same configuration.
+    Everything is checked here, driver options included, so every command
+    fails the same way on the same configuration; of the things outside the
+    file (``broker.password_file``, the ``metrics`` extra) only those in
+    ``uses`` are checked, so a command validates what it uses.
     """
     environ = os.environ if environ is None else environ
     source = str(path) if path else "built-in defaults"
@@ -434,11 +449,31 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         _sensor_names.reset(tokens[2])
         _environ.reset(tokens[1])
         _toml_path.reset(tokens[0])
-    try:
-        settings.broker.resolved_password()
-    except ConfigError as exc:
-        raise ConfigError(source, exc.problems) from exc
+    problems = unusable(settings, uses)
+    if problems:
+        raise ConfigError(source, problems)
     return settings
+
+
+def unusable(settings: Settings, uses: Collection[str]) -> list[Problem]:
+    """What in ``uses`` cannot work with ``settings`` (empty: everything can)."""
+    problems: list[Problem] = []
+    if USES_BROKER in uses:
+        try:
+            settings.broker.resolved_password()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if USES_METRICS in uses and settings.metrics.enabled:
+        try:
+            import prometheus_client  # noqa: F401, PLC0415 - optional extra, only when enabled
+        except ImportError:
+            problems.append(
+                (
+                    "metrics.enabled",
+                    f"needs prometheus-client, which is not installed: {METRICS_INSTALL_HINT}",
+                )
+            )
+    return problems
 
 
 def _name_env_vars(problems: list[Problem], environ: Mapping[str, str]) -> list[Problem]:

@@ -44,6 +44,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+from mqttspool.config import METRICS_INSTALL_HINT
 from mqttspool.counters import (
     BROKER_CONNECTED,
     MESSAGES_PUBLISHED,
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 StatsSource = Callable[[], "SpoolStats | None"]
-INSTALL_HINT = "pip install 'mqttspool[metrics]'"
+INSTALL_HINT = METRICS_INSTALL_HINT
 # The reasons the spool counts drops by (README, Metrics); exported as 0 until the first.
 DROP_REASONS = (
     "corrupt",

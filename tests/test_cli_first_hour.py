@@ -70,3 +70,49 @@ def test_a_clean_stop_says_how_many_readings_stay_spooled(tmp_path: Path) -> Non
         f"stopped cleanly; {depth} reading(s) stay spooled (0 of them sent but not"
         " acknowledged: resent with the same id next time)"
     )
+
+
+def test_sensors_needs_no_broker_password_file_but_broker_commands_do(tmp_path: Path) -> None:
+    missing = tmp_path / "broker-password"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[broker]\nusername = "edge"\npassword_file = "{missing}"\n')
+    env = clean_env(MQTTSPOOL_SPOOL__PATH=str(tmp_path / "spool.db"))
+    sensors = run_cli(["sensors", "-c", str(cfg)], env, cwd=tmp_path)
+    assert sensors.returncode == 0, sensors.stderr
+    assert sensors.stdout.startswith("simulated")
+    for args in (["drain"], ["watch"], ["run"], ["check-config"]):
+        proc = run_cli([*args, "-c", str(cfg)], env, cwd=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert f"broker.password_file: {missing} does not exist" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
+
+
+def _without_prometheus(tmp_path: Path) -> dict[str, str]:
+    """An environment where ``import prometheus_client`` fails, as without the extra."""
+    hide = tmp_path / "hide"
+    (hide / "prometheus_client").mkdir(parents=True)
+    (hide / "prometheus_client" / "__init__.py").write_text(
+        "raise ImportError('hidden by the test: the metrics extra is not installed')\n"
+    )
+    path = os.pathsep.join(p for p in (str(hide), os.environ.get("PYTHONPATH", "")) if p)
+    return clean_env(
+        PYTHONPATH=path,
+        MQTTSPOOL_METRICS__ENABLED="true",
+        MQTTSPOOL_SPOOL__PATH=str(tmp_path / "data" / "spool.db"),
+    )
+
+
+def test_check_config_and_run_reject_metrics_without_the_extra_alike(tmp_path: Path) -> None:
+    env = _without_prometheus(tmp_path)
+    expected = (
+        "  metrics.enabled: needs prometheus-client, which is not installed:"
+        " pip install 'mqttspool[metrics]'\n"
+    )
+    for args in (["check-config"], ["run"]):
+        proc = run_cli(args, env, cwd=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.endswith(expected), proc.stderr
+        assert "starting" not in proc.stderr
+    assert not (tmp_path / "data").exists()  # run stopped before creating the spool
+    env["MQTTSPOOL_METRICS__ENABLED"] = "false"
+    assert run_cli(["check-config"], env, cwd=tmp_path).returncode == 0

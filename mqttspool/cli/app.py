@@ -39,6 +39,19 @@ EXIT_CONFIG = 2
 
 Handler = Callable[[argparse.Namespace, "Settings"], int]
 
+# What each command uses beyond the settings tree (mqttspool.config.USES_*): load_config
+# checks exactly that, before the command opens anything. Unlisted commands use everything.
+_BROKER, _METRICS = "broker", "metrics"
+COMMAND_USES: dict[str, frozenset[str]] = {
+    "enqueue": frozenset(),
+    "status": frozenset(),
+    "dead-letters": frozenset(),
+    "health": frozenset(),
+    "sensors": frozenset(),
+    "drain": frozenset({_BROKER}),
+    "watch": frozenset({_BROKER}),
+}
+
 
 def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
     # On subparsers the defaults are suppressed so a value given before the
@@ -128,12 +141,17 @@ def _main(argv: list[str] | None) -> int:
     fast = fast_health(sys.argv[1:] if argv is None else argv, os.environ)
     if fast is not None:
         return fast
-    from mqttspool.config import config_path_from, load_config  # noqa: PLC0415 - see top
+    from mqttspool.config import (  # noqa: PLC0415 - see top
+        USES_EVERYTHING,
+        config_path_from,
+        load_config,
+    )
 
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level or "info", args.log_format or "text")
     try:
-        settings = load_config(config_path_from(args.config, _environ()))
+        uses = COMMAND_USES.get(args.command, USES_EVERYTHING)
+        settings = load_config(config_path_from(args.config, _environ()), uses=uses)
     except ConfigError as exc:
         print(f"mqttspool: {exc}", file=sys.stderr)
         # Docker reserves health-check exit code 2; for health a bad config is "unhealthy".
