@@ -353,6 +353,8 @@ class SpoolWatch:
 class Bridge:
     """Moves spooled readings to the broker; one :meth:`step` at a time."""
 
+    last_failure = ""  # why the last connection attempt failed (drain reports it)
+
     def __init__(
         self,
         settings: Settings,
@@ -584,6 +586,7 @@ class Bridge:
         return True
 
     def _attempt_failed(self, now: float, kind: FailureKind, reason: str) -> None:
+        self.last_failure = reason + _hint(kind)
         delay = self.backoff.next_delay()
         self._log_failure(kind, reason, delay)
         self._drop_connection(now, delay)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from daemon import Daemon, clean_env, mqttspool_env, run_cli, spool_with_backlog
+from daemon import Daemon, clean_env, mqttspool_env, run_cli, spool_with_backlog, wait_until
+from support.broker import MosquittoBroker
 
 
 def _into_a_closed_pipe(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
@@ -116,3 +119,97 @@ def test_check_config_and_run_reject_metrics_without_the_extra_alike(tmp_path: P
     assert not (tmp_path / "data").exists()  # run stopped before creating the spool
     env["MQTTSPOOL_METRICS__ENABLED"] = "false"
     assert run_cli(["check-config"], env, cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["drain"],
+        ["drain", "--timeout", "5"],
+        ["status"],
+        ["status", "--json"],
+        ["dead-letters", "list"],
+    ],
+)
+def test_a_spool_path_that_does_not_exist_is_named_and_never_created(
+    tmp_path: Path, args: list[str]
+) -> None:
+    db = tmp_path / "typo" / "spool.db"
+    env = mqttspool_env(db, _free_port())
+    proc = run_cli(args, env, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.endswith(
+        f"mqttspool: error: spool {db}: no spool here (missing file); nothing was created."
+        " Check spool.path\n"
+    )
+    assert proc.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_drain_of_an_empty_spool_exits_0_at_once_without_a_broker(tmp_path: Path) -> None:
+    db = tmp_path / "spool.db"
+    spool_with_backlog(db, 0)
+    proc = run_cli(["drain"], mqttspool_env(db, _free_port()), timeout=20)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"nothing to drain: spool {db} is empty\n"
+    assert "unreachable" not in proc.stderr
+
+
+def test_drain_gives_up_on_a_broker_never_reached_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mqttspool import service  # noqa: PLC0415 - the bound, shortened for the test
+    from mqttspool.cli import main  # noqa: PLC0415
+
+    db = tmp_path / "spool.db"
+    spool_with_backlog(db, 5)
+    port = _free_port()
+    for key, value in mqttspool_env(db, port).items():
+        if key.startswith("MQTTSPOOL_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setattr(service, "DRAIN_CONNECT_S", 1.0)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        assert main(["drain"]) == 1
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert capsys.readouterr().err.endswith(
+        f"drain gave up: broker 127.0.0.1:{port} not reached in 1 s: connection refused"
+        " (is the broker running and listening on this port?): 0 published, 5 reading(s) remain\n"
+    )
+
+
+def _depth(db: Path) -> int:
+    proc = run_cli(["status", "--json"], mqttspool_env(db, 1))
+    value: int = json.loads(proc.stdout)["depth"]
+    return value
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_drain_settles_and_says_how_far_it_got(
+    tmp_path: Path, broker: MosquittoBroker, signum: signal.Signals
+) -> None:
+    db = tmp_path / "spool.db"
+    spool_with_backlog(db, 2000)
+    env = mqttspool_env(db, broker.port, bridge__max_rate=200)
+    # Started with SIGINT ignored, as a shell's `mqttspool drain &` does.
+    inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        drain = Daemon(env, ("drain",))
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+    try:
+        wait_until(lambda: _depth(db) < 1900, 30, "some readings published and settled")
+        drain.proc.send_signal(signum)
+        assert drain.wait(30) == 1
+    finally:
+        drain.stop()
+    [last] = [line for line in drain.log if line.startswith("interrupted:")]
+    match = re.fullmatch(r"interrupted: (\d+) published, (\d+) remain", last)
+    assert match, last
+    published, remain = int(match[1]), int(match[2])
+    assert published + remain == 2000
+    assert 100 < published < 2000
+    assert _depth(db) == remain  # everything acknowledged was settled before exiting

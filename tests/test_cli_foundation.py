@@ -77,14 +77,6 @@ def test_contract_example(tmp_path: Path) -> None:
         spool.close()
 
 
-def test_status_of_a_missing_spool_does_not_create_it(tmp_path: Path) -> None:
-    doc = status(tmp_path)
-    assert doc["depth"] == 0
-    assert doc["epoch"] is None
-    assert doc["oldest_age_seconds"] is None
-    assert not (tmp_path / "spool.db").exists()
-
-
 def test_enqueue_all_good_exits_0_and_skips_blank_lines(tmp_path: Path) -> None:
     src = tmp_path / "in.jsonl"
     src.write_text(

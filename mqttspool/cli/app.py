@@ -237,12 +237,16 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def status_document(settings: Settings) -> dict[str, Any]:
-    """The ``status --json`` object; a missing or 0-byte spool reads as empty (nothing created)."""
+    """The ``status --json`` object; a 0-byte spool reads as empty, a missing one is an error.
+
+    Nothing is ever created: a typo'd ``spool.path`` must not look like an empty spool.
+    """
     from mqttspool.spool import classify_file, open_spool, read_stats_json  # noqa: PLC0415
 
     path = Path(settings.spool.path)
     now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
-    if classify_file(path) in ("missing", "empty"):
+    runtime.require_spool(settings.spool.path)
+    if classify_file(path) == "empty":
         return {
             "device": settings.device.id,
             "epoch": None,
