@@ -60,3 +60,20 @@ def test_scripts_test_says_what_it_installs_before_installing_as_root() -> None:
     said = [line for line in lines[:apt] if "echo" in line and "installing" in line]
     assert said, "scripts/test must say what it apt-installs before doing it"
     assert all(pkg in said[-1] for pkg in ("mosquitto", "fuse3", "postgresql"))
+
+
+def _directives(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            out[key] = value
+    return out
+
+
+def test_the_local_broker_config_has_the_throughput_settings_and_no_container_path() -> None:
+    local = _directives(REPO / "mosquitto" / "local.conf")
+    compose = _directives(REPO / "mosquitto" / "mosquitto.conf")
+    for key in ("max_inflight_messages", "set_tcp_nodelay", "max_queued_messages"):
+        assert local[key] == compose[key], key
+    assert not any("/mosquitto/" in value for value in local.values())
