@@ -39,6 +39,21 @@ EXIT_CONFIG = 2
 
 Handler = Callable[[argparse.Namespace, "Settings"], int]
 
+ENQUEUE_EXAMPLE = (
+    """'{"sensor":"bme280","metric":"temperature","value":21.37,"unit":"°C","""
+    """"ts":"2026-11-26T00:40:00Z"}'"""
+)
+ENQUEUE_FORMAT = f"""\
+line format: one JSON object per line; "sensor", "metric" and "value" (a finite
+number) are required; "unit" (at most 16 characters), "device" (default:
+device.id), "ts" (ISO 8601 with a timezone; default: now) and "time_synced"
+(default: this machine's clock sync state) are optional. Example:
+
+  echo {ENQUEUE_EXAMPLE} | mqttspool enqueue
+
+Bad lines are reported as "line N: reason" and the good ones stored
+(exit 0: all stored, 1: some rejected)."""
+
 # What each command uses beyond the settings tree (mqttspool.config.USES_*): load_config
 # checks exactly that, before the command opens anything. Unlisted commands use everything.
 _BROKER, _METRICS = "broker", "metrics"
@@ -102,6 +117,8 @@ def _add_spool_commands(add: Callable[[str, Handler, str], argparse.ArgumentPars
     """Commands that only read or write the spool file."""
     p = add("enqueue", cmd_enqueue, "store JSON-lines readings from FILE or stdin")
     p.add_argument("file", nargs="?", default="-", help="input file, '-' for stdin (default)")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = ENQUEUE_FORMAT
     p = add("status", cmd_status, "show the spool's depth, age, dead letters and drops")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p = add("check-config", cmd_check_config, "validate and print the effective configuration")
