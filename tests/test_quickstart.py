@@ -144,7 +144,7 @@ def test_the_end_to_end_quick_start_runs_as_written(tmp_path: Path) -> None:
     # the README's gap query over the same database: one epoch, nothing missing
     [gaps] = _blocks(_section("Consuming the data"), "sql")
     with sqlite3.connect(work / "mqttspool-ingest.db") as conn:
-        [(epoch, devices, first, last, received, missing)] = conn.execute(gaps).fetchall()
+        [(_epoch, _devices, first, last, received, missing)] = conn.execute(gaps).fetchall()
     assert (missing, received) == (0, last - first + 1)
 
 
