@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from mqttspool.cli import runtime
 from mqttspool.errors import ConfigError, MqttspoolError
-from mqttspool.health import fast_health
 from mqttspool.logsetup import setup_logging
+from mqttspool.settings_source import GLOBAL_OPTIONS
 
 if TYPE_CHECKING:
     from mqttspool.cli.enqueue import EnqueueResult
@@ -72,16 +72,15 @@ def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
     # On subparsers the defaults are suppressed so a value given before the
     # subcommand is not overwritten by the subparser's default.
     default: Any = None if top else argparse.SUPPRESS
-    parser.add_argument("-c", "--config", metavar="FILE", default=default, help="TOML config file")
-    parser.add_argument(
-        "--log-level",
-        choices=["debug", "info", "warning", "error"],
-        default=default,
-        help="override log.level",
-    )
-    parser.add_argument(
-        "--log-format", choices=["text", "json"], default=default, help="override log.format"
-    )
+    helps = {"-c": "TOML config file", "--log-level": "override log.level"}
+    for flags, choices in GLOBAL_OPTIONS.items():
+        parser.add_argument(
+            *flags,
+            choices=choices,
+            metavar=None if choices else "FILE",
+            default=default,
+            help=helps.get(flags[0], "override log.format"),
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,9 +154,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    fast = fast_health(sys.argv[1:] if argv is None else argv, os.environ)
-    if fast is not None:
-        return fast
     from mqttspool.config import (  # noqa: PLC0415 - see top
         USES_EVERYTHING,
         config_path_from,
