@@ -163,6 +163,26 @@ def test_healthy_answer_imports_no_heavy_library(tmp_path: Path) -> None:
     assert out.splitlines()[-1] == "0 []"
 
 
+def test_healthy_answer_skips_the_command_lines_own_imports(tmp_path: Path) -> None:
+    """Only the heartbeat and the shared settings rules: no argparse, logging, dataclasses."""
+    db = tmp_path / "s.db"
+    _spool_with_heartbeat(db)
+    code = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "from mqttspool.cli import main\n"
+        "rc = main(['health'])\n"
+        "new = set(sys.modules) - before\n"
+        "print(rc, sorted(new & {'argparse', 'logging', 'dataclasses', 'tomllib', 'inspect',"
+        " 'mqttspool.cli.app', 'mqttspool.config'}))\n"
+    )
+    env = {**os.environ, "MQTTSPOOL_SPOOL__PATH": str(db)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.splitlines()[-1] == "0 []"
+
+
 # ------------------------------------------------------------ the judgement
 
 
