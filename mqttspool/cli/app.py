@@ -259,7 +259,7 @@ def status_document(settings: Settings) -> dict[str, Any]:
     path = Path(settings.spool.path)
     now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
     runtime.require_spool(settings.spool.path)
-    if classify_file(path) == "empty":
+    if classify_file(path) in ("missing", "empty"):  # missing: a salvage is unfinished
         return {
             "device": settings.device.id,
             "epoch": None,

@@ -69,11 +69,17 @@ def exclusive(handler: Handler) -> Handler:
 
 
 def require_spool(path: str) -> None:
-    """Raise SpoolError unless a spool file exists at ``path`` (nothing is created)."""
+    """Raise SpoolError unless a spool exists at ``path`` (nothing is created).
+
+    A spool whose salvage a power cut interrupted counts as existing: its file
+    may be missing until ``run`` or ``drain`` finishes the salvage (``<path>.salvage``).
+    """
     from mqttspool.errors import SpoolError  # noqa: PLC0415
     from mqttspool.spool import classify_file  # noqa: PLC0415
+    from mqttspool.spool.salvage import intent_path  # noqa: PLC0415
 
-    if classify_file(Path(path)) == "missing":
+    spool = Path(path)
+    if classify_file(spool) == "missing" and not intent_path(spool).exists():
         raise SpoolError(
             path, "no spool here (missing file); nothing was created. Check spool.path"
         )
