@@ -345,6 +345,8 @@ class SpoolWatch:
 class Bridge:
     """Moves spooled readings to the broker; one :meth:`step` at a time."""
 
+    last_failure = ""  # why the last connection attempt failed (drain reports it)
+
     def __init__(
         self,
         settings: Settings,
@@ -576,6 +578,7 @@ class Bridge:
         return True
 
     def _attempt_failed(self, now: float, kind: FailureKind, reason: str) -> None:
+        self.last_failure = reason + _hint(kind)
         delay = self.backoff.next_delay()
         self._log_failure(kind, reason, delay)
         self._drop_connection(now, delay)
@@ -611,8 +614,9 @@ class Bridge:
             return
         logger.log(
             logging.ERROR if kind.configuration else logging.WARNING,
-            "broker %s unreachable: %s%s; %d reading(s) spooled; retrying in %.1f s%s",
+            "broker %s %s: %s%s; %d reading(s) spooled; retrying in %.1f s%s",
             self.publisher.broker,
+            "refused the login" if kind is FailureKind.NOT_AUTHORIZED else "unreachable",
             reason,
             _times(count, "attempts"),
             self.spool.depth(),

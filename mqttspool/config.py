@@ -7,14 +7,12 @@ defaults. Unknown keys are errors, in the file and in the environment.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import os
 import re
 import socket
 import stat
-import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,20 +26,24 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mqttspool.errors import ConfigError
 from mqttspool.sensor_config import SENSOR_TYPES, Name, SensorConfig, SimulatedConfig
+from mqttspool.settings_source import (
+    CONFIG_ENV,
+    DEFAULT_SPOOL_PATH,
+    DEFAULTS_SOURCE,
+    ENV_PREFIX,
+    EnvSettings,
+    config_file,
+    env_settings,
+    layered,
+    read_toml,
+)
 from mqttspool.validation import SECRET_MASK, Problem, is_secret, problems_from
 
-ENV_PREFIX = "MQTTSPOOL_"
-CONFIG_ENV = "MQTTSPOOL_CONFIG"
+__all__ = ["CONFIG_ENV", "ENV_PREFIX"]  # re-exported: the rules live in settings_source
 
 DAY_S = 86_400
 MAX_DURATION_S = 30 * DAY_S  # timeouts, backoff, windows: a month is already absurd
@@ -224,7 +226,7 @@ class TopicsConfig(_Section):
 class SpoolConfig(_Section):
     """``[spool]``: where readings wait and how much of them may pile up."""
 
-    path: str = "mqttspool.db"
+    path: str = DEFAULT_SPOOL_PATH
     synchronous: Literal["full", "normal"] = "full"
     max_rows: int = Field(default=10_000_000, ge=1, le=MAX_ROWS)
     max_age: AgeSeconds = 0
@@ -343,32 +345,6 @@ class LogConfig(_Section):
         return v.lower() if isinstance(v, str) else v
 
 
-_toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml", default=None)
-_environ: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
-    "environ", default=None
-)
-# The names of the [[sensors]] entries as written, so an error can say which sensor it is.
-_sensor_names: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
-    "sensor_names", default=None
-)
-
-
-class _MappingEnvSource(EnvSettingsSource):
-    """Environment source reading the mapping given to :func:`load_config`.
-
-    pydantic-settings always reads ``os.environ``; without this, the keys
-    checked by :func:`_check_env_keys` and the values applied could differ.
-    """
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        environ = _environ.get()
-        if environ is None:
-            return super()._load_env_vars()
-        if self.case_sensitive:
-            return dict(environ)
-        return {k.lower(): v for k, v in environ.items()}
-
-
 class Settings(BaseSettings):
     """The whole configuration tree."""
 
@@ -389,14 +365,6 @@ class Settings(BaseSettings):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     log: LogConfig = Field(default_factory=LogConfig)
-
-    @field_validator("sensors", mode="before")
-    @classmethod
-    def _remember_sensor_names(cls, v: Any) -> Any:
-        names = _sensor_names.get()
-        if names is not None and isinstance(v, list):
-            names[:] = [_entry_name(entry) for entry in v]
-        return v
 
     @field_validator("sensors")
     @classmethod
@@ -419,17 +387,14 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Environment (the mapping given to load_config) over the TOML file; no dotenv."""
-        sources: list[PydanticBaseSettingsSource] = [init_settings, _MappingEnvSource(settings_cls)]
-        path = _toml_path.get()
-        if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
-        return tuple(sources)
+        """Only what :func:`load_config` passes: file and environment are layered beforehand
+        by :mod:`mqttspool.settings_source`, the rules ``health``'s fast path shares."""
+        return (init_settings,)
 
 
 def config_path_from(cli_path: str | None, environ: Mapping[str, str]) -> Path | None:
     """The TOML file to read: ``-c`` wins over ``MQTTSPOOL_CONFIG``; None means defaults."""
-    raw = cli_path or environ.get(CONFIG_ENV) or None
+    raw = config_file(cli_path, environ)
     return Path(raw) if raw else None
 
 
@@ -440,45 +405,104 @@ def _entry_name(entry: Any) -> str:
     return name if isinstance(name, str) else ""
 
 
-def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+# What a command uses beyond the settings tree; load_config checks it before a
+# command opens or creates anything. check-config and run use everything, so what
+# check-config passes, run accepts; `sensors` uses no broker and needs no password file.
+USES_BROKER = "broker"  # broker.password_file must be readable
+USES_METRICS = "metrics"  # metrics.enabled needs the optional prometheus-client
+USES_INGEST_METRICS = "ingest-metrics"  # ingest.metrics.enabled needs it too
+USES_EVERYTHING = frozenset({USES_BROKER, USES_METRICS, USES_INGEST_METRICS})
+METRICS_INSTALL_HINT = "pip install 'mqttspool[metrics]'"
+
+
+def load_config(
+    path: Path | None,
+    environ: Mapping[str, str] | None = None,
+    uses: Collection[str] = USES_EVERYTHING,
+) -> Settings:
     """Load, validate and return the settings; raises :class:`ConfigError` (exit 2).
 
-    Everything is checked here, driver options and ``broker.password_file``
-    included, so every command fails the same way on the same configuration.
+    Everything is checked here, driver options included, so every command
+    fails the same way on the same configuration; of the things outside the
+    file (``broker.password_file``, the ``metrics`` extra) only those in
+    ``uses`` are checked, so a command validates what it uses.
     """
     environ = os.environ if environ is None else environ
-    source = str(path) if path else "built-in defaults"
-    if path is not None:
-        _check_toml(path)
+    source = str(path) if path else DEFAULTS_SOURCE
+    doc = read_toml(str(path)) if path is not None else {}
     _check_env_keys(environ, source)
-    names: list[str] = []
-    tokens = (_toml_path.set(path), _environ.set(environ), _sensor_names.set(names))
+    env = env_settings(environ)
+    if env:
+        source += " + environment"
+    raw = layered(doc, env, _is_table)
+    sensors = raw.get("sensors")
+    names = [_entry_name(e) for e in sensors] if isinstance(sensors, list) else []
     try:
-        settings = Settings()
+        settings = Settings(**raw)
     except ValidationError as exc:
-        raise ConfigError(source, config_problems(exc, names)) from exc
-    finally:
-        _sensor_names.reset(tokens[2])
-        _environ.reset(tokens[1])
-        _toml_path.reset(tokens[0])
-    try:
-        settings.broker.resolved_password()
-    except ConfigError as exc:
-        raise ConfigError(source, exc.problems) from exc
+        raise ConfigError(source, _name_env_vars(config_problems(exc, names), env)) from exc
+    problems = unusable(settings, uses)
+    if problems:
+        raise ConfigError(source, problems)
     return settings
 
 
-def _check_toml(path: Path) -> None:
-    source = str(path)
+def _is_table(path: tuple[str, ...]) -> bool:
+    """Whether the setting at ``path`` is a table or array (given as JSON in one variable)."""
+    model: type[BaseModel] = Settings
+    for i, part in enumerate(path):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        ann = field.annotation
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return i == len(path) - 1 and part == "sensors"
+        model = ann
+    return True
+
+
+def unusable(settings: Settings, uses: Collection[str]) -> list[Problem]:
+    """What in ``uses`` cannot work with ``settings`` (empty: everything can)."""
+    problems: list[Problem] = []
+    if USES_BROKER in uses:
+        try:
+            settings.broker.resolved_password()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if USES_METRICS in uses and settings.metrics.enabled:
+        problems.extend(_metrics_extra_missing("metrics.enabled"))
+    if USES_INGEST_METRICS in uses and settings.ingest.metrics.enabled:
+        problems.extend(_metrics_extra_missing("ingest.metrics.enabled"))
+    return problems
+
+
+def _metrics_extra_missing(field: str) -> list[Problem]:
+    """``field`` turns on a Prometheus endpoint: is the optional extra installed?"""
     try:
-        with path.open("rb") as fh:
-            tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(source, [("", f"config file {path} does not exist")]) from exc
-    except OSError as exc:
-        raise ConfigError(source, [("", f"cannot read {path}: {exc.strerror}")]) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, [("", f"{path} is not valid TOML: {exc}")]) from exc
+        import prometheus_client  # noqa: F401, PLC0415 - optional extra, only when enabled
+    except ImportError:
+        return [(field, f"needs prometheus-client, which is not installed: {METRICS_INSTALL_HINT}")]
+    return []
+
+
+def _name_env_vars(problems: list[Problem], env: EnvSettings) -> list[Problem]:
+    """Label each problem whose value came from a ``MQTTSPOOL_*`` variable with its name.
+
+    A bad value from the environment must not look like it came from the file
+    (or from the built-in defaults): ``broker.port (MQTTSPOOL_BROKER__PORT): ...``.
+    """
+    out: list[Problem] = []
+    for where, message in problems:
+        field = where.split(" ", 1)[0].split(":", 1)[0]
+        names = [
+            var
+            for path, (var, _) in env.items()
+            if (setting := ".".join(path)) == field
+            or setting.startswith(f"{field}.")
+            or field.startswith(f"{setting}.")
+        ]
+        out.append((f"{where} ({', '.join(sorted(names))})" if names else where, message))
+    return out
 
 
 def _check_env_keys(environ: Mapping[str, str], source: str) -> None:

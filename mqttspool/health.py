@@ -20,17 +20,18 @@ This module imports only the standard library: Docker runs ``mqttspool
 health`` every few seconds on a Raspberry Pi, where importing pydantic,
 pydantic-settings, peewee and paho costs ~300 ms of CPU. :func:`fast_health`
 answers the common case, "the daemon is healthy", without building the
-settings tree: it finds the spool path with the same rules as
-:func:`mqttspool.config.load_config` (``-c`` wins over ``MQTTSPOOL_CONFIG``;
+settings tree: it finds the spool path with the functions
+:func:`mqttspool.config.load_config` layers the settings with
+(:mod:`mqttspool.settings_source`: ``-c`` wins over ``MQTTSPOOL_CONFIG``;
 ``MQTTSPOOL_SPOOL__PATH`` in any letter case wins over ``[spool] path``; else
-``mqttspool.db``). Whenever the answer is anything but "healthy", or the
-input is unusual (other options, a config file that is not valid TOML, a key
-or ``MQTTSPOOL_*`` variable that names no setting, a spool path that is not a
-string), it returns None and the normal command line runs
-(:func:`check_health`) and produces the answer, message and exit code,
-including exit 1 for a bad configuration. Setting *values* other than
-``spool.path`` are not re-validated on a healthy answer: the daemon validated
-them when it started.
+``mqttspool.db``), and reads that file and the heartbeat, nothing else.
+Whenever the answer is anything but "healthy", or the input is unusual
+(other options, a config file that is not valid TOML, a spool path that is
+not a string, ``[spool]`` as one JSON variable), it returns None and the
+normal command line runs (:func:`check_health`) and produces the answer,
+message and exit code, including exit 1 for a bad configuration. Other
+settings are not validated on a healthy answer: the daemon validated its
+configuration when it started, and health answers for the daemon.
 """
 
 from __future__ import annotations
@@ -39,11 +40,23 @@ import json
 import os
 import sys
 import time
-import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import NamedTuple
+
+from mqttspool.errors import ConfigError
+from mqttspool.settings_source import (
+    CONFIG_ENV,
+    DEFAULT_SPOOL_PATH,
+    ENV_PREFIX,
+    GLOBAL_OPTIONS,
+    EnvSettings,
+    config_file,
+    env_settings,
+    layered,
+    read_toml,
+)
 
 HEARTBEAT_S = 5.0  # how often the daemon writes the heartbeat
 HEARTBEAT_STALE_S = 3 * HEARTBEAT_S + 5
@@ -53,99 +66,20 @@ READ_ATTEMPTS = 3  # an in-place overwrite can be read half-written: read again
 SAMPLER_STUCK_FACTOR = 3.0  # a sampler idle this many sensor intervals is stuck...
 SAMPLER_STUCK_MIN_S = 30.0  # ...and never sooner than this
 SAMPLER_MAX_WAIT_S = 60.0  # the sampler wakes at least this often (sampler.IDLE_WAIT_S)
-CONFIG_ENV = "MQTTSPOOL_CONFIG"
-SPOOL_PATH_ENV = "mqttspool_spool__path"
-DEFAULT_SPOOL_PATH = "mqttspool.db"
-ENV_PREFIX = "MQTTSPOOL_"
-
-# Every leaf setting, as "section.key" (sensors are an array of open tables).
-# tests/test_health.py checks this against the pydantic model tree.
-KNOWN_SETTINGS = frozenset(
-    {
-        "device.id",
-        *(
-            f"broker.{k}"
-            for k in (
-                "host",
-                "port",
-                "protocol",
-                "client_id",
-                "keepalive",
-                "username",
-                "password",
-                "password_file",
-            )
-        ),
-        *(f"broker.tls.{k}" for k in ("enabled", "ca_file", "cert_file", "key_file", "insecure")),
-        "topics.prefix",
-        *(
-            f"spool.{k}"
-            for k in ("path", "synchronous", "max_rows", "max_age", "min_free_bytes", "overflow")
-        ),
-        *(
-            f"bridge.{k}"
-            for k in (
-                "max_inflight",
-                "live_window",
-                "reconnect_min",
-                "reconnect_max",
-                "shutdown_timeout",
-                "max_rate",
-                "live_first",
-                "ack_timeout",
-                "payload",
-                "batch_max_readings",
-                "batch_max_bytes",
-                "batch_linger",
-                "require_subscribers",
-                "consumer_topic",
-            )
-        ),
-        "homeassistant.discovery",
-        "homeassistant.prefix",
-        "metrics.enabled",
-        "metrics.host",
-        "metrics.port",
-        *(
-            f"ingest.{k}"
-            for k in (
-                "db",
-                "group",
-                "client_id",
-                "session_expiry",
-                "batch_max",
-                "batch_linger",
-                "status_interval",
-                "quarantine_max",
-                "state_topic",
-            )
-        ),
-        *(f"ingest.metrics.{k}" for k in ("enabled", "host", "port")),
-        "log.level",
-        "log.format",
-    }
-)
-KNOWN_SECTIONS = frozenset(
-    {"sensors", *(p.rsplit(".", 1)[0] for p in KNOWN_SETTINGS if "." in p)}
-    | {p.split(".", 1)[0] for p in KNOWN_SETTINGS}
-)
-_VALUE_OPTIONS = frozenset({"-c", "--config", "--log-level", "--log-format"})
-_CHOICES = {
-    "--log-level": frozenset({"debug", "info", "warning", "error"}),
-    "--log-format": frozenset({"text", "json"}),
-}
+# The fast path's parser knows the global options (the same table argparse is built from).
+_VALUE_OPTIONS = {flag: choices for flags, choices in GLOBAL_OPTIONS.items() for flag in flags}
 
 
-@dataclass(frozen=True)
-class Health:
+# NamedTuples, not dataclasses: importing dataclasses (and inspect) is ~10 ms of the
+# fast path's budget on a Pi; the tuples give the same equality and immutability.
+class Health(NamedTuple):
     """Result of ``mqttspool health``."""
 
     ok: bool
     reason: str
 
 
-@dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(NamedTuple):
     """What ``<spool>.health`` holds: the daemon's state and the limits it is judged by.
 
     ``sampler_idle_s`` is the time since the sampler last finished a round,
@@ -156,7 +90,7 @@ class Heartbeat:
     state: str
     pid: int
     wall_us: int
-    threads: dict[str, bool] = field(default_factory=dict)
+    threads: Mapping[str, bool] = MappingProxyType({})
     connected: bool = False
     sampler_idle_s: float | None = None
     sampler_limit_s: float | None = None
@@ -166,7 +100,9 @@ class Heartbeat:
 
     def to_json(self) -> str:
         """Compact JSON."""
-        return json.dumps(asdict(self), separators=(",", ":"))
+        doc = self._asdict()
+        doc["threads"] = dict(self.threads)
+        return json.dumps(doc, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str) -> Heartbeat:
@@ -174,13 +110,14 @@ class Heartbeat:
         doc = json.loads(raw)
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
-        known = {f.name for f in fields(cls)}
         try:
-            beat = cls(**{k: v for k, v in doc.items() if k in known})
+            beat = cls(**{k: v for k, v in doc.items() if k in cls._fields})
         except TypeError as exc:
             raise ValueError(f"not a heartbeat: {exc}") from exc
         if not isinstance(beat.state, str) or not isinstance(beat.wall_us, int):
             raise ValueError("not a heartbeat: state or wall_us has the wrong type")
+        if not isinstance(beat.threads, dict):
+            raise ValueError("not a heartbeat: threads is not an object")
         return beat
 
 
@@ -298,7 +235,7 @@ def fast_health(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
     config = _health_config_option(argv)
     if config is None:
         return None
-    spool_path = _spool_path(config or environ.get(CONFIG_ENV) or None, environ)
+    spool_path = _spool_path(config_file(config or None, environ), environ)
     if spool_path is None:
         return None
     health = check_health(spool_path)
@@ -328,7 +265,8 @@ def _health_config_option(argv: Sequence[str]) -> str | None:
             i += 2
         else:
             return None  # -cFILE, --help, a typo...: let argparse decide
-        if name in _CHOICES and value not in _CHOICES[name]:
+        choices = _VALUE_OPTIONS[name]
+        if choices is not None and value not in choices:
             return None
         if name in ("-c", "--config"):
             config = value
@@ -336,41 +274,16 @@ def _health_config_option(argv: Sequence[str]) -> str | None:
 
 
 def _spool_path(config: str | None, environ: Mapping[str, str]) -> str | None:
-    """``spool.path`` as load_config would resolve it, or None when unsure."""
-    ours = [k for k in environ if k.upper().startswith(ENV_PREFIX)]
-    overrides = {k.lower(): environ[k] for k in ours}
-    if len(overrides) != len(ours):
-        return None  # the same variable in two letter cases: let pydantic-settings decide
-    for key in overrides:
-        if key == CONFIG_ENV.lower():
-            continue
-        setting = key[len(ENV_PREFIX) :].replace("__", ".")
-        if setting not in KNOWN_SETTINGS:
-            return None  # unknown variable (or a whole section as JSON): exit 2 or unusual
-    path: Any = DEFAULT_SPOOL_PATH
-    if config:
-        try:
-            with Path(config).open("rb") as fh:
-                doc = tomllib.load(fh)
-        except (OSError, tomllib.TOMLDecodeError):
-            return None
-        if not _keys_known(doc):
-            return None
-        path = doc.get("spool", {}).get("path", path)
-    path = overrides.get(SPOOL_PATH_ENV, path)
+    """``spool.path`` as load_config resolves it (same functions), or None when unsure."""
+    env = env_settings(environ)
+    ours = [k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() != CONFIG_ENV]
+    if len(env) != len(ours) or ("spool",) in env:
+        return None  # one variable in two letter cases, or [spool] as JSON: unusual
+    try:
+        doc = read_toml(config) if config else {}
+    except ConfigError:
+        return None  # the full path reports it
+    path_only: EnvSettings = {k: v for k, v in env.items() if k == ("spool", "path")}
+    spool = layered(doc, path_only).get("spool", {})
+    path = spool.get("path", DEFAULT_SPOOL_PATH) if isinstance(spool, dict) else None
     return path if isinstance(path, str) else None
-
-
-def _keys_known(doc: Mapping[str, Any]) -> bool:
-    for section, table in doc.items():
-        if section == "sensors":
-            continue
-        if section not in KNOWN_SECTIONS or not isinstance(table, dict):
-            return False
-        for key, value in table.items():
-            if isinstance(value, dict):
-                if not _keys_known({f"{section}.{key}": value}):
-                    return False
-            elif f"{section}.{key}" not in KNOWN_SETTINGS:
-                return False
-    return True

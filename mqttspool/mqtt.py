@@ -118,6 +118,13 @@ def kind_for_connack(reason_code: int) -> FailureKind:
     return FailureKind.REFUSED
 
 
+def describe_refusal(kind: FailureKind, reason_code: object) -> str:
+    """Why the broker refused a connection, in words; credentials are named as such."""
+    if kind is FailureKind.NOT_AUTHORIZED:
+        return f"not authorized ({reason_code}): the broker refused this login"
+    return f"connection refused: {reason_code}"
+
+
 def kind_for_disconnect(reason_code: int, from_broker: bool) -> FailureKind:
     """The kind of a lost connection: a broker's DISCONNECT, or paho's local reason."""
     if reason_code == RC_KEEP_ALIVE_TIMEOUT:
@@ -413,8 +420,8 @@ def _on_connect(emit: Callable[[Event], None], gen: int, consumer_topic: str) ->
     ) -> None:
         if reason_code.is_failure:
             code = int(reason_code.value)
-            reason = f"connection refused: {reason_code}"
-            emit(ConnectFailed(gen, kind_for_connack(code), reason, code))
+            kind = kind_for_connack(code)
+            emit(ConnectFailed(gen, kind, describe_refusal(kind, reason_code), code))
             return
         receive_max = getattr(properties, "ReceiveMaximum", None) if properties else None
         if client.protocol == MQTTProtocolVersion.MQTTv5 and receive_max is None:
@@ -615,7 +622,10 @@ class _SessionClient:
     def _refused(self, reason_code: ReasonCode) -> bool:
         """True (and a status line) when the broker refused the connection."""
         if reason_code.is_failure:
-            self.status.put(f"broker {self.config.address()}: connection refused: {reason_code}")
+            kind = kind_for_connack(int(reason_code.value))
+            hint = f"; {kind.hint}" if kind.hint else ""
+            why = describe_refusal(kind, reason_code)
+            self.status.put(f"broker {self.config.address()}: {why}{hint}")
         return bool(reason_code.is_failure)
 
     def _on_connect(

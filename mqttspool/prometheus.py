@@ -44,6 +44,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+from mqttspool.config import METRICS_INSTALL_HINT
 from mqttspool.counters import (
     BROKER_CONNECTED,
     MESSAGES_PUBLISHED,
@@ -61,7 +62,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 StatsSource = Callable[[], "SpoolStats | None"]
-INSTALL_HINT = "pip install 'mqttspool[metrics]'"
+INSTALL_HINT = METRICS_INSTALL_HINT
+# The reasons the spool counts drops by (README, Metrics); exported as 0 until the first.
+DROP_REASONS = (
+    "corrupt",
+    "disk_full",
+    "max_age",
+    "max_rows",
+    "min_free_bytes",
+    "purged",
+    "spool_error",
+)
 STATS_TTL_S = 1.0  # scrapes within this share one spool query
 STATS_WAIT_S = 10.0  # a scrape waits this long for the statistics, then omits them
 MAX_CLIENTS = 8  # requests served at once; more get 503
@@ -161,7 +172,8 @@ class SpoolCollector:
             "Readings dropped by the spool, by reason (persisted across restarts).",
             labels=["reason"],
         )
-        for reason, n in sorted(stats.dropped.items()):
+        # Every known reason from the start, so an alert on increase() sees 0 -> 1.
+        for reason, n in sorted((dict.fromkeys(DROP_REASONS, 0) | dict(stats.dropped)).items()):
             dropped.add_metric([reason], float(n))
         yield dropped
         dead = gauge("mqttspool_dead_letters", "Readings the broker rejected (dead-letter table).")

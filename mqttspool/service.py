@@ -125,11 +125,17 @@ class Service:
             self._heartbeat("stopped" if code == EXIT_OK else "failed")
             if code == EXIT_OK:
                 self._record_clean_stop()
+                queued = self.spool.depth()
             self.spool.close()
             if self._metrics is not None:
                 self._metrics.stop()
         if code == EXIT_OK:
-            logger.info("stopped cleanly; %d reading(s) left unacknowledged stay spooled", left)
+            logger.info(
+                "stopped cleanly; %d reading(s) stay spooled (%d of them sent but not"
+                " acknowledged: resent with the same id next time)",
+                queued,
+                left,
+            )
         return code
 
     # ----------------------------------------------------------- internals
@@ -317,6 +323,9 @@ def _version() -> str:
 # ------------------------------------------------------------------ drain
 
 
+DRAIN_CONNECT_S = 30.0  # without --timeout, drain gives up on a broker never reached in this
+
+
 @dataclass
 class DrainResult:
     """Outcome of ``mqttspool drain``: published, left in the spool, rejected by the broker."""
@@ -325,45 +334,82 @@ class DrainResult:
     remaining: int
     connected: bool
     dead_lettered: int = 0  # PUBACK >= 0x80: moved to the dead-letter table
+    interrupted: bool = False  # a stop request (SIGINT, SIGTERM) ended it
+    last_failure: str = ""  # why the last connection attempt failed, if one did
 
 
-def drain(settings: Settings, timeout: float | None, clock: Clock | None = None) -> DrainResult:
-    """Publish the backlog until the spool is empty or ``timeout`` expires."""
+def drain(
+    settings: Settings,
+    timeout: float | None,
+    clock: Clock | None = None,
+    stop: threading.Event | None = None,
+) -> DrainResult:
+    """Publish the backlog until the spool is empty, ``timeout`` expires or ``stop`` is set.
+
+    An empty spool returns at once, without connecting. Without ``timeout``, a
+    broker not reached within :data:`DRAIN_CONNECT_S` ends the drain; once
+    connected, it reconnects until the spool is empty.
+    """
     clock = clock or SystemClock()
+    stop = stop or threading.Event()
     spool = open_spool(settings.spool, clock, integrity_check=True)
-    spool.begin_writing()  # a new epoch if the last stop may have lost commits
-    bridge, publisher = make_bridge(settings, spool, clock, Counters())
+    try:
+        spool.begin_writing()  # a new epoch if the last stop may have lost commits
+        if spool.depth() == 0:
+            spool.mark_clean()
+            return DrainResult(0, 0, connected=False)
+        bridge, publisher = make_bridge(settings, spool, clock, Counters())
+        try:
+            return _drain_loop(settings, spool, bridge, publisher, timeout, stop)
+        finally:
+            publisher.close()
+    finally:
+        spool.close()
+
+
+def _drain_loop(
+    settings: Settings,
+    spool: Spool,
+    bridge: Bridge,
+    publisher: MqttPublisher,
+    timeout: float | None,
+    stop: threading.Event,
+) -> DrainResult:
     # Nothing more arrives while draining: a batch of fresh readings need not linger.
     bridge.cfg = bridge.cfg.model_copy(update={"batch_linger": 0.0})
     start = time.monotonic()
-    deadline = None if timeout is None else start + timeout
-    total = spool.depth()
-    logger.info("draining %d reading(s) to %s", total, settings.broker.address())
-    next_progress = start + 5.0
-    ever_connected = False
-    try:
-        while True:
-            now = time.monotonic()
-            delay = bridge.step(now)
-            ever_connected = ever_connected or bridge.connected
-            if bridge.drained and spool.depth() == 0:
-                break
-            if deadline is not None and now >= deadline:
-                break
-            if now >= next_progress:
-                next_progress = now + 5.0
-                logger.info(
-                    "drain: %d sent, %d in flight, %d remaining",
-                    bridge.published_total,
-                    bridge.inflight,
-                    spool.depth(),
-                )
-            publisher.wait(min(delay, 0.25))
-        bridge.shutdown(min(settings.bridge.shutdown_timeout, 5.0), time.monotonic, publisher.wait)
-        spool.mark_clean()
-        return DrainResult(
-            bridge.published_total, spool.depth(), ever_connected, bridge.rejected_total
-        )
-    finally:
-        publisher.close()
-        spool.close()
+    deadline = start + (DRAIN_CONNECT_S if timeout is None else timeout)
+    logger.info("draining %d reading(s) to %s", spool.depth(), settings.broker.address())
+    next_progress, ever_connected = start + 5.0, False
+    while not stop.is_set():
+        now = time.monotonic()
+        delay = bridge.step(now)
+        ever_connected = ever_connected or bridge.connected
+        if bridge.drained and spool.depth() == 0:
+            break
+        if now >= deadline and (timeout is not None or not ever_connected):
+            break
+        if now >= next_progress:
+            next_progress = now + 5.0
+            _log_progress(bridge, spool)
+        publisher.wait(min(delay, 0.25))
+    # Settle what is acknowledged (a stop request included), then record a clean stop.
+    bridge.shutdown(min(settings.bridge.shutdown_timeout, 5.0), time.monotonic, publisher.wait)
+    spool.mark_clean()
+    return DrainResult(
+        bridge.published_total,
+        spool.depth(),
+        ever_connected,
+        bridge.rejected_total,
+        interrupted=stop.is_set() and spool.depth() > 0,
+        last_failure=bridge.last_failure,
+    )
+
+
+def _log_progress(bridge: Bridge, spool: Spool) -> None:
+    logger.info(
+        "drain: %d sent, %d in flight, %d remaining",
+        bridge.published_total,
+        bridge.inflight,
+        spool.depth(),
+    )

@@ -51,5 +51,5 @@ def test_out_of_range_values_name_the_key(key: str, value: str, message: str) ->
     with pytest.raises(ConfigError) as info:
         load_config(None, {f"MQTTSPOOL_BRIDGE__{key.upper()}": value})
     [(path, problem)] = info.value.problems
-    assert path == f"bridge.{key}"
+    assert path == f"bridge.{key} (MQTTSPOOL_BRIDGE__{key.upper()})"
     assert message in problem

@@ -605,9 +605,11 @@ def test_every_failure_kind_is_retried_configuration_ones_logged_as_errors(
         bridge.step(0.0)
         pub.fail(kind, reason, 0x87 if kind is FailureKind.NOT_AUTHORIZED else None)
         bridge.step(0.0)
-    (line,) = bridge_lines(caplog, "unreachable")
+    # A refused login is not an unreachable broker: the line says so.
+    what = "refused the login" if kind is FailureKind.NOT_AUTHORIZED else "unreachable"
+    (line,) = bridge_lines(caplog, what)
     assert line.levelname == level
-    assert f"broker fake:1883 unreachable: {reason}; 2 reading(s) spooled" in line.getMessage()
+    assert f"broker fake:1883 {what}: {reason}; 2 reading(s) spooled" in line.getMessage()
     if hint:
         assert hint in line.getMessage()
     assert bridge.conn is None and 1.0 <= bridge.next_attempt <= 4.0

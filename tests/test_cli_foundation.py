@@ -78,14 +78,6 @@ def test_contract_example(tmp_path: Path) -> None:
         spool.close()
 
 
-def test_status_of_a_missing_spool_does_not_create_it(tmp_path: Path) -> None:
-    doc = status(tmp_path)
-    assert doc["depth"] == 0
-    assert doc["epoch"] is None
-    assert doc["oldest_age_seconds"] is None
-    assert not (tmp_path / "spool.db").exists()
-
-
 def test_enqueue_all_good_exits_0_and_skips_blank_lines(tmp_path: Path) -> None:
     src = tmp_path / "in.jsonl"
     src.write_text(
@@ -214,14 +206,24 @@ def test_dead_letters_list_requeue_purge(tmp_path: Path) -> None:
     assert nothing.returncode == 2
     assert "give SEQ... or --all" in nothing.stderr
 
+    not_dead = run(tmp_path, "dead-letters", "requeue", "4", "99", "3")
+    assert not_dead.returncode == 1
+    assert not_dead.stdout == "requeued 1 reading(s) (same seq, same id)\n"  # seq 3
+    assert not_dead.stderr == (
+        "mqttspool: dead-letters requeue: not a dead letter: 4 99"
+        " (see `mqttspool dead-letters list`)\n"
+    )
+    assert run(tmp_path, "dead-letters", "purge", "99").returncode == 1
+    assert status(tmp_path)["dead_letters"] == 2
+
     requeued = run(tmp_path, "dead-letters", "requeue", "2")
     assert requeued.returncode == 0
     assert requeued.stdout == "requeued 1 reading(s) (same seq, same id)\n"
     purged = run(tmp_path, "dead-letters", "purge", "1")
     assert purged.stdout == "purged 1 dead letter(s) (counted as dropped, reason purged)\n"
     doc = status(tmp_path)
-    assert (doc["depth"], doc["dead_letters"], doc["dropped"]) == (2, 1, {"purged": 1})
-    assert run(tmp_path, "dead-letters", "requeue", "--all").stdout.startswith("requeued 1 ")
+    assert (doc["depth"], doc["dead_letters"], doc["dropped"]) == (3, 0, {"purged": 1})
+    assert run(tmp_path, "dead-letters", "requeue", "--all").stdout.startswith("requeued 0 ")
     spool = open_spool(SpoolConfig(path=str(tmp_path / "spool.db")))
     try:
         assert all_seqs(spool) == [2, 3, 4]  # original seqs, so the same ids

@@ -258,10 +258,20 @@ def test_bad_value_error_shows_path_and_value(
     assert str(_write(tmp_path, text)) in str(err)  # the source file is named
 
 
-def test_bad_environment_value_names_the_field() -> None:
+def test_bad_environment_value_names_the_field_and_the_variable() -> None:
     err = _problems(None, {"MQTTSPOOL_BROKER__PORT": "abc"})
-    assert [p for p, _ in err.problems] == ["broker.port"]
+    assert [p for p, _ in err.problems] == ["broker.port (MQTTSPOOL_BROKER__PORT)"]
     assert '(got "abc")' in str(err)
+    assert str(err).startswith("invalid configuration (built-in defaults + environment):")
+
+
+def test_a_bad_file_value_is_not_blamed_on_the_environment(tmp_path: Path) -> None:
+    cfg = _write(tmp_path, '[broker]\nport = "x"\n')
+    err = _problems(cfg, {"mqttspool_broker__host": ""})
+    assert sorted(p for p, _ in err.problems) == [
+        "broker.host (mqttspool_broker__host)",
+        "broker.port",
+    ]
 
 
 def test_every_problem_is_reported(tmp_path: Path) -> None:
@@ -425,10 +435,18 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
-        (["check-config"], {"MQTTSPOOL_BROKER__PORT": "abc"}, "broker.port: "),
+        (
+            ["check-config"],
+            {"MQTTSPOOL_BROKER__PORT": "abc"},
+            "broker.port (MQTTSPOOL_BROKER__PORT): ",
+        ),
         (["status"], {"MQTTSPOOL_BROKR__HOST": "x"}, "MQTTSPOOL_BROKR__HOST: unknown setting"),
         (["check-config", "-c", "missing.toml"], {}, "config file missing.toml does not exist"),
-        (["enqueue", "-"], {"MQTTSPOOL_SPOOL__OVERFLOW": "maybe"}, "spool.overflow: "),
+        (
+            ["enqueue", "-"],
+            {"MQTTSPOOL_SPOOL__OVERFLOW": "maybe"},
+            "spool.overflow (MQTTSPOOL_SPOOL__OVERFLOW): ",
+        ),
     ],
 )
 def test_config_errors_exit_2(

@@ -98,7 +98,7 @@ def test_bad_value_exits_2_naming_field_and_value(
     result = _check_config(tmp_path, {env_key: value})
     assert result.returncode == 2, result.stdout
     assert result.stdout == ""
-    line = f"{field}: "
+    line = f"{field} ({env_key}): "  # a value from the environment names its variable
     [problem] = [x.strip() for x in result.stderr.splitlines() if x.strip().startswith(line)]
     assert message in problem
     assert problem.endswith(f"(got {json.dumps(value)})")

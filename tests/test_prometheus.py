@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +14,7 @@ from mqttspool import __version__
 from mqttspool.config import Settings, load_config
 from mqttspool.counters import BROKER_CONNECTED, MESSAGES_PUBLISHED, SENSOR_READS, Counters
 from mqttspool.errors import ConfigError
-from mqttspool.prometheus import MetricsServer
+from mqttspool.prometheus import DROP_REASONS, MetricsServer
 from mqttspool.spool import SpoolStats
 
 NOW_US = 1_795_651_200_000_000
@@ -67,8 +69,13 @@ def test_scrape_reads_spool_and_telemetry_at_scrape_time() -> None:
         assert _scrape(port) == [
             "mqttspool_spool_messages 42.0",
             "mqttspool_spool_oldest_message_age_seconds 90.0",
+            'mqttspool_messages_dropped_total{reason="corrupt"} 0.0',
             'mqttspool_messages_dropped_total{reason="disk_full"} 1.0',
+            'mqttspool_messages_dropped_total{reason="max_age"} 0.0',
             'mqttspool_messages_dropped_total{reason="max_rows"} 7.0',
+            'mqttspool_messages_dropped_total{reason="min_free_bytes"} 0.0',
+            'mqttspool_messages_dropped_total{reason="purged"} 0.0',
+            'mqttspool_messages_dropped_total{reason="spool_error"} 0.0',
             "mqttspool_dead_letters 3.0",
             "mqttspool_messages_published_total 5.0",
             "mqttspool_broker_connected 1.0",
@@ -128,3 +135,9 @@ def test_missing_extra_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> Non
             "needs prometheus-client, which is not installed: pip install 'mqttspool[metrics]'",
         )
     ]
+
+
+def test_every_drop_reason_the_readme_lists_is_exported_from_zero() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    [row] = [x for x in readme.splitlines() if x.startswith("| `mqttspool_messages_dropped_total")]
+    assert sorted(re.findall(r"`([a-z_]+)`", row.split("|")[3])) == sorted(DROP_REASONS)

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from mqttspool.cli import runtime
 from mqttspool.errors import ConfigError, MqttspoolError
-from mqttspool.health import fast_health
 from mqttspool.logsetup import setup_logging
+from mqttspool.settings_source import GLOBAL_OPTIONS
 
 if TYPE_CHECKING:
     from mqttspool.cli.enqueue import EnqueueResult
@@ -39,21 +39,49 @@ EXIT_CONFIG = 2
 
 Handler = Callable[[argparse.Namespace, "Settings"], int]
 
+ENQUEUE_EXAMPLE = (
+    """'{"sensor":"bme280","metric":"temperature","value":21.37,"unit":"°C","""
+    """"ts":"2026-11-26T00:40:00Z"}'"""
+)
+ENQUEUE_FORMAT = f"""\
+line format: one JSON object per line; "sensor", "metric" and "value" (a finite
+number) are required; "unit" (at most 16 characters), "device" (default:
+device.id), "ts" (ISO 8601 with a timezone; default: now) and "time_synced"
+(default: this machine's clock sync state) are optional. Example:
+
+  echo {ENQUEUE_EXAMPLE} | mqttspool enqueue
+
+Bad lines are reported as "line N: reason" and the good ones stored
+(exit 0: all stored, 1: some rejected)."""
+
+# What each command uses beyond the settings tree (mqttspool.config.USES_*): load_config
+# checks exactly that, before the command opens anything. Unlisted commands use everything.
+_BROKER, _INGEST_METRICS = "broker", "ingest-metrics"
+COMMAND_USES: dict[str, frozenset[str]] = {
+    "enqueue": frozenset(),
+    "status": frozenset(),
+    "dead-letters": frozenset(),
+    "health": frozenset(),
+    "sensors": frozenset(),
+    "drain": frozenset({_BROKER}),
+    "watch": frozenset({_BROKER}),
+    "ingest": frozenset({_BROKER, _INGEST_METRICS}),  # not run's [metrics]: ingest has its own
+}
+
 
 def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
     # On subparsers the defaults are suppressed so a value given before the
     # subcommand is not overwritten by the subparser's default.
     default: Any = None if top else argparse.SUPPRESS
-    parser.add_argument("-c", "--config", metavar="FILE", default=default, help="TOML config file")
-    parser.add_argument(
-        "--log-level",
-        choices=["debug", "info", "warning", "error"],
-        default=default,
-        help="override log.level",
-    )
-    parser.add_argument(
-        "--log-format", choices=["text", "json"], default=default, help="override log.format"
-    )
+    helps = {"-c": "TOML config file", "--log-level": "override log.level"}
+    for flags, choices in GLOBAL_OPTIONS.items():
+        parser.add_argument(
+            *flags,
+            choices=choices,
+            metavar=None if choices else "FILE",
+            default=default,
+            help=helps.get(flags[0], "override log.format"),
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +117,8 @@ def _add_spool_commands(add: Callable[[str, Handler, str], argparse.ArgumentPars
     """Commands that only read or write the spool file."""
     p = add("enqueue", cmd_enqueue, "store JSON-lines readings from FILE or stdin")
     p.add_argument("file", nargs="?", default="-", help="input file, '-' for stdin (default)")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = ENQUEUE_FORMAT
     p = add("status", cmd_status, "show the spool's depth, age, dead letters and drops")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p = add("check-config", cmd_check_config, "validate and print the effective configuration")
@@ -107,16 +137,35 @@ def _add_spool_commands(add: Callable[[str, Handler, str], argparse.ArgumentPars
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
-    fast = fast_health(sys.argv[1:] if argv is None else argv, os.environ)
-    if fast is not None:
-        return fast
-    from mqttspool.config import config_path_from, load_config  # noqa: PLC0415 - see top
+    """Entry point of the console script; returns the exit code.
+
+    A reader that goes away early (``mqttspool check-config --json | head -c
+    300``) is not an error worth a traceback: the rest of the output is
+    discarded and the exit code is 1.
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe fails here, not at exit
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit cannot fail again
+        os.close(devnull)
+        return EXIT_FAIL
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
+    from mqttspool.config import (  # noqa: PLC0415 - see top
+        USES_EVERYTHING,
+        config_path_from,
+        load_config,
+    )
 
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level or "info", args.log_format or "text")
     try:
-        settings = load_config(config_path_from(args.config, _environ()))
+        uses = COMMAND_USES.get(args.command, USES_EVERYTHING)
+        settings = load_config(config_path_from(args.config, _environ()), uses=uses)
     except ConfigError as exc:
         print(f"mqttspool: {exc}", file=sys.stderr)
         # Docker reserves health-check exit code 2; for health a bad config is "unhealthy".
@@ -203,13 +252,17 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def status_document(settings: Settings) -> dict[str, Any]:
-    """The ``status --json`` object; a missing or 0-byte spool reads as empty (nothing created)."""
+    """The ``status --json`` object; a 0-byte spool reads as empty, a missing one is an error.
+
+    Nothing is ever created: a typo'd ``spool.path`` must not look like an empty spool.
+    """
     from mqttspool.spool import classify_file, open_spool, read_stats_json  # noqa: PLC0415
     from mqttspool.wire.snapshot import Snapshot  # noqa: PLC0415
 
     path = Path(settings.spool.path)
     now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
-    if classify_file(path) in ("missing", "empty"):
+    runtime.require_spool(settings.spool.path)
+    if classify_file(path) in ("missing", "empty"):  # missing: a salvage is unfinished
         return {**Snapshot.empty(settings.device.id, str(path)).as_json(), "readings_paused": None}
     spool = open_spool(settings.spool, create=False)
     try:
@@ -261,16 +314,33 @@ def cmd_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
                 f"mqttspool: dead-letters {args.dl_action}: give SEQ... or --all", file=sys.stderr
             )
             return EXIT_CONFIG
-        seqs = None if args.all else list(args.seqs)
-        if args.dl_action == "requeue":
-            n = spool.requeue(seqs)
-            print(f"requeued {n} reading(s) (same seq, same id)")
-        else:
-            n = spool.purge(seqs)
-            print(f"purged {n} dead letter(s) (counted as dropped, reason purged)")
+        seqs, unknown = _dead_letter_seqs(spool, args)
+        if seqs is None or seqs:
+            if args.dl_action == "requeue":
+                n = spool.requeue(seqs)
+                print(f"requeued {n} reading(s) (same seq, same id)")
+            else:
+                n = spool.purge(seqs)
+                print(f"purged {n} dead letter(s) (counted as dropped, reason purged)")
+        if unknown:
+            print(
+                f"mqttspool: dead-letters {args.dl_action}: not a dead letter:"
+                f" {' '.join(map(str, unknown))} (see `mqttspool dead-letters list`)",
+                file=sys.stderr,
+            )
+            return EXIT_FAIL
         return EXIT_OK
     finally:
         spool.close()
+
+
+def _dead_letter_seqs(spool: Spool, args: argparse.Namespace) -> tuple[list[int] | None, list[int]]:
+    """The seqs to act on (None: all) and the given seqs that are not dead letters."""
+    if args.all:
+        return None, []
+    letters = {dl.reading.seq for dl in spool.dead_letters()}
+    given = list(dict.fromkeys(args.seqs))
+    return [s for s in given if s in letters], [s for s in given if s not in letters]
 
 
 def _dl_list(spool: Spool, as_json: bool) -> int:

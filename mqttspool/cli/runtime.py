@@ -15,11 +15,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mqttspool.config import Settings
     from mqttspool.mqtt import Received
+    from mqttspool.service import DrainResult
     from mqttspool.watch import WatchTracker
 
 Handler = Callable[[argparse.Namespace, "Settings"], int]
@@ -29,8 +31,19 @@ Add = Callable[[str, Handler, str], argparse.ArgumentParser]
 def register(add: Add) -> None:
     """Add the runtime subcommands to the parser."""
     add("run", exclusive(cmd_run), "sample sensors and forward the spool until SIGTERM")
-    p = add("drain", exclusive(cmd_drain), "publish the backlog and exit when the spool is empty")
-    p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S s")
+    p = add(
+        "drain",
+        existing_spool(exclusive(cmd_drain)),
+        "publish the backlog and exit when the spool is empty",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="give up after S s (default: reconnect until empty, but give up on a broker"
+        " not reached in the first 30 s)",
+    )
     p = add("watch", cmd_watch, "subscribe and print readings, flagging duplicates and gaps")
     p.add_argument("--topic", default=None, metavar="T", help="filter (default: {prefix}/#)")
     p.add_argument("--json", action="store_true", help="one JSON object per reading")
@@ -55,6 +68,33 @@ def exclusive(handler: Handler) -> Handler:
     return locked
 
 
+def require_spool(path: str) -> None:
+    """Raise SpoolError unless a spool exists at ``path`` (nothing is created).
+
+    A spool whose salvage a power cut interrupted counts as existing: its file
+    may be missing until ``run`` or ``drain`` finishes the salvage (``<path>.salvage``).
+    """
+    from mqttspool.errors import SpoolError  # noqa: PLC0415
+    from mqttspool.spool import classify_file  # noqa: PLC0415
+    from mqttspool.spool.salvage import intent_path  # noqa: PLC0415
+
+    spool = Path(path)
+    if classify_file(spool) == "missing" and not intent_path(spool).exists():
+        raise SpoolError(
+            path, "no spool here (missing file); nothing was created. Check spool.path"
+        )
+
+
+def existing_spool(handler: Handler) -> Handler:
+    """``handler`` run only on a spool that exists: a typo'd path must not start a new one."""
+
+    def checked(args: argparse.Namespace, settings: Settings) -> int:
+        require_spool(settings.spool.path)
+        return handler(args, settings)
+
+    return checked
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """``mqttspool run``."""
     from mqttspool.service import Service  # noqa: PLC0415 - lazy, see module doc
@@ -63,11 +103,18 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
-    """``mqttspool drain [--timeout S]``: exit 0 when empty, 1 on timeout or dead letters."""
+    """``mqttspool drain [--timeout S]``: 0 when empty; 1 on timeout, interruption, dead letters.
+
+    SIGINT and SIGTERM (SIGINT too when it was inherited as ignored, as with a
+    shell's ``cmd &``) stop it gracefully: what is acknowledged is settled and it
+    says how far it got.
+    """
     from mqttspool.service import drain  # noqa: PLC0415
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    result = drain(settings, args.timeout)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stop.set())
+    result = drain(settings, args.timeout, stop=stop)
     dead = ""
     if result.dead_lettered:
         dead = (
@@ -75,18 +122,31 @@ def cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
             " table (see `mqttspool dead-letters list`)"
         )
     if result.remaining == 0 and not result.dead_lettered:
-        print(f"drained: {result.sent} reading(s) published, spool empty")
+        if not result.sent and not result.connected:
+            print(f"nothing to drain: spool {settings.spool.path} is empty")
+        else:
+            print(f"drained: {result.sent} reading(s) published, spool empty")
         return 0
     if result.remaining == 0:
         print(f"drained with rejections: {result.sent} published{dead}", file=sys.stderr)
         return 1
-    why = "" if result.connected else f" (broker {settings.broker.address()} unreachable)"
-    print(
-        f"drain timed out{why}: {result.sent} published{dead},"
-        f" {result.remaining} reading(s) remain",
-        file=sys.stderr,
-    )
+    remain = "remain" if result.interrupted else "reading(s) remain"
+    why = _why_stopped(args, settings, result)
+    print(f"{why}: {result.sent} published{dead}, {result.remaining} {remain}", file=sys.stderr)
     return 1
+
+
+def _why_stopped(args: argparse.Namespace, settings: Settings, result: DrainResult) -> str:
+    broker = settings.broker.address()
+    if result.interrupted:
+        return "interrupted"
+    reason = f": {result.last_failure}" if result.last_failure else ""
+    if result.connected:
+        return f"drain timed out after {args.timeout:g} s (broker {broker}{reason})"
+    from mqttspool.service import DRAIN_CONNECT_S  # noqa: PLC0415
+
+    waited = DRAIN_CONNECT_S if args.timeout is None else args.timeout
+    return f"drain gave up: broker {broker} not reached in {waited:g} s{reason}"
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
