@@ -10,13 +10,16 @@ forgets its leases and resends from the oldest unacknowledged row; rows leave
 the spool only through :meth:`Spool.settle` (PUBACK < 0x80: delete, >= 0x80:
 dead letter).
 
-Flow control: every unacknowledged QoS 1 message -- readings and control
-messages (status, spool snapshot, Home Assistant) alike -- counts against the
-window ``min(bridge.max_inflight, broker Receive Maximum)``; control messages
-wait in an outbox for room and go before readings. Readings deleted in a
-settle commit not yet fsync'd count too (a power cut would bring them back),
-so one power cut resends at most the window; a settle is fsync'd when the
-window waits for its room or such deletes would fill half of it. When the oldest
+Two bounds, kept apart. Flow control: every unacknowledged QoS 1 message --
+a reading, a batch, a control message (status, spool snapshot, Home
+Assistant) -- counts as one against the window ``min(bridge.max_inflight,
+broker Receive Maximum)``; control messages wait in an outbox for room and go
+before readings. Durability: readings in flight + acknowledged-not-deleted +
+deleted-not-fsync'd never exceed ``bridge.max_resend`` (what one crash or
+power cut may resend). Deletes commit without fsync; they are fsync'd when the
+next readings would pass ``max_resend`` (and ``max_resend`` wins over the
+window: a batch is cut to what fits) and at least every
+``bridge.settle_interval`` while any are unsynced. When the oldest
 unacknowledged message has waited ``bridge.ack_timeout`` the connection is
 dropped and everything resent after reconnecting.
 
@@ -24,9 +27,9 @@ Payload modes (``bridge.payload``): ``reading`` sends one message per reading,
 with MQTT v5 topic aliases when the broker grants them (:class:`TopicAliases`,
 per connection). ``batch`` sends every reading in zlib batches
 (:mod:`mqttspool.batch`) and ``mixed`` only the backlog (replay), live
-readings one per message. A batch counts against ``bridge.max_inflight`` by
-its readings (a crash resends at most that many) and as one message against
-the broker's Receive Maximum; one PUBACK settles all its rows. Leased rows
+readings one per message. A batch is one message against the window and
+counts by its readings against ``bridge.max_resend``; one PUBACK settles all
+its rows. Leased rows
 wait in ``_pending`` until their batch is full, closed, holds backlog, or has
 lingered ``bridge.batch_linger`` seconds.
 
@@ -251,8 +254,8 @@ class _Connection:
     connected: bool = False
     window: int = 0
     inflight: dict[int, int] = field(default_factory=dict)  # mid -> seq, readings only
-    # Batch messages: mid -> the seqs they carry; ``batched`` counts those readings, since
-    # the window counts readings (a crash resends at most max_inflight of them).
+    # Batch messages: mid -> the seqs they carry; ``batched`` counts those readings
+    # (they count against bridge.max_resend).
     batches: dict[int, tuple[int, ...]] = field(default_factory=dict)
     batched: int = 0
     receive_max: int = 65535  # the broker's limit on unacknowledged messages (batches)
@@ -345,6 +348,11 @@ class SpoolWatch:
         version, self._version = self._version, self.spool.data_version()
         return version != self._version
 
+    def known_empty(self) -> bool:
+        """True when the last lease found everything and this process committed nothing
+        since (no query; rows of other processes are found by :meth:`may_have_rows`)."""
+        return self.exhausted and self.spool.appended.count == self._appends
+
     def leased(self, asked: int, got: int) -> None:
         """Record a lease: fewer rows than asked means nothing more is there now."""
         self.exhausted = got < asked
@@ -385,11 +393,13 @@ class Bridge:
         self._rejected: list[Rejection] = []
         self._first_pending_at: float | None = None  # the oldest ack not yet settled
         self._next_snapshot, self.settle_delay = 0.0, ACK_FLUSH_S
+        self._unsynced_since: float | None = None  # when the oldest unsynced delete committed
         self._now = 0.0  # the time of the current step, for the log throttle
         self._unacked_since: float | None = None
         # One line per kind of trouble per interval, carrying how often it happened.
         self._log_throttle = LogThrottle(FAILURE_LOG_INTERVAL_S, clock=lambda: self._now)
-        self._ack_batch = max(32, min(256, self.cfg.max_inflight // 2))
+        # Deletes in transactions of up to a quarter of max_resend: few WAL frames per row.
+        self._ack_batch = max(32, min(1000, self.cfg.max_resend // 4))
         self._dead = _DeadLetterTallies()
         self._pending: deque[tuple[StoredReading, float]] = deque()  # see _fill_with_batches
         self.gate = ConsumerGate.for_bridge(self.cfg)
@@ -413,14 +423,15 @@ class Bridge:
 
     @property
     def window_load(self) -> int:
-        """What counts against the window: every unacknowledged QoS 1 message (readings
-        and control messages; a batch by its readings), readings acknowledged but not yet
-        deleted, and readings deleted in a commit not yet fsynced (a power cut would resend
-        them too)."""
-        conn = self.conn
-        in_flight = 0 if conn is None else len(conn.sent_at) + conn.batched - len(conn.batches)
-        unsettled = len(self._acked) + len(self._rejected)
-        return in_flight + unsettled + self.spool.unsynced_deletes
+        """Messages against the window: every unacknowledged QoS 1 message (a reading,
+        a batch, a control message: one each)."""
+        return 0 if self.conn is None else len(self.conn.sent_at)
+
+    @property
+    def resend_load(self) -> int:
+        """Readings a crash or power cut now could make us resend: in flight (alone or in
+        batches), acknowledged but not deleted, deleted in a commit not yet fsync'd."""
+        return self.unsettled + self.spool.unsynced_deletes
 
     # ---------------------------------------------------------------- step
 
@@ -441,6 +452,7 @@ class Bridge:
     def _step(self, now: float) -> float:
         for event in self.publisher.events():
             self._handle(event, now)
+        self._sync_if_due(now)
         if self.conn is None:
             if not self.stopping and now >= self.next_attempt:
                 self._start_attempt(now)
@@ -470,6 +482,9 @@ class Bridge:
             due = conn.started + _attempt_timeout(self.settings) + ACK_FLUSH_S
         else:
             due = min(self._connected_timers(conn, now))
+        if self._unsynced_since is not None:
+            # Not before ACK_FLUSH_S: an fsync that failed retries at that pace.
+            due = min(due, max(self._unsynced_since + self.cfg.settle_interval, now + ACK_FLUSH_S))
         return min(MAX_WAIT_S, max(0.0, due - now))
 
     def _connected_timers(self, conn: _Connection, now: float) -> list[float]:
@@ -556,7 +571,7 @@ class Bridge:
         self._outbox.extend(left_over)
 
     def _on_disconnected(self, event: Disconnected, now: float) -> None:
-        self._settle()
+        self._settle(now)
         self._log_disconnect(event.kind, event.reason)
         self._drop_connection(now, self.backoff.next_delay())
 
@@ -566,7 +581,7 @@ class Bridge:
         oldest = next(iter(conn.sent_at.values()), None)
         if oldest is None or now - oldest <= self.cfg.ack_timeout:
             return False
-        self._settle()
+        self._settle(now)
         count = self._log_throttle.note("ack_timeout")
         if count:
             logger.warning(
@@ -685,6 +700,11 @@ class Bridge:
         room = conn.window - self.window_load
         if room <= 0:
             return
+        # No fsync to make room for rows that are not there.
+        fits = self.cfg.max_resend - self.resend_load
+        room = min(room, fits if self.watch.known_empty() else self._make_room(room, now))
+        if room <= 0:
+            return
         room = self._gated(room, len(conn.inflight), now)
         room = self.bucket.take(room, now) if room > 0 else 0
         if room <= 0:
@@ -738,9 +758,9 @@ class Bridge:
         ``_pending`` holds rows leased but not yet sent, with when they were leased
         (a live batch lingers); it is cleared with the leases on every (re)connect.
         """
-        room = self.cfg.max_inflight - self._reading_load - len(self._pending)
+        room = self.cfg.max_resend - self.unsettled - len(self._pending)
         if room > 0:
-            room = self._gated(room, self._reading_load + len(self._pending), now)
+            room = self._gated(room, self.unsettled + len(self._pending), now)
         if room > 0:
             self._pending.extend((row, now) for row in self._lease(conn, room, now))
         now_us = self.clock.wall_us()
@@ -751,32 +771,25 @@ class Bridge:
         """Send the head of the pending rows: a live reading alone (``mixed``) or a batch."""
         head = self._pending[0][0]
         if self.cfg.payload == "mixed" and not self._is_replay(head, now_us):
-            if self.window_load >= conn.window or not self.bucket.take(1, now):
+            if self.window_load >= conn.window or self._make_room(1, now) < 1:
+                return False
+            if not self.bucket.take(1, now):
                 return False
             self._pending.popleft()
             return self._publish_reading(conn, head, False, now, now_us)
         rows, replay = self._batch_run(now_us)
-        room = self.cfg.max_inflight - self._reading_load
-        if not self._batch_due(rows, replay, now) or room <= 0:
+        if not self._batch_due(rows, replay, now) or self.window_load >= conn.window:
             return False
-        if len(conn.sent_at) >= conn.receive_max or not self.bucket.take(1, now):
+        room = self._make_room(len(rows), now)
+        if room <= 0 or not self.bucket.take(1, now):
             return False
         return self._publish_batch(conn, rows[:room], replay[:room], now, now_us)
-
-    @property
-    def _reading_load(self) -> int:
-        """Readings unacknowledged or not yet deleted: what bounds batches (a crash resends
-        at most max_inflight readings). Control messages count only against the broker's
-        Receive Maximum (``conn.receive_max``), so they do not cut a batch short."""
-        conn = self.conn
-        in_flight = 0 if conn is None else len(conn.inflight) + conn.batched
-        return in_flight + len(self._acked) + len(self._rejected) + self.spool.unsynced_deletes
 
     def _batch_run(self, now_us: int) -> tuple[list[StoredReading], list[bool]]:
         """The pending rows that may share the head's batch: same device and epoch (a batch
         carries one of each), in order; in ``mixed`` only replays. At most
         batch_max_readings (and max_inflight) of them."""
-        cap = min(self.cfg.batch_max_readings, self.cfg.max_inflight)
+        cap = min(self.cfg.batch_max_readings, self.cfg.max_resend)
         head, mixed, epoch_of = (
             self._pending[0][0],
             self.cfg.payload == "mixed",
@@ -796,7 +809,7 @@ class Bridge:
     def _batch_due(self, rows: list[StoredReading], replay: list[bool], now: float) -> bool:
         """Full, holding backlog (never waits), closed by a row that cannot join, or
         lingered long enough: a live batch waits at most bridge.batch_linger to fill."""
-        full = len(rows) >= min(self.cfg.batch_max_readings, self.cfg.max_inflight)
+        full = len(rows) >= min(self.cfg.batch_max_readings, self.cfg.max_resend)
         closed = len(rows) < len(self._pending)
         lingered = now - self._pending[0][1] >= self.cfg.batch_linger
         return full or closed or any(replay) or lingered
@@ -886,32 +899,45 @@ class Bridge:
     # -------------------------------------------------------------- settle
 
     def _maybe_settle(self, now: float) -> None:
-        if not self._acked and not self._rejected:
-            self._maybe_sync_deletes()
-            return
-        conn = self.conn
         pending = len(self._acked) + len(self._rejected)
-        # A full window waits for deletes, but deleting a handful at a time would
-        # cost a transaction per PUBACK: wait for a quarter of the window.
-        window_full = (
-            conn is not None
-            and self.window_load >= conn.window
-            and pending >= max(1, min(self._ack_batch, conn.window // 4))
-        )
         due = (
             self._first_pending_at is not None and now - self._first_pending_at >= self.settle_delay
         )
-        if pending >= self._ack_batch or window_full or due:
-            self._settle()
+        if pending >= self._ack_batch or (pending and due):
+            self._settle(now)
 
-    def _settle(self) -> None:
+    def _sync_if_due(self, now: float) -> None:
+        """Unsynced deletes are fsync'd at least every ``bridge.settle_interval``."""
+        if not self.spool.unsynced_deletes:
+            self._unsynced_since = None  # covered by an fsync'd commit (a round at FULL)
+        elif self._unsynced_since is None:
+            self._unsynced_since = now
+        elif now - self._unsynced_since >= self.cfg.settle_interval:
+            self._sync_deletes()
+
+    def _make_room(self, wanted: int, now: float) -> int:
+        """Readings that may go out now without passing ``bridge.max_resend``.
+
+        When fewer than ``wanted`` fit and deletes could free room (acknowledged rows,
+        unsynced deletes), delete and fsync now: one fsync per ~``max_resend`` readings
+        in a backlog drain, never per window.
+        """
+        wanted = min(wanted, max(1, self.cfg.max_resend // 2))
+        room = self.cfg.max_resend - self.resend_load
+        if room >= wanted or not (self._acked or self._rejected or self.spool.unsynced_deletes):
+            return max(0, room)
+        if self._acked or self._rejected:
+            self._settle(now, durable=True)
+        else:
+            self._sync_deletes()
+        return max(0, self.cfg.max_resend - self.resend_load)
+
+    def _settle(self, now: float, durable: bool = False) -> None:
         if not self._acked and not self._rejected:
             return
         acked, rejected = self._acked, self._rejected
         try:
-            self.spool.settle(
-                acked, rejected, durable=self._settle_durably(len(acked) + len(rejected))
-            )
+            self.spool.settle(acked, rejected, durable=durable)
         except (SpoolCorruptError, SpoolGoneError):
             raise  # not retried here: the service salvages a corrupt spool, stops on a gone one
         except SpoolError as exc:
@@ -919,17 +945,16 @@ class Bridge:
             self._log_settle_failure(exc)
             return
         self._acked, self._rejected, self._first_pending_at = [], [], None
+        if not durable and self._unsynced_since is None and self.spool.unsynced_deletes:
+            self._unsynced_since = now
         self.published_total += len(acked)
         self.rejected_total += len(rejected)
         self.counters.inc(MESSAGES_PUBLISHED, n=len(acked))
         if rejected:
             self._log_dead_letters(rejected)
 
-    def _maybe_sync_deletes(self) -> None:
-        """Unsynced deletes over half the window (it shrank on reconnect): fsync them."""
-        conn = self.conn
-        if conn is None or self.spool.unsynced_deletes <= conn.window // 2:
-            return
+    def _sync_deletes(self) -> None:
+        """Fsync every delete so far (``max_resend`` reached, or ``settle_interval`` up)."""
         try:
             self.spool.sync_deletes()
         except (SpoolCorruptError, SpoolGoneError):
@@ -937,19 +962,8 @@ class Bridge:
         except SpoolError as exc:
             if self._log_throttle.note("sync"):
                 logger.error("cannot fsync deleted readings: %s; publishing pauses", exc)
-
-    def _settle_durably(self, n: int) -> bool:
-        """Fsync this settle when the window waits for its room, or unsynced deletes
-        would take over half of it.
-
-        Rows deleted in an unsynced commit count against the window (a power cut
-        resends them), so a cut resends at most the window. A full window (a
-        backlog drain) needs the room now: fsync, once per settle batch. With
-        room to spare (live readings trickling) the delete commits cheaply at
-        NORMAL, until the unsynced deletes would fill half the window.
-        """
-        window = self.cfg.max_inflight if self.conn is None else self.conn.window
-        return self.window_load >= window or self.spool.unsynced_deletes + n > window // 2
+            return
+        self._unsynced_since = None
 
     def _log_dead_letters(self, rejected: list[Rejection]) -> None:
         """One line per reason code per interval (an ACL can reject thousands a minute)."""
@@ -1002,7 +1016,7 @@ class Bridge:
             wait(min(ACK_FLUSH_S, max(0.0, deadline - now())))
         for event in self.publisher.events():
             self._handle(event, now())
-        self._settle()
+        self._settle(now())
         self.log_dead_letter_summary()
         left = self.inflight
         if self.connected:

@@ -99,8 +99,14 @@ def test_an_idle_bridge_without_the_version_check_sleeps_until_the_snapshot(
     """Every timer is honoured: with nothing else due the snapshot decides the sleep."""
     monkeypatch.setattr(bridge_module, "VERSION_CHECK_S", 3600.0)
     bridge, pub, spool = idle_bridge(tmp_path, clock)
+    interval = bridge.cfg.settle_interval
     try:
-        assert bridge.step(2.5) == pytest.approx(SNAPSHOT_INTERVAL_S - 2.5)
+        # The deletes at 0.2 are not fsync'd yet: bridge.settle_interval is a timer too.
+        assert bridge.step(2.5) == pytest.approx(0.2 + interval - 2.5)
+        assert spool.unsynced_deletes == 3
+        bridge.step(0.2 + interval)
+        assert spool.unsynced_deletes == 0
+        assert bridge.step(0.3 + interval) == pytest.approx(SNAPSHOT_INTERVAL_S - 0.3 - interval)
         bridge.step(SNAPSHOT_INTERVAL_S)
         assert pub.control()[-1].topic == spool_topic(bridge.prefix, bridge.device)
         pub.ack_control()
@@ -164,14 +170,14 @@ def test_a_commit_by_the_sampler_wakes_the_bridge_thread(
     assert not thread.is_alive()
 
 
-def test_the_daemon_deletes_acknowledged_rows_in_batches_within_the_window(
+def test_the_daemon_deletes_acknowledged_rows_in_batches_within_max_resend(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Rows acknowledged but not deleted yet still occupy the window, so a crash
-    before the delete resends at most max_inflight; they are deleted when the
-    settle delay is up, or at once when the window is full."""
+    """Rows acknowledged but not deleted yet count against max_resend (not the window),
+    so a crash before the delete resends at most max_resend; they are deleted when the
+    settle delay is up, or at once (and fsync'd) when the next readings need the room."""
     monkeypatch.setattr(bridge_module, "VERSION_CHECK_S", 3600.0)  # only the settle timer
-    cfg = make_settings(tmp_path, max_inflight=20)
+    cfg = make_settings(tmp_path, max_inflight=100, max_resend=20)
     spool = open_spool(cfg.spool, clock)
     pub = FakePublisher()
     bridge = Bridge(cfg, spool, pub, clock, rng=random.Random(7))
@@ -181,12 +187,12 @@ def test_the_daemon_deletes_acknowledged_rows_in_batches_within_the_window(
         connect(bridge, pub, 0.0)
         pub.ack_all_data()
         assert bridge.step(1.0) == pytest.approx(SETTLE_DELAY_S)
-        assert spool.depth() == 5 and bridge.window_load == 5
+        assert spool.depth() == 5 and bridge.resend_load == 5 and bridge.window_load == 0
         fill(spool, clock, 30)
         bridge.step(2.0)
         assert len(pub.data()) == 5 + 15  # 5 acknowledged-not-deleted + 15 in flight = 20
         pub.ack_all_data()
-        bridge.step(3.0)  # the window is full of acknowledged rows: deleted at once
+        bridge.step(3.0)  # max_resend is full of acknowledged rows: deleted at once
         assert spool.depth() == 35 - 20 and len(pub.data()) == 35  # and the rest sent
         pub.ack_all_data()
         bridge.step(4.0)
