@@ -36,7 +36,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from mqttspool.bridge import Bridge, BridgeThread, Companion, will_for
+from mqttspool.bridge import (
+    ACK_FLUSH_S,
+    SETTLE_DELAY_S,
+    Bridge,
+    BridgeThread,
+    Companion,
+    build_bridge,
+    will_for,
+)
 from mqttspool.config import Settings
 from mqttspool.counters import Counters
 from mqttspool.errors import SpoolCorruptError, SpoolError
@@ -126,16 +134,35 @@ def make_companions(settings: Settings) -> list[Companion]:
 
 
 def make_bridge(
-    settings: Settings, spool: Spool, clock: Clock, counters: Counters
+    settings: Settings,
+    spool: Spool,
+    clock: Clock,
+    counters: Counters,
+    *,
+    daemon: bool = True,
 ) -> tuple[Bridge, MqttPublisher]:
-    """A bridge with a real paho publisher."""
+    """A bridge with a real paho publisher.
+
+    ``daemon`` (``run``): acknowledged rows wait up to ``SETTLE_DELAY_S`` to be deleted
+    together (fewer, larger deletes). Otherwise (``drain``): nothing more arrives, so
+    deletes follow the acks closely and a batch never lingers.
+    """
     publisher = MqttPublisher(
         settings.broker,
         client_id_for(settings.broker, settings.device.id),
         will_for(settings),
         consumer_topic=settings.bridge.consumer_topic,
     )
-    bridge = Bridge(settings, spool, publisher, clock, counters, make_companions(settings))
+    bridge = build_bridge(
+        settings,
+        spool,
+        publisher,
+        clock,
+        counters,
+        make_companions(settings),
+        settle_delay=SETTLE_DELAY_S if daemon else ACK_FLUSH_S,
+        batch_linger=None if daemon else 0.0,
+    )
     return bridge, publisher
 
 
@@ -380,9 +407,7 @@ def drain(settings: Settings, timeout: float | None, clock: Clock | None = None)
     clock = clock or SystemClock()
     spool = open_spool(settings.spool, clock, integrity_check=True)
     spool.begin_writing()  # a new epoch if the last stop may have lost commits
-    bridge, publisher = make_bridge(settings, spool, clock, Counters())
-    # Nothing more arrives while draining: a batch of fresh readings need not linger.
-    bridge.cfg = bridge.cfg.model_copy(update={"batch_linger": 0.0})
+    bridge, publisher = make_bridge(settings, spool, clock, Counters(), daemon=False)
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
     total = spool.depth()

@@ -13,7 +13,7 @@ from fakes.clock import FakeClock
 from fakes.publisher import FakePublisher, Sent
 
 from mqttspool.batch import CONTENT_TYPE, decode, encode_within
-from mqttspool.bridge import Bridge, OutMessage
+from mqttspool.bridge import Bridge, OutMessage, build_bridge
 from mqttspool.config import Settings, load_config
 from mqttspool.reading import Reading, StoredReading, from_us
 from mqttspool.spool import Spool, open_spool
@@ -36,7 +36,11 @@ def make(
         setattr(cfg.bridge, key, value)
     spool = open_spool(cfg.spool, clock)
     pub = FakePublisher()
-    return Bridge(cfg, spool, pub, clock, companions=companions, rng=random.Random(3)), pub, spool
+    return (
+        build_bridge(cfg, spool, pub, clock, companions=companions, rng=random.Random(3)),
+        pub,
+        spool,
+    )
 
 
 def fill(

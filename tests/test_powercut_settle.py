@@ -14,7 +14,7 @@ import pytest
 from fakes.clock import FakeClock
 from fakes.publisher import FakePublisher
 
-from mqttspool.bridge import Bridge
+from mqttspool.bridge import Bridge, build_bridge
 from mqttspool.config import Settings, SpoolConfig, load_config
 from mqttspool.reading import Reading, from_us
 from mqttspool.spool import Spool, open_spool
@@ -72,7 +72,7 @@ def _bridge(
     spool.settle = settle_spy  # type: ignore[method-assign]
     spool.sync_deletes = sync_spy  # type: ignore[method-assign]
     pub = FakePublisher()
-    bridge = Bridge(cfg, spool, pub, clock, rng=random.Random(7))
+    bridge = build_bridge(cfg, spool, pub, clock, rng=random.Random(7))
     bridge.step(0.0)
     pub.accept()
     bridge.step(0.0)
