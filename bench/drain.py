@@ -56,11 +56,13 @@ from mqttspool.reading import Reading, render_payload  # noqa: E402
 from mqttspool.spool import open_spool  # noqa: E402
 
 DEVICE = "bench"
+MAX_ROWS = 10_000_000
 
 
 def fill_spool(path: Path, rows: int) -> None:
     """A spool with ``rows`` readings."""
-    spool = open_spool(SpoolConfig(path=str(path), synchronous="normal"))
+    # max_rows above the backlog: a month of readings must not be cut by the default bound.
+    spool = open_spool(SpoolConfig(path=str(path), synchronous="normal", max_rows=MAX_ROWS))
     now = datetime.now(UTC)
     batch = 5000
     for start in range(0, rows, batch):
@@ -109,6 +111,7 @@ def drain_env(spool: Path, port: int, window: int) -> dict[str, str]:
             "MQTTSPOOL_BROKER__HOST": "127.0.0.1",
             "MQTTSPOOL_BROKER__PORT": str(port),
             "MQTTSPOOL_BRIDGE__MAX_INFLIGHT": str(window),
+            "MQTTSPOOL_SPOOL__MAX_ROWS": str(MAX_ROWS),
             "MQTTSPOOL_DEVICE__ID": DEVICE,
             "MQTTSPOOL_LOG__LEVEL": "warning",
         }
