@@ -29,7 +29,7 @@ from mqttspool.bridge import (
     TokenBucket,
     Window,
 )
-from mqttspool.bridge.senders import _Shared
+from mqttspool.bridge.senders import SendContext
 from mqttspool.config import Settings, load_config
 from mqttspool.counters import MESSAGES_PUBLISHED, Counters
 from mqttspool.gate import ConsumerGate
@@ -229,11 +229,11 @@ def test_the_row_source_leases_behind_the_gate_and_queries_only_when_rows_may_be
 # ----------------------------------------------------------------- senders
 
 
-def shared(pub: FakePublisher, spool: Spool, clock: FakeClock, settler: Settler) -> _Shared:
+def shared(pub: FakePublisher, spool: Spool, clock: FakeClock, settler: Settler) -> SendContext:
     gate = ConsumerGate(require_subscribers=False, consumer_topic="", probe_after=60)
     source = RowSource(spool, gate, lambda now: None)
     outbox = Outbox("p", "edge-01", lambda: {})
-    return _Shared(pub, spool, source, settler, outbox, TokenBucket(0), clock, 60.0)
+    return SendContext(pub, spool, source, settler, outbox, TokenBucket(0), clock, 60.0)
 
 
 def connected_session(pub: FakePublisher, window: int) -> Session:

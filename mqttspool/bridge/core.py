@@ -44,7 +44,7 @@ from .connection import Link, Session
 from .deadletters import DeadLetterLog
 from .leases import RowSource, SpoolWatch
 from .outbox import Companion, Outbox
-from .senders import BatchSender, ReadingSender, Sender, TokenBucket, _Shared
+from .senders import BatchSender, ReadingSender, SendContext, Sender, TokenBucket
 from .settler import Settler
 
 ACK_FLUSH_S = 0.05  # how long acknowledged rows wait to be deleted in one batch
@@ -359,7 +359,7 @@ def build_bridge(
     link = Link(publisher, settings, throttle, late.link_down, spool.depth, rng)
     outbox = Outbox(settings.topics.prefix, settings.device.id, late.snapshot, companions)
     bucket = TokenBucket(cfg.max_rate)
-    shared = _Shared(publisher, spool, source, settler, outbox, bucket, clock, cfg.live_window)
+    shared = SendContext(publisher, spool, source, settler, outbox, bucket, clock, cfg.live_window)
     sender = _sender(settings, shared, batch_linger)
     parts = Parts(link, source, settler, outbox, sender, dead_letters, gate, counters, throttle)
     late.bridge = bridge = Bridge(settings, spool, clock, parts)
@@ -391,7 +391,7 @@ class _Late:
         return {} if self.bridge is None else self.bridge.snapshot()
 
 
-def _sender(settings: Settings, shared: _Shared, batch_linger: float | None) -> Sender:
+def _sender(settings: Settings, shared: SendContext, batch_linger: float | None) -> Sender:
     """The one place ``bridge.payload`` is looked at."""
     cfg, prefix = settings.bridge, settings.topics.prefix
     if cfg.payload == "reading":

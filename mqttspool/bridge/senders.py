@@ -80,8 +80,10 @@ class Sender(Protocol):
         ...
 
 
-class _Shared:
-    """What both senders use: the publisher, the spool's epochs, the bounds, the clock."""
+class SendContext:
+    """What both senders use: the publisher, the spool (epochs), the row source, the
+    settler (the ``max_resend`` bound), the outbox (companion messages), the token
+    bucket and the clock."""
 
     def __init__(
         self,
@@ -114,7 +116,7 @@ class _Shared:
 class ReadingSender:
     """``bridge.payload = "reading"``: one message per reading, with topic aliases."""
 
-    def __init__(self, shared: _Shared, prefix: str) -> None:
+    def __init__(self, shared: SendContext, prefix: str) -> None:
         self.s = shared
         self.prefix = prefix
 
@@ -177,7 +179,7 @@ class BatchSender:
 
     def __init__(
         self,
-        shared: _Shared,
+        shared: SendContext,
         prefix: str,
         *,
         max_readings: int,
