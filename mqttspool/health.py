@@ -86,6 +86,8 @@ KNOWN_SETTINGS = frozenset(
             f"bridge.{k}"
             for k in (
                 "max_inflight",
+                "max_resend",
+                "settle_interval",
                 "live_window",
                 "reconnect_min",
                 "reconnect_max",
