@@ -243,6 +243,11 @@ class BridgeConfig(_Section):
     """``[bridge]``: the drain loop."""
 
     max_inflight: int = Field(default=500, ge=1, le=65535)
+    # Readings a crash or power cut may resend (in flight + acknowledged-not-deleted +
+    # deleted-not-fsync'd); deletes are fsync'd before this would be exceeded.
+    max_resend: int = Field(default=2000, ge=1, le=1_000_000)
+    # Unsynced deletes are fsync'd at least this often (seconds).
+    settle_interval: float = Field(default=5, gt=0, le=3600, allow_inf_nan=False)
     live_window: Seconds = 60
     reconnect_min: PositiveSeconds = 1
     reconnect_max: PositiveSeconds = 60

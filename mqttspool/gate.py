@@ -67,7 +67,7 @@ class ConsumerGate:
         self.kept = 0  # readings answered 0x10 and kept spooled, since start
         self._probe_out = False
         self._kept_behind_cursor = False  # kept rows the lease cursor has already passed
-        self.changed = False  # the state the snapshot shows changed (cleared by the bridge)
+        self.changed = False  # the state the snapshot shows changed (see take_change)
 
     @classmethod
     def for_bridge(cls, cfg: BridgeConfig) -> ConsumerGate:
@@ -146,6 +146,11 @@ class ConsumerGate:
         """The bridge published ``readings`` under the last allowance (a probe while paused)."""
         if readings and self.paused_until is not None:
             self._probe_out = True
+
+    def take_change(self) -> bool:
+        """True once after the state the snapshot shows changed (the caller republishes it)."""
+        changed, self.changed = self.changed, False
+        return changed
 
     def snapshot_fields(self) -> dict[str, object]:
         """Fields added to the retained spool snapshot."""

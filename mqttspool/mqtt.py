@@ -284,7 +284,14 @@ class MqttPublisher:
         return self.config.address()
 
     def connect(self) -> int:
-        """Make a fresh client and connect it in the background (no blocking here)."""
+        """Make a fresh client and connect it in the background.
+
+        The connect itself never blocks the caller, but :meth:`close` of the previous
+        client does: it joins that client's connect thread (up to CONNECT_TIMEOUT_S + 1 s
+        while a TCP connect hangs) and its network thread. The bridge calls this from its
+        own thread, so a reconnect can hold its step that long (timers wait, nothing is
+        lost: events queue up).
+        """
         self.close()
         self._generation += 1
         gen = self._generation

@@ -33,7 +33,15 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from mqttspool.bridge import Bridge, BridgeThread, Companion, will_for
+from mqttspool.bridge import (
+    ACK_FLUSH_S,
+    SETTLE_DELAY_S,
+    Bridge,
+    BridgeThread,
+    Companion,
+    build_bridge,
+    will_for,
+)
 from mqttspool.config import Settings
 from mqttspool.counters import Counters
 from mqttspool.errors import SpoolCorruptError, SpoolError
@@ -70,16 +78,35 @@ def make_companions(settings: Settings) -> list[Companion]:
 
 
 def make_bridge(
-    settings: Settings, spool: Spool, clock: Clock, counters: Counters
+    settings: Settings,
+    spool: Spool,
+    clock: Clock,
+    counters: Counters,
+    *,
+    daemon: bool = True,
 ) -> tuple[Bridge, MqttPublisher]:
-    """A bridge with a real paho publisher."""
+    """A bridge with a real paho publisher.
+
+    ``daemon`` (``run``): acknowledged rows wait up to ``SETTLE_DELAY_S`` to be deleted
+    together (fewer, larger deletes). Otherwise (``drain``): nothing more arrives, so
+    deletes follow the acks closely and a batch never lingers.
+    """
     publisher = MqttPublisher(
         settings.broker,
         client_id_for(settings.broker.client_id, settings.device.id),
         will_for(settings),
         consumer_topic=settings.bridge.consumer_topic,
     )
-    bridge = Bridge(settings, spool, publisher, clock, counters, make_companions(settings))
+    bridge = build_bridge(
+        settings,
+        spool,
+        publisher,
+        clock,
+        counters,
+        make_companions(settings),
+        settle_delay=SETTLE_DELAY_S if daemon else ACK_FLUSH_S,
+        batch_linger=None if daemon else 0.0,
+    )
     return bridge, publisher
 
 
@@ -358,7 +385,7 @@ def drain(
         if spool.depth() == 0:
             spool.mark_clean()
             return DrainResult(0, 0, connected=False)
-        bridge, publisher = make_bridge(settings, spool, clock, Counters())
+        bridge, publisher = make_bridge(settings, spool, clock, Counters(), daemon=False)
         try:
             return _drain_loop(settings, spool, bridge, publisher, timeout, stop)
         finally:
@@ -375,8 +402,6 @@ def _drain_loop(
     timeout: float | None,
     stop: threading.Event,
 ) -> DrainResult:
-    # Nothing more arrives while draining: a batch of fresh readings need not linger.
-    bridge.cfg = bridge.cfg.model_copy(update={"batch_linger": 0.0})
     start = time.monotonic()
     deadline = start + (DRAIN_CONNECT_S if timeout is None else timeout)
     logger.info("draining %d reading(s) to %s", spool.depth(), settings.broker.address())

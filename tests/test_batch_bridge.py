@@ -13,7 +13,7 @@ from fakes.clock import FakeClock
 from fakes.publisher import FakePublisher, Sent
 
 from mqttspool.batch import CONTENT_TYPE, decode, encode_within
-from mqttspool.bridge import Bridge, OutMessage
+from mqttspool.bridge import Bridge, OutMessage, build_bridge
 from mqttspool.config import Settings, load_config
 from mqttspool.reading import Reading, StoredReading, from_us
 from mqttspool.spool import Spool, open_spool
@@ -36,7 +36,11 @@ def make(
         setattr(cfg.bridge, key, value)
     spool = open_spool(cfg.spool, clock)
     pub = FakePublisher()
-    return Bridge(cfg, spool, pub, clock, companions=companions, rng=random.Random(3)), pub, spool
+    return (
+        build_bridge(cfg, spool, pub, clock, companions=companions, rng=random.Random(3)),
+        pub,
+        spool,
+    )
 
 
 def fill(
@@ -106,7 +110,8 @@ def test_a_rejected_batch_dead_letters_every_row_with_the_reason(
     connect(bridge, pub, 0.0)
     [batch] = pub.batches()
     pub.ack([batch.mid], 0x87, "Not authorized")
-    bridge.step(0.1)
+    bridge.step(0.1)  # the rejections are noted...
+    bridge.step(0.2)  # ...and moved once the settle delay is up
     assert spool.depth() == 0
     dead = spool.dead_letters(1000)
     assert sorted(d.reading.seq for d in dead) == list(range(1, 301))
@@ -114,19 +119,32 @@ def test_a_rejected_batch_dead_letters_every_row_with_the_reason(
     assert bridge.rejected_total == 300
 
 
-def test_a_batch_counts_against_the_window_by_its_readings(
-    tmp_path: Path, clock: FakeClock
-) -> None:
-    bridge, pub, spool = make(tmp_path, clock, payload="batch", max_inflight=100)
+def test_max_resend_caps_the_readings_batches_carry(tmp_path: Path, clock: FakeClock) -> None:
+    """max_resend wins over the window: readings in flight never pass it."""
+    bridge, pub, spool = make(tmp_path, clock, payload="batch", max_inflight=100, max_resend=100)
     fill(spool, clock, 450, age_s=OLD_S)
     connect(bridge, pub, 0.0)
     bridge.step(0.5)
-    assert [len(decode(b.payload)) for b in pub.batches()] == [100]  # not 1000: the window
+    assert [len(decode(b.payload)) for b in pub.batches()] == [100]  # not 450: max_resend
     assert bridge.inflight == 100
     pub.ack([pub.batches()[0].mid])
-    bridge.step(0.6)
-    bridge.step(0.7)
+    bridge.step(0.6)  # the 100 acked rows are deleted and fsync'd to make room
     assert [len(decode(b.payload)) for b in pub.batches()] == [100, 100]
+    assert bridge.resend_load == 100 and spool.unsynced_deletes == 0
+
+
+def test_a_batch_is_one_message_against_the_window(tmp_path: Path, clock: FakeClock) -> None:
+    bridge, pub, spool = make(
+        tmp_path, clock, payload="batch", max_inflight=2, batch_max_readings=100
+    )
+    fill(spool, clock, 450, age_s=OLD_S)
+    connect(bridge, pub, 0.0)
+    bridge.step(0.5)
+    assert [len(decode(b.payload)) for b in pub.batches()] == [100, 100]  # 2 messages
+    assert bridge.window_load == 2 and bridge.inflight == 200
+    pub.ack([pub.batches()[0].mid])
+    bridge.step(0.6)
+    assert [len(decode(b.payload)) for b in pub.batches()] == [100, 100, 100]
 
 
 def test_the_receive_maximum_bounds_batch_messages_not_readings(
@@ -224,7 +242,7 @@ def test_companions_see_every_reading_with_its_replay_flag(
 def test_a_cut_mid_batch_resends_the_batch_after_reconnecting(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    bridge, pub, spool = make(tmp_path, clock, payload="batch", max_inflight=600)
+    bridge, pub, spool = make(tmp_path, clock, payload="batch", max_inflight=600, max_resend=600)
     fill(spool, clock, 1000, age_s=OLD_S)
     connect(bridge, pub, 0.0)
     assert seqs_of(pub.batches()) == list(range(1, 601))

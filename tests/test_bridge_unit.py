@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.spooltools import all_seqs
 
-from mqttspool.bridge import Backoff, Bridge, TokenBucket
+from mqttspool.bridge import Backoff, Bridge, TokenBucket, build_bridge
 from mqttspool.config import Settings, load_config
 from mqttspool.counters import Counters
 from mqttspool.errors import ConfigError
@@ -56,7 +56,13 @@ def make_bridge(
     cfg = make_settings(tmp_path, **bridge)
     spool = open_spool(cfg.spool, clock)
     pub = FakePublisher()
-    return Bridge(cfg, spool, pub, clock, rng=random.Random(7)), pub, spool
+    return build_bridge(cfg, spool, pub, clock, rng=random.Random(7)), pub, spool
+
+
+def reading_mids(bridge: Bridge) -> list[int]:
+    """The mids of the messages in flight that carry readings, oldest first."""
+    session = bridge.link.session
+    return [] if session is None else session.window.reading_mids()
 
 
 def connect(bridge: Bridge, pub: FakePublisher, now: float, rm: int | None = 65535) -> None:
@@ -89,7 +95,7 @@ def test_window_is_capped_by_receive_maximum(tmp_path: Path, clock: FakeClock) -
     fill(spool, clock, 50)
     connect(bridge, pub, 0.0, rm=20)
     assert len(pub.data()) == 20
-    assert bridge.conn is not None and bridge.conn.window == 20
+    assert bridge.link.session is not None and bridge.link.session.window.size == 20
 
 
 def test_mqtt311_has_no_receive_maximum(tmp_path: Path, clock: FakeClock) -> None:
@@ -116,6 +122,8 @@ def test_acks_are_deleted_in_batches(
     connect(bridge, pub, 0.0)
     pub.ack_all_data()
     bridge.step(0.001)
+    assert calls == []  # the acks wait for more, up to the settle delay
+    bridge.step(0.001 + bridge.settle_delay)
     assert calls == [100]  # one transaction for the batch, not one per message
     assert spool.depth() == 0
     assert bridge.published_total == 100
@@ -224,9 +232,9 @@ def test_connect_failures_back_off_and_keep_rows(tmp_path: Path, clock: FakeCloc
 def test_connect_timeout_counts_as_failure(tmp_path: Path, clock: FakeClock) -> None:
     bridge, pub, _ = make_bridge(tmp_path, clock)
     bridge.step(0.0)
-    assert bridge.conn is not None
+    assert bridge.link.session is not None
     bridge.step(31.0)  # no CONNACK within max(10, keepalive=30)
-    assert bridge.conn is None
+    assert bridge.link.session is None
     assert pub.closes == 1
 
 
@@ -400,7 +408,7 @@ def test_every_accepted_seq_is_delivered_dead_lettered_or_dropped(
     cfg.spool.max_rows = 12
     spool = open_spool(cfg.spool, clock)
     pub = FakePublisher()
-    bridge = Bridge(cfg, spool, pub, clock, rng=random.Random(0))
+    bridge = build_bridge(cfg, spool, pub, clock, rng=random.Random(0))
     accepted: set[int] = set()
     acked: set[int] = set()
     now = 0.0
@@ -410,9 +418,9 @@ def test_every_accepted_seq_is_delivered_dead_lettered_or_dropped(
         nonlocal now
         now += 0.1
         bridge.step(now)
-        if bridge.conn is None and now >= bridge.next_attempt:
+        if bridge.link.session is None and now >= bridge.next_attempt:
             bridge.step(now)
-        if bridge.conn is not None and not bridge.connected:
+        if bridge.link.session is not None and not bridge.connected:
             pub.accept(4)
             bridge.step(now)
         for s in pub.data():
@@ -421,8 +429,12 @@ def test_every_accepted_seq_is_delivered_dead_lettered_or_dropped(
     for op, arg in script:
         if op == "append":
             accepted.update(fill(spool, clock, arg))
-        elif op == "ack" and bridge.conn is not None and bridge.conn.inflight:
-            mid = next(iter(bridge.conn.inflight))
+        elif (
+            op == "ack"
+            and bridge.link.session is not None
+            and bridge.link.session.window.reading_mids()
+        ):
+            mid = bridge.link.session.window.reading_mids()[0]
             if arg < 0x80:
                 acked.add(by_mid[mid])
             pub.ack([mid], arg, "reason")
@@ -430,10 +442,9 @@ def test_every_accepted_seq_is_delivered_dead_lettered_or_dropped(
             pub.drop()
         pump()
     for _ in range(200):  # drain everything, acknowledging with success
-        if bridge.conn is not None:
-            for mid in list(bridge.conn.inflight):
-                acked.add(by_mid[mid])
-                pub.ack([mid])
+        for mid in reading_mids(bridge):
+            acked.add(by_mid[mid])
+            pub.ack([mid])
         pump()
         if spool.depth() == 0 and bridge.unsettled == 0:
             break
@@ -503,7 +514,7 @@ def test_a_month_of_outage_costs_nothing_but_disk(tmp_path: Path, clock: FakeClo
     cfg.spool.path = str(tmp_path / "spool.db")
     spool = open_spool(cfg.spool, clock)
     pub = FakePublisher()
-    bridge = Bridge(cfg, spool, pub, clock, rng=random.Random(7))
+    bridge = build_bridge(cfg, spool, pub, clock, rng=random.Random(7))
     sampler = build_sampler(cfg, spool, Counters(), clock, FakeClockSync(True))
     now, attempts, gaps = 0.0, 0, []
     while now < 30 * 86400.0:
@@ -552,7 +563,7 @@ def test_flapping_link_logs_a_bounded_number_of_lines_carrying_counts(
     ]
     assert counts[0] == 1 and all(c > 1 for c in counts[1:])
     assert all("client id 'mqttspool-edge-01'" in r.getMessage() for r in lost[1:])
-    assert sum(counts) + bridge._log_throttle.flush(("lost", FailureKind.NETWORK)) == 100
+    assert sum(counts) + bridge.parts.throttle.flush(("lost", FailureKind.NETWORK)) == 100
 
 
 def test_connect_failures_are_throttled_per_kind(
@@ -612,7 +623,7 @@ def test_every_failure_kind_is_retried_configuration_ones_logged_as_errors(
     assert f"broker fake:1883 {what}: {reason}; 2 reading(s) spooled" in line.getMessage()
     if hint:
         assert hint in line.getMessage()
-    assert bridge.conn is None and 1.0 <= bridge.next_attempt <= 4.0
+    assert bridge.link.session is None and 1.0 <= bridge.next_attempt <= 4.0
     bridge.step(bridge.next_attempt)
     assert pub.generation == 2  # retried, never fatal
 
@@ -686,7 +697,7 @@ def test_retained_control_messages_waiting_for_room_replace_each_other(
     bridge.step(0.0)  # status and snapshot fill the window; nobody acknowledges
     for minute in range(1, 61):
         bridge.step(minute * 60.0)  # a snapshot a minute waits for room
-    assert len(bridge._outbox) == 1  # only the newest snapshot, not sixty
+    assert len(bridge.outbox.queue) == 1  # only the newest snapshot, not sixty
     pub.ack_control()
     bridge.step(3601.0)
     assert [s.topic.rsplit("/", 1)[-1] for s in pub.control()] == ["status", "spool", "spool"]

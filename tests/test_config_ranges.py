@@ -49,6 +49,12 @@ REJECTED = [
     ("bridge.shutdown_timeout", "nan", "finite number"),
     ("bridge.reconnect_min", "0", "greater than 0"),
     ("bridge.reconnect_max", "1e13", f"less than or equal to {30 * DAY}"),
+    # the resend bound (readings) and the fsync interval of deletes
+    ("bridge.max_resend", "0", "greater than or equal to 1"),
+    ("bridge.max_resend", "1000001", "less than or equal to 1000000"),
+    ("bridge.settle_interval", "0", "greater than 0"),
+    ("bridge.settle_interval", "inf", "finite number"),
+    ("bridge.settle_interval", "3601", "less than or equal to 3600"),
     # an age: a year at most
     ("spool.max_age", "inf", "finite number"),
     ("spool.max_age", "1e13", f"less than or equal to {365 * DAY}"),

@@ -17,7 +17,7 @@ from fakes.publisher import FakePublisher
 from support.spooltools import read_meta
 
 from mqttspool.batch import decode as decode_batch
-from mqttspool.bridge import Bridge
+from mqttspool.bridge import build_bridge
 from mqttspool.config import SpoolConfig, load_config
 from mqttspool.reading import Reading, from_us
 from mqttspool.spool import Spool, open_spool, recover_spool
@@ -156,7 +156,7 @@ def test_the_bridge_sends_each_row_with_its_own_epoch(tmp_path: Path) -> None:
     assert second is not None
     _append(spool, 1)
     pub = FakePublisher()
-    bridge = Bridge(cfg, spool, pub, clock, rng=random.Random(7))
+    bridge = build_bridge(cfg, spool, pub, clock, rng=random.Random(7))
     try:
         bridge.step(0.0)  # starts the attempt
         pub.accept()
@@ -183,7 +183,7 @@ def test_a_batch_never_spans_two_epochs(tmp_path: Path) -> None:
     assert second is not None
     _append(spool, 3)
     pub = FakePublisher()
-    bridge = Bridge(cfg, spool, pub, clock, rng=random.Random(7))
+    bridge = build_bridge(cfg, spool, pub, clock, rng=random.Random(7))
     try:
         bridge.step(0.0)
         pub.accept()

@@ -12,7 +12,7 @@ from fakes.clock import FakeClock
 from fakes.publisher import FakePublisher
 from support.spooltools import all_seqs
 
-from mqttspool.bridge import Bridge
+from mqttspool.bridge import Bridge, build_bridge
 from mqttspool.config import load_config
 from mqttspool.counters import READINGS_PAUSED, Counters
 from mqttspool.gate import ConsumerGate, consumer_online
@@ -43,7 +43,7 @@ def make_bridge(
         [Reading(device="edge-01", sensor="s", metric="m", value=float(i), ts=ts) for i in range(n)]
     )
     pub = FakePublisher()
-    bridge_ = Bridge(cfg, spool, pub, clock, Counters(), rng=random.Random(7))
+    bridge_ = build_bridge(cfg, spool, pub, clock, Counters(), rng=random.Random(7))
     return bridge_, pub, spool
 
 

@@ -19,15 +19,21 @@ from fakes.clock import FakeClock
 from fakes.publisher import FakePublisher
 from test_bridge_unit import connect, fill, make_settings
 
-from mqttspool import bridge as bridge_module
 from mqttspool.bridge import (
+    ACK_FLUSH_S,
     SETTLE_DELAY_S,
     SNAPSHOT_INTERVAL_S,
     VERSION_CHECK_S,
+    BatchSender,
     Bridge,
     BridgeThread,
+    build_bridge,
 )
+from mqttspool.bridge import core as bridge_core
+from mqttspool.bridge import leases as bridge_leases
 from mqttspool.config import Settings
+from mqttspool.counters import Counters
+from mqttspool.service import make_bridge
 from mqttspool.spool import Spool, open_spool
 from mqttspool.wire.topics import spool_topic
 
@@ -55,7 +61,7 @@ def idle_bridge(tmp_path: Path, clock: FakeClock) -> tuple[Bridge, FakePublisher
     cfg = make_settings(tmp_path, max_inflight=10)
     spool = open_spool(cfg.spool, clock)
     pub = FakePublisher()
-    bridge = Bridge(cfg, spool, pub, clock, rng=random.Random(7))
+    bridge = build_bridge(cfg, spool, pub, clock, rng=random.Random(7))
     fill(spool, clock, 3)
     connect(bridge, pub, 0.0)
     assert bridge.watch.exhausted  # the lease found fewer rows than the window allowed
@@ -63,7 +69,7 @@ def idle_bridge(tmp_path: Path, clock: FakeClock) -> tuple[Bridge, FakePublisher
     bridge.step(0.1)  # takes the acks
     bridge.step(0.2)  # deletes them
     assert spool.depth() == 0 and len(pub.data()) == 3
-    assert bridge.watch.next_check == pytest.approx(bridge_module.VERSION_CHECK_S)  # at 0.0
+    assert bridge.watch.next_check == pytest.approx(bridge_leases.VERSION_CHECK_S)  # at 0.0
     return bridge, pub, spool
 
 
@@ -97,10 +103,16 @@ def test_an_idle_bridge_without_the_version_check_sleeps_until_the_snapshot(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every timer is honoured: with nothing else due the snapshot decides the sleep."""
-    monkeypatch.setattr(bridge_module, "VERSION_CHECK_S", 3600.0)
+    monkeypatch.setattr(bridge_leases, "VERSION_CHECK_S", 3600.0)
     bridge, pub, spool = idle_bridge(tmp_path, clock)
+    interval = bridge.cfg.settle_interval
     try:
-        assert bridge.step(2.5) == pytest.approx(SNAPSHOT_INTERVAL_S - 2.5)
+        # The deletes at 0.2 are not fsync'd yet: bridge.settle_interval is a timer too.
+        assert bridge.step(2.5) == pytest.approx(0.2 + interval - 2.5)
+        assert spool.unsynced_deletes == 3
+        bridge.step(0.2 + interval)
+        assert spool.unsynced_deletes == 0
+        assert bridge.step(0.3 + interval) == pytest.approx(SNAPSHOT_INTERVAL_S - 0.3 - interval)
         bridge.step(SNAPSHOT_INTERVAL_S)
         assert pub.control()[-1].topic == spool_topic(bridge.prefix, bridge.device)
         pub.ack_control()
@@ -144,12 +156,12 @@ def test_a_commit_by_the_sampler_wakes_the_bridge_thread(
 ) -> None:
     """With the version check and the snapshot an hour away, only the wake-up can
     explain the reading going out."""
-    monkeypatch.setattr(bridge_module, "VERSION_CHECK_S", 3600.0)
-    monkeypatch.setattr(bridge_module, "MAX_WAIT_S", 3600.0)
+    monkeypatch.setattr(bridge_leases, "VERSION_CHECK_S", 3600.0)
+    monkeypatch.setattr(bridge_core, "MAX_WAIT_S", 3600.0)
     cfg = make_settings(tmp_path)
     spool = open_spool(cfg.spool, clock)
     pub = SleepingPublisher(auto=True)
-    thread = BridgeThread(Bridge(cfg, spool, pub, clock), pub.wake)
+    thread = BridgeThread(build_bridge(cfg, spool, pub, clock), pub.wake)
     thread.start()
     try:
         wait_until(lambda: pub.sleeps >= 3 and pub.asleep, "the bridge to go idle")
@@ -164,29 +176,28 @@ def test_a_commit_by_the_sampler_wakes_the_bridge_thread(
     assert not thread.is_alive()
 
 
-def test_the_daemon_deletes_acknowledged_rows_in_batches_within_the_window(
+def test_the_daemon_deletes_acknowledged_rows_in_batches_within_max_resend(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Rows acknowledged but not deleted yet still occupy the window, so a crash
-    before the delete resends at most max_inflight; they are deleted when the
-    settle delay is up, or at once when the window is full."""
-    monkeypatch.setattr(bridge_module, "VERSION_CHECK_S", 3600.0)  # only the settle timer
-    cfg = make_settings(tmp_path, max_inflight=20)
+    """Rows acknowledged but not deleted yet count against max_resend (not the window),
+    so a crash before the delete resends at most max_resend; they are deleted when the
+    settle delay is up, or at once (and fsync'd) when the next readings need the room."""
+    monkeypatch.setattr(bridge_leases, "VERSION_CHECK_S", 3600.0)  # only the settle timer
+    cfg = make_settings(tmp_path, max_inflight=100, max_resend=20)
     spool = open_spool(cfg.spool, clock)
     pub = FakePublisher()
-    bridge = Bridge(cfg, spool, pub, clock, rng=random.Random(7))
-    bridge.settle_delay = SETTLE_DELAY_S  # as BridgeThread sets it
+    bridge = build_bridge(cfg, spool, pub, clock, rng=random.Random(7), settle_delay=SETTLE_DELAY_S)
     try:
         fill(spool, clock, 5)
         connect(bridge, pub, 0.0)
         pub.ack_all_data()
         assert bridge.step(1.0) == pytest.approx(SETTLE_DELAY_S)
-        assert spool.depth() == 5 and bridge.window_load == 5
+        assert spool.depth() == 5 and bridge.resend_load == 5 and bridge.window_load == 0
         fill(spool, clock, 30)
         bridge.step(2.0)
         assert len(pub.data()) == 5 + 15  # 5 acknowledged-not-deleted + 15 in flight = 20
         pub.ack_all_data()
-        bridge.step(3.0)  # the window is full of acknowledged rows: deleted at once
+        bridge.step(3.0)  # max_resend is full of acknowledged rows: deleted at once
         assert spool.depth() == 35 - 20 and len(pub.data()) == 35  # and the rest sent
         pub.ack_all_data()
         bridge.step(4.0)
@@ -198,15 +209,28 @@ def test_the_daemon_deletes_acknowledged_rows_in_batches_within_the_window(
         spool.close()
 
 
-def test_bridge_thread_uses_the_long_settle_delay_and_unregisters_its_wake(
+def test_the_daemon_bridge_uses_the_long_settle_delay_and_drain_the_short_one(
     tmp_path: Path, clock: FakeClock
 ) -> None:
+    settings: Settings = make_settings(tmp_path, payload="batch")
+    spool = open_spool(settings.spool, clock)
+    try:
+        daemon, _ = make_bridge(settings, spool, clock, Counters())
+        drain, _ = make_bridge(settings, spool, clock, Counters(), daemon=False)
+        assert daemon.settle_delay == SETTLE_DELAY_S
+        assert drain.settle_delay == ACK_FLUSH_S
+        assert isinstance(daemon.sender, BatchSender) and isinstance(drain.sender, BatchSender)
+        assert (daemon.sender.linger, drain.sender.linger) == (10.0, 0.0)  # drain never lingers
+        assert settings.bridge.batch_linger == 10.0  # the settings stay as loaded
+    finally:
+        spool.close()
+
+
+def test_a_stopped_bridge_thread_unregisters_its_wake(tmp_path: Path, clock: FakeClock) -> None:
     settings: Settings = make_settings(tmp_path)
     spool = open_spool(settings.spool, clock)
     pub = SleepingPublisher(auto=True)
-    bridge = Bridge(settings, spool, pub, clock)
-    thread = BridgeThread(bridge, pub.wake)
-    assert bridge.settle_delay == SETTLE_DELAY_S
+    thread = BridgeThread(build_bridge(settings, spool, pub, clock), pub.wake)
     thread.start()
     thread.stop()
     thread.join(10)

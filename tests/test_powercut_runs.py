@@ -14,20 +14,22 @@ scenario cuts at random moments from a seeded RNG, restarts, and asserts:
   ``status --json`` ``dropped``;
 * no id is ever used for two different readings (every payload the recorder
   saw, compared per id);
-* duplicates caused by one cut are at most ``bridge.max_inflight``.
+* duplicates caused by one cut are at most ``bridge.max_resend`` (set below
+  the window's worth of batches, so the cap is what is tested).
 
 Bugs the campaigns found (now fixed) are reproduced deterministically by the
 tests at the end, where an *armed* cut replaces one exact fsync: a cut mid
-``drain`` (at most ``max_inflight`` resent), at every step of a salvage
+``drain`` (at most ``max_resend`` resent), at every step of a salvage
 (resumed, nothing lost or counted twice), right after a spool's creation (the
 next start succeeds), and at ``synchronous = "normal"`` (a new epoch, no id
 reused).
 
 Scenarios: ``enqueue``, ``run`` (simulated sensor; the broker reachable or
-refused through a proxy), ``drain`` of a backlog, ``dead-letters requeue``,
-salvage of a corrupt spool.
+refused through a proxy), ``drain`` of a backlog (per-reading and batch
+payloads, each at ``synchronous`` ``full`` and ``normal``), ``dead-letters
+requeue``, salvage of a corrupt spool.
 
-Campaign size: ``MQTTSPOOL_POWERCUT_CUTS=N`` spreads N cuts over the five
+Campaign size: ``MQTTSPOOL_POWERCUT_CUTS=N`` spreads N cuts over the eight
 scenarios (the full campaign is ``N=200``); unset, each scenario makes
 ``DEFAULT_CUTS`` cuts. ``MQTTSPOOL_POWERCUT_SEED`` (an integer) changes the
 cut moments; a failure message names the seed and the cut. Full campaign
@@ -69,13 +71,16 @@ __all__ = ["powercut"]  # the fixture, re-exported so pytest finds it here
 pytestmark = pytest.mark.integration
 
 DEFAULT_CUTS = 2
-SCENARIOS = 5
+SCENARIOS = 8  # enqueue, run, drain x 4 (payload x synchronous), requeue, salvage
 CUTS = int(os.environ.get("MQTTSPOOL_POWERCUT_CUTS") or 0)
 PER_SCENARIO = max(1, CUTS // SCENARIOS) if CUTS else DEFAULT_CUTS
 SEED = int(os.environ.get("MQTTSPOOL_POWERCUT_SEED") or 20261129)
 # Generous: a full campaign makes 40 cuts per scenario, each a few seconds.
 TIMEOUT = 90 + 12 * PER_SCENARIO
 MAX_INFLIGHT = 20
+# Below one window of batches (20 x BATCH_READINGS): max_resend, not the window, bounds them.
+MAX_RESEND = 300
+BATCH_READINGS = 50
 DEVICE = "edge-01"
 
 
@@ -354,7 +359,11 @@ def test_powercut_run(
     proxy = proxy_factory(broker)  # refused for some runs, so readings queue up
     cutter = Cutter(powercut, "run")
     spool = powercut.path / "spool.db"
-    settings = {"spool__min_free_bytes": 0, "bridge__max_inflight": MAX_INFLIGHT}
+    settings = {
+        "spool__min_free_bytes": 0,
+        "bridge__max_inflight": MAX_INFLIGHT,
+        "bridge__max_resend": MAX_RESEND,
+    }
     env = mqttspool_env(spool, proxy.port, bridge__max_rate=500, sensors=SIMULATED, **settings)
     epochs: set[str] = set()
     dup_totals: list[int] = []
@@ -379,10 +388,10 @@ def test_powercut_run(
 
 
 def check_duplicates(per_cut_dups: list[int], scenario: str) -> None:
-    """At most max_inflight duplicates per cut."""
-    print(f"{scenario}: duplicates per cut {per_cut_dups}")
-    over = [(n, dups) for n, dups in enumerate(per_cut_dups, start=1) if dups > MAX_INFLIGHT]
-    assert not over, f"seed {SEED}, {scenario}: (cut, duplicates) over {MAX_INFLIGHT}: {over}"
+    """At most max_resend duplicates per cut."""
+    print(f"{scenario}: duplicates per cut {per_cut_dups} (max_resend {MAX_RESEND})")
+    over = [(n, dups) for n, dups in enumerate(per_cut_dups, start=1) if dups > MAX_RESEND]
+    assert not over, f"seed {SEED}, {scenario}: (cut, duplicates) over {MAX_RESEND}: {over}"
 
 
 # ------------------------------------------------------------------- drain
@@ -404,19 +413,33 @@ def backlog(path: Path, n: int, device: str = DEVICE) -> list[int]:
         spool.close()
 
 
+# Messages/s: the backlog outlasts the latest cut (batches carry BATCH_READINGS each).
+DRAIN_RATE = {"reading": "1200", "batch": "24"}
+
+
+@pytest.mark.parametrize("level", ["full", "normal"])
+@pytest.mark.parametrize("payload", ["reading", "batch"])
 @pytest.mark.timeout(TIMEOUT)
 def test_powercut_drain(
-    powercut: PowerCutMount, broker: MosquittoBroker, recorder_factory: RecorderFactory
+    powercut: PowerCutMount,
+    broker: MosquittoBroker,
+    recorder_factory: RecorderFactory,
+    payload: str,
+    level: str,
 ) -> None:
     recorder = recorder_factory(broker)
-    cutter = Cutter(powercut, "drain")
+    cutter = Cutter(powercut, f"drain-{payload}-{level}")
     spool = powercut.path / "spool.db"
     env = mqttspool_env(
         spool,
         broker.port,
         spool__min_free_bytes=0,
+        spool__synchronous=level,
         bridge__max_inflight=MAX_INFLIGHT,
-        bridge__max_rate=1200,  # the backlog outlasts the latest cut
+        bridge__max_resend=MAX_RESEND,
+        bridge__payload=payload,
+        bridge__batch_max_readings=BATCH_READINGS,
+        bridge__max_rate=DRAIN_RATE[payload],
     )
     dup_totals = [0]
     for _ in range(PER_SCENARIO):
@@ -437,7 +460,7 @@ def test_powercut_drain(
     total = high_water(spool)
     assert sorted(delivered(recorder)) == list(range(1, total + 1))
     assert_ids_never_reused(recorder, cutter.where)
-    check_duplicates(per_cut(dup_totals), "drain")
+    check_duplicates(per_cut(dup_totals), cutter.scenario)
 
 
 # ---------------------------------------------------------- requeue
@@ -608,14 +631,18 @@ def test_powercut_salvage(
 
 
 @pytest.mark.timeout(60)
-def test_a_cut_mid_drain_resends_at_most_max_inflight(
+def test_a_cut_mid_drain_resends_at_most_max_resend(
     powercut: PowerCutMount, broker: MosquittoBroker, recorder_factory: RecorderFactory
 ) -> None:
     recorder = recorder_factory(broker)
     spool = powercut.path / "spool.db"
     seqs = backlog(spool, BACKLOG)
     env = mqttspool_env(
-        spool, broker.port, bridge__max_inflight=MAX_INFLIGHT, bridge__max_rate=1500
+        spool,
+        broker.port,
+        bridge__max_inflight=MAX_INFLIGHT,
+        bridge__max_resend=MAX_RESEND,
+        bridge__max_rate=1500,
     )
     daemon = Daemon(env, ("drain", "--timeout", "60"))
     try:
@@ -630,7 +657,7 @@ def test_a_cut_mid_drain_resends_at_most_max_inflight(
     wait_quiet(recorder)
     assert sorted(delivered(recorder)) == seqs  # nothing lost: at-least-once holds
     resent = duplicate_count(recorder) - before
-    assert resent <= MAX_INFLIGHT, f"one cut: {resent} duplicates > max_inflight {MAX_INFLIGHT}"
+    assert resent <= MAX_RESEND, f"one cut: {resent} duplicates > max_resend {MAX_RESEND}"
 
 
 @pytest.mark.timeout(60)

@@ -1,6 +1,6 @@
-"""Deletes a power cut could undo count against the window (issue 13: duplicates <= max_inflight).
+"""Deletes a power cut could undo count against ``bridge.max_resend``, not the window.
 
-The power-cut proof is ``test_a_cut_mid_drain_resends_at_most_max_inflight`` in
+The power-cut proof is ``test_a_cut_mid_drain_resends_at_most_max_resend`` in
 tests/test_powercut_runs.py; these check the bookkeeping and the fsync policy.
 """
 
@@ -14,7 +14,7 @@ import pytest
 from fakes.clock import FakeClock
 from fakes.publisher import FakePublisher
 
-from mqttspool.bridge import Bridge
+from mqttspool.bridge import Bridge, build_bridge
 from mqttspool.config import Settings, SpoolConfig, load_config
 from mqttspool.reading import Reading, from_us
 from mqttspool.spool import Spool, open_spool
@@ -49,29 +49,36 @@ def test_unsynced_deletes_are_counted_until_an_fsynced_commit(tmp_path: Path, le
 
 
 def _bridge(
-    tmp_path: Path, window: int, level: str = "full"
-) -> tuple[Bridge, FakePublisher, Spool, list[bool]]:
+    tmp_path: Path, window: int, max_resend: int, level: str = "full"
+) -> tuple[Bridge, FakePublisher, Spool, list[str]]:
+    """A connected bridge whose spool records each fsync'd delete (``durable`` settle or
+    ``sync_deletes``) and each cheap one."""
     cfg: Settings = load_config(None, environ={"MQTTSPOOL_SPOOL__SYNCHRONOUS": level})
     cfg.spool.path, cfg.spool.min_free_bytes, cfg.device.id = str(tmp_path / "s.db"), 0, "d"
-    cfg.bridge.max_inflight = window
+    cfg.bridge.max_inflight, cfg.bridge.max_resend = window, max_resend
     clock = FakeClock()
     spool = open_spool(cfg.spool, clock)
-    flags: list[bool] = []
-    real = spool.settle
+    ops: list[str] = []
+    settle, sync = spool.settle, spool.sync_deletes
 
-    def spy(acked: Any, rejected: Any = (), durable: bool = False) -> None:
-        flags.append(durable)
-        real(acked, rejected, durable)
+    def settle_spy(acked: Any, rejected: Any = (), durable: bool = False) -> None:
+        ops.append("fsync" if durable else "cheap")
+        settle(acked, rejected, durable)
 
-    spool.settle = spy  # type: ignore[method-assign]
+    def sync_spy() -> None:
+        ops.append("fsync")
+        sync()
+
+    spool.settle = settle_spy  # type: ignore[method-assign]
+    spool.sync_deletes = sync_spy  # type: ignore[method-assign]
     pub = FakePublisher()
-    bridge = Bridge(cfg, spool, pub, clock, rng=random.Random(7))
+    bridge = build_bridge(cfg, spool, pub, clock, rng=random.Random(7))
     bridge.step(0.0)
     pub.accept()
     bridge.step(0.0)
     pub.ack_control()
     bridge.step(0.0)
-    return bridge, pub, spool, flags
+    return bridge, pub, spool, ops
 
 
 def _ack_new(pub: FakePublisher, seen: set[int]) -> int:
@@ -81,42 +88,46 @@ def _ack_new(pub: FakePublisher, seen: set[int]) -> int:
     return len(fresh)
 
 
-def test_a_trickle_settles_unsynced_and_counts_it_against_the_window(tmp_path: Path) -> None:
+def test_a_trickle_deletes_cheaply_and_fsyncs_within_the_settle_interval(
+    tmp_path: Path,
+) -> None:
     # At NORMAL (at FULL each sampling round's fsync would cover the deletes as well).
-    bridge, pub, spool, durable = _bridge(tmp_path, window=20, level="normal")
+    bridge, pub, spool, ops = _bridge(tmp_path, window=20, max_resend=2000, level="normal")
+    interval = bridge.cfg.settle_interval
     seen: set[int] = set()
     try:
         spool.append(_readings(3))
         bridge.step(0.0)
         assert _ack_new(pub, seen) == 3
         bridge.step(0.0)  # acks noted
-        bridge.step(1.0)  # the flush interval passed: settled, not fsynced
-        assert durable == [False] and spool.depth() == 0
-        assert bridge.window_load == 3  # a power cut now would resend these 3
-        spool.append(_readings(8))
-        bridge.step(1.0)
-        assert _ack_new(pub, seen) == 8
-        bridge.step(1.0)
-        bridge.step(2.0)  # 3 + 8 unsynced would exceed half the window: fsync
-        assert durable == [False, True] and bridge.window_load == 0
+        bridge.step(1.0)  # the flush interval passed: deleted, not fsync'd
+        assert ops == ["cheap"] and spool.depth() == 0
+        assert bridge.resend_load == 3  # a power cut now would resend these 3
+        assert bridge.window_load == 0  # ...but they hold no room in the window
+        assert bridge.step(1.0 + interval - 0.5) == pytest.approx(0.5)  # the settle timer
+        bridge.step(1.0 + interval)
+        assert ops == ["cheap", "fsync"] and bridge.resend_load == 0
     finally:
         spool.close()
 
 
-def test_a_full_window_settles_durably_and_never_holds_more_than_the_window(
-    tmp_path: Path,
+@pytest.mark.parametrize("level", ["full", "normal"])
+def test_a_backlog_fsyncs_once_per_half_max_resend_and_never_passes_it(
+    tmp_path: Path, level: str
 ) -> None:
-    bridge, pub, spool, durable = _bridge(tmp_path, window=20)
+    bridge, pub, spool, ops = _bridge(tmp_path, window=20, max_resend=100, level=level)
     seen: set[int] = set()
     try:
-        spool.append(_readings(200))
+        spool.append(_readings(1000))
         now = 0.0
         while spool.depth():
             bridge.step(now)
-            assert bridge.window_load <= 20  # what a power cut could make us resend
+            assert bridge.resend_load <= 100  # what a power cut could make us resend
+            assert bridge.window_load <= 20
             _ack_new(pub, seen)
             now += 0.01
-        assert durable and all(durable)  # a backlog keeps the window full: each one fsynced
-        assert len(seen) == 200
+        assert len(seen) == 1000
+        # Not one per window (50): one per ~max_resend/2 readings.
+        assert 0 < ops.count("fsync") <= 1000 // 50 + 1
     finally:
         spool.close()

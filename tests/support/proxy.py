@@ -9,6 +9,7 @@ Put it between a client and the broker to inject network faults::
     proxy.refuse()      # reset every new connection right after accept
     proxy.restore()     # back to "pass" (and reset connections a blackhole poisoned)
     proxy.delay = 0.05  # add 50 ms each way (100 ms RTT), order preserved
+    proxy.rate = 125_000  # bytes/s each way (1 Mbit/s), 0 = unlimited
     proxy.bytes_up, proxy.bytes_down   # bytes forwarded client->target, target->client
     proxy.capture_up = bytearray()      # also keep every client->target byte (None: don't)
     proxy.close()
@@ -28,6 +29,9 @@ Semantics worth knowing:
 * Latency is applied per direction with a queue of (deadline, bytes): each
   chunk is written `delay` seconds after it was read, so throughput is not
   serialised by the delay (a window of messages is in flight at once).
+* A `rate` (bytes/s per direction) serialises each direction like a link
+  of that bandwidth: a chunk leaves `len/rate` seconds after the previous
+  one finished, then travels `delay`.
 
 Everything runs on one asyncio event loop in one daemon thread, which ends on
 `close()`. Control methods return once the change is in effect.
@@ -126,12 +130,17 @@ class _Direction:
         self.queue: collections.deque[tuple[float, bytes | None]] = collections.deque()
         self.queued_bytes = 0
         self.last_deadline = 0.0
+        self.link_free_at = 0.0  # when the shaped link has sent everything queued so far
         self.timer: asyncio.TimerHandle | None = None
         self.src_paused = False
 
     def push(self, data: bytes | None) -> None:
         loop = self.proxy.loop
-        deadline = max(loop.time() + self.proxy.delay, self.last_deadline)
+        sent_at = loop.time()
+        if self.proxy.rate > 0 and data:
+            self.link_free_at = max(sent_at, self.link_free_at) + len(data) / self.proxy.rate
+            sent_at = self.link_free_at
+        deadline = max(sent_at + self.proxy.delay, self.last_deadline)
         self.last_deadline = deadline
         self.queue.append((deadline, data))
         self.queued_bytes += len(data or b"")
@@ -256,7 +265,8 @@ class _Link:
 class TcpProxy:
     """A fault-injecting TCP forwarder from 127.0.0.1:`port` to the target.
 
-    `delay` seconds are added in each direction (RTT grows by 2 × delay).
+    `delay` seconds are added in each direction (RTT grows by 2 × delay); `rate`
+    (bytes/s, 0 = unlimited) caps each direction's bandwidth.
     See the module docstring for the exact semantics of each mode.
     """
 
@@ -268,11 +278,13 @@ class TcpProxy:
         target_port: int,
         *,
         delay: float = 0.0,
+        rate: float = 0.0,
         connect_timeout: float = 5.0,
     ) -> None:
         self.target_host = target_host
         self.target_port = target_port
         self.delay = delay
+        self.rate = rate
         self.connect_timeout = connect_timeout
         self.mode: ProxyMode = "pass"
         self.links: set[_Link] = set()
