@@ -9,6 +9,7 @@ spool begins a new one after an unclean stop at ``synchronous = "normal"``).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -149,14 +150,21 @@ def from_us(ts_us: int) -> datetime:
 
 def format_ts(ts_us: int) -> str:
     """Render microseconds as ISO 8601 UTC with a ``Z``; milliseconds unless finer is needed."""
-    dt = from_us(ts_us)
-    frac = ts_us % 1_000_000
-    base = (
-        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
-    )
+    seconds, frac = divmod(ts_us, 1_000_000)
+    base = _second_text(seconds)
     if frac % 1000 == 0:
         return f"{base}.{frac // 1000:03d}Z"
     return f"{base}.{frac:06d}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _second_text(seconds: int) -> str:
+    # Cached: the readings of a round (and of a backlog) share their second, and
+    # building the datetime costs more than the rest of a payload.
+    dt = from_us(seconds * 1_000_000)
+    return (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +202,7 @@ def render_payload(row: StoredReading, epoch: str, replay: bool) -> bytes:
     ``float.__repr__`` is exactly what ``json.dumps`` writes for a finite float.
     tests/test_payload_fastpath.py checks it against ``json.dumps`` of the same document.
     """
-    unit = "null" if row.unit is None else json.dumps(row.unit, ensure_ascii=False)
+    unit = _json_unit(row.unit)
     return (
         f'{{"id":"{row.device}:{epoch}:{row.seq}","seq":{row.seq},"device":"{row.device}",'
         f'"sensor":"{row.sensor}","metric":"{row.metric}","value":{row.value!r},'
@@ -202,6 +210,12 @@ def render_payload(row: StoredReading, epoch: str, replay: bool) -> bytes:
         f'"time_synced":{"true" if row.time_synced else "false"},'
         f'"replay":{"true" if replay else "false"}}}'
     ).encode()
+
+
+@functools.lru_cache(maxsize=256)
+def _json_unit(unit: str | None) -> str:
+    # A device has a handful of units: escape each once, not once per reading.
+    return "null" if unit is None else json.dumps(unit, ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,17 @@ same results as the slow, obvious code they replace (bench/cost.py measures the 
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime, timedelta
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from mqttspool.mqtt import PublishProperties, _paho_properties
+from mqttspool.reading import StoredReading, _second_text, format_ts, render_payload
 
 # ------------------------------------------------------------ MQTT v5 properties
 
@@ -53,3 +59,35 @@ def test_publish_properties_are_built_once_per_distinct_set() -> None:
     assert first is again
     assert other is not first
     assert _paho_properties(None) is None
+
+
+# ------------------------------------------------------------------- payload
+
+
+def _format_ts_reference(ts_us: int) -> str:
+    """The documented timestamp, straight from datetime (no cache)."""
+    dt = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ts_us)
+    text = dt.strftime("%Y-%m-%dT%H:%M:%S").rjust(19, "0")
+    frac = ts_us % 1_000_000
+    return f"{text}.{frac // 1000:03d}Z" if frac % 1000 == 0 else f"{text}.{frac:06d}Z"
+
+
+@given(st.integers(-62_135_596_800_000_000, 253_402_300_799_999_999))
+def test_timestamp_text_matches_datetime_for_any_microsecond(ts_us: int) -> None:
+    assert format_ts(ts_us) == _format_ts_reference(ts_us)
+
+
+def test_readings_of_one_second_share_the_timestamp_text() -> None:
+    second = 1_780_000_000 * 1_000_000
+    rows = [
+        StoredReading(seq, "dev", "s0", "temperature", 21.5, "°C", second + seq * 1000, True)
+        for seq in range(1, 11)
+    ]
+    before = _second_text.cache_info()
+    payloads = [render_payload(row, "0badcafe", False) for row in rows]
+    after = _second_text.cache_info()
+    assert after.misses - before.misses == 1  # one datetime for ten readings
+    assert [json.loads(p)["ts"] for p in payloads] == [
+        f"2026-05-28T20:26:40.{seq:03d}Z" for seq in range(1, 11)
+    ]
+    assert {json.loads(p)["unit"] for p in payloads} == {"°C"}
