@@ -9,6 +9,7 @@ spool begins a new one after an unclean stop at ``synchronous = "normal"``).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -157,14 +158,21 @@ def from_us(ts_us: int) -> datetime:
 
 def format_ts(ts_us: int) -> str:
     """Render microseconds as ISO 8601 UTC with a ``Z``; milliseconds unless finer is needed."""
-    dt = from_us(ts_us)
-    frac = ts_us % 1_000_000
-    base = (
-        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
-    )
+    seconds, frac = divmod(ts_us, 1_000_000)
+    base = _second_text(seconds)
     if frac % 1000 == 0:
         return f"{base}.{frac // 1000:03d}Z"
     return f"{base}.{frac:06d}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _second_text(seconds: int) -> str:
+    # Cached: the readings of a round (and of a backlog) share their second, and
+    # building the datetime costs more than the rest of a payload.
+    dt = from_us(seconds * 1_000_000)
+    return (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from mqttspool.config import Settings
 from mqttspool.counters import SENSOR_READS, Counters
@@ -47,6 +47,7 @@ MAX_BACKOFF_FACTOR = 10.0
 FULL_LOG_INTERVAL_S = 60.0
 IDLE_WAIT_S = 60.0  # upper bound on one wait, so stop() is never the only wake-up
 ERROR_WAIT_S = 1.0  # after an unexpected error in step()
+_READINGS = TypeAdapter(list[Reading])
 
 
 @dataclass
@@ -163,19 +164,28 @@ class Sampler:
         self, sensor: Sensor, measurements: list[Measurement], synced: bool
     ) -> list[Reading]:
         ts = from_us(self.clock.wall_us())
+        docs = [
+            {
+                "device": self.device,
+                "sensor": sensor.name,
+                "metric": m.metric,
+                "value": m.value,
+                "unit": m.unit,
+                "ts": ts,
+                "time_synced": synced,
+            }
+            for m in measurements
+        ]
         try:
-            return [
-                Reading(
-                    device=self.device,
-                    sensor=sensor.name,
-                    metric=m.metric,
-                    value=m.value,
-                    unit=m.unit,
-                    ts=ts,
-                    time_synced=synced,
-                )
-                for m in measurements
-            ]
+            # One validator call for all of the sensor's readings (pydantic's per-call
+            # overhead is a fifth of a reading's validation).
+            return _READINGS.validate_python(docs)
+        except ValidationError:
+            pass
+        # Invalid: again one at a time, so the error names the field as it always did
+        # ("value", not "1.value").
+        try:
+            return [Reading.model_validate(doc) for doc in docs]
         except ValidationError as exc:
             raise SensorError(sensor.name, f"invalid reading: {reading_error_from(exc)}") from exc
 

@@ -317,6 +317,11 @@ def test_sigterm_during_drain_exits_0_and_loses_nothing(
     assert rc == 0, daemon.log[-20:]
     assert took < 5 + 3
     assert any("stopped cleanly" in line for line in daemon.log)
+    # The recorder may still be working through the data published before the stop.
+    recorder.wait_for(
+        lambda m: any(x.topic == "mqttspool/edge-01/status" and x.payload == b"offline" for x in m),
+        timeout=30,
+    )
     statuses = [m.payload for m in recorder.messages() if m.topic == "mqttspool/edge-01/status"]
     assert statuses[0] == b"online" and statuses[-1] == b"offline"
     result = run_cli(["drain", "--timeout", "60"], env)

@@ -10,6 +10,7 @@ form (per-reading or batch) carried it.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -92,7 +93,7 @@ def render_payload(row: StoredReading, epoch: str, replay: bool) -> bytes:
     ``float.__repr__`` is exactly what ``json.dumps`` writes for a finite float.
     tests/test_payload_fastpath.py checks it against ``json.dumps`` of the same document.
     """
-    unit = "null" if row.unit is None else json.dumps(row.unit, ensure_ascii=False)
+    unit = _json_unit(row.unit)
     return (
         f'{{"id":"{row.device}:{epoch}:{row.seq}","seq":{row.seq},"device":"{row.device}",'
         f'"sensor":"{row.sensor}","metric":"{row.metric}","value":{row.value!r},'
@@ -100,6 +101,12 @@ def render_payload(row: StoredReading, epoch: str, replay: bool) -> bytes:
         f'"time_synced":{"true" if row.time_synced else "false"},'
         f'"replay":{"true" if replay else "false"}}}'
     ).encode()
+
+
+@functools.lru_cache(maxsize=256)
+def _json_unit(unit: str | None) -> str:
+    # A device has a handful of units: escape each once, not once per reading.
+    return "null" if unit is None else json.dumps(unit, ensure_ascii=False)
 
 
 def parse_reading(payload: bytes) -> DecodedReading:
