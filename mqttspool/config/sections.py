@@ -182,8 +182,8 @@ class BridgeConfig(_Section):
     shutdown_timeout: Seconds = 10
     max_rate: Rate = 0  # messages/s, 0 = unlimited
     live_first: bool = False
-    # Added by the bridge (issue 9.16): when the oldest unacknowledged QoS 1 message has
-    # waited this long, drop the connection and resend after reconnecting.
+    # When the oldest unacknowledged QoS 1 message has waited this long, drop the
+    # connection and resend after reconnecting.
     ack_timeout: float = Field(default=30, gt=0, le=86_400, allow_inf_nan=False)
     # Batch payloads (DESIGN.md "Batch payload"): one reading per message, all in
     # zlib batches, or live readings alone and the backlog (replay) in batches.
@@ -191,7 +191,7 @@ class BridgeConfig(_Section):
     batch_max_readings: int = Field(default=1000, ge=1, le=65535)
     batch_max_bytes: int = Field(default=65536, ge=MIN_BATCH_BYTES, le=MAX_BATCH_BYTES)
     batch_linger: float = Field(default=10, ge=0, le=3600, allow_inf_nan=False)
-    # Added by ingest (issue 14): hold readings until a consumer receives them.
+    # Hold readings until a consumer receives them (the gate; see mqttspool.gate).
     require_subscribers: bool = False
     consumer_topic: str = Field(default="", max_length=MAX_TOPIC_PREFIX_BYTES)
 
