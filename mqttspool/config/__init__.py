@@ -3,12 +3,8 @@
 - :mod:`~mqttspool.config.sections`: one model per section, :class:`Settings` the tree.
 - :mod:`~mqttspool.config.password`: reading ``broker.password_file``.
 - :mod:`~mqttspool.config.loading`: :func:`load_config` (file + environment, every
-  problem named) and what a command uses beyond the tree (``USES_*``).
+  problem named, precedence) and what a command uses beyond the tree (``USES_*``).
 - :mod:`~mqttspool.config.render`: the effective configuration for ``check-config``.
-
-Precedence, highest first: ``MQTTSPOOL_<SECTION>__<KEY>`` environment
-variables, the TOML file (``-c FILE`` or ``MQTTSPOOL_CONFIG``), built-in
-defaults. Unknown keys are errors, in the file and in the environment.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from mqttspool.config.password import read_password_file
 from mqttspool.sensor_config import Name, SensorConfig, SimulatedConfig
 from mqttspool.settings_source import DEFAULT_SPOOL_PATH, ENV_PREFIX
+from mqttspool.wire.bounds import MAX_INFLATED_BYTES
 
 DAY_S = 86_400
 MAX_DURATION_S = 30 * DAY_S  # timeouts, backoff, windows: a month is already absurd
@@ -34,7 +35,7 @@ MAX_ROWS = 1_000_000_000
 MAX_FREE_BYTES = 1 << 60  # 1 EiB: any real disk; keeps every size well inside SQLite int64
 MAX_TOPIC_PREFIX_BYTES = 1024
 MIN_BATCH_BYTES = 256  # below this a batch holds a reading or two: per-reading is cheaper
-MAX_BATCH_BYTES = 16 * 1024 * 1024  # what mqttspool.batch.decode inflates at most
+MAX_BATCH_BYTES = MAX_INFLATED_BYTES  # what a consumer's batch decode inflates at most
 
 
 def _zero_or_a_rate(rate: float) -> float:
@@ -78,6 +79,16 @@ def check_topic_prefix(value: str) -> str:
 
 
 TopicPrefix = Annotated[str, AfterValidator(check_topic_prefix)]
+
+
+def _one_topic(value: str) -> str:
+    if "+" in value or "#" in value:
+        raise ValueError("must be one topic, without + or # wildcards")
+    return value
+
+
+# One topic to publish or subscribe to exactly ("" where a setting allows none).
+OneTopic = Annotated[str, Field(max_length=MAX_TOPIC_PREFIX_BYTES), AfterValidator(_one_topic)]
 
 
 def default_device_id() -> str:
@@ -193,14 +204,7 @@ class BridgeConfig(_Section):
     batch_linger: float = Field(default=10, ge=0, le=3600, allow_inf_nan=False)
     # Hold readings until a consumer receives them (the gate; see mqttspool.gate).
     require_subscribers: bool = False
-    consumer_topic: str = Field(default="", max_length=MAX_TOPIC_PREFIX_BYTES)
-
-    @field_validator("consumer_topic")
-    @classmethod
-    def _no_wildcards(cls, v: str) -> str:
-        if "+" in v or "#" in v:
-            raise ValueError("must be one topic, without + or # wildcards")
-        return v
+    consumer_topic: OneTopic = ""
 
     @model_validator(mode="after")
     def _backoff_order(self) -> BridgeConfig:
@@ -248,16 +252,7 @@ class IngestConfig(_Section):
     quarantine_max: int = Field(default=1000, ge=1, le=10_000_000)  # refused messages kept
     # Retained {"online": true|false} (a device's bridge.consumer_topic); "{group}" is
     # replaced by ingest.group; "" publishes none. Must lie outside topics.prefix.
-    state_topic: str = Field(
-        default="mqttspool-ingest/{group}/state", max_length=MAX_TOPIC_PREFIX_BYTES
-    )
-
-    @field_validator("state_topic")
-    @classmethod
-    def _one_topic(cls, v: str) -> str:
-        if "+" in v or "#" in v:
-            raise ValueError("must be one topic, without + or # wildcards")
-        return v
+    state_topic: OneTopic = "mqttspool-ingest/{group}/state"
 
     metrics: IngestMetricsConfig = Field(default_factory=IngestMetricsConfig)
 
