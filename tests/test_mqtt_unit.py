@@ -152,7 +152,11 @@ def test_one_client_factory_and_one_client_id_rule() -> None:
     sources = {p: p.read_text(encoding="utf-8") for p in package.rglob("*.py")}
 
     def places(needle: str) -> list[str]:
-        return sorted(p.relative_to(package).as_posix() for p, text in sources.items() for _ in range(text.count(needle)))
+        return sorted(
+            p.relative_to(package).as_posix()
+            for p, text in sources.items()
+            for _ in range(text.count(needle))
+        )
 
     assert places("mqtt.Client(") == ["mqtt/client.py"]
     assert places(".username_pw_set(") == ["mqtt/client.py"]
