@@ -14,7 +14,6 @@ across both forms.
 
 from __future__ import annotations
 
-import bisect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,36 +21,8 @@ from dataclasses import dataclass, field
 from mqttspool.errors import ReadingError
 from mqttspool.reading import from_us
 from mqttspool.wire import batch
+from mqttspool.wire.gaps import MissingSeqs
 from mqttspool.wire.payload import DecodedReading, parse_reading
-
-
-class MissingSeqs:
-    """Missing seqs as sorted, disjoint ``[first, last]`` ranges.
-
-    Ranges, not a set of ints: one payload with ``seq`` 2**62 must not make
-    the watcher allocate a number for every seq it skipped.
-    """
-
-    def __init__(self) -> None:
-        self.ranges: list[list[int]] = []
-
-    def add_above(self, first: int, last: int) -> None:
-        """Record ``first..last`` missing; both lie above every range recorded so far."""
-        self.ranges.append([first, last])
-
-    def discard(self, seq: int) -> bool:
-        """Mark ``seq`` as arrived; True if it was missing."""
-        i = bisect.bisect_right(self.ranges, seq, key=lambda r: r[0]) - 1
-        if i < 0 or self.ranges[i][1] < seq:
-            return False
-        first, last = self.ranges[i]
-        pieces = [[a, b] for a, b in ((first, seq - 1), (seq + 1, last)) if a <= b]
-        self.ranges[i : i + 1] = pieces
-        return True
-
-    def count(self) -> int:
-        """How many seqs are still missing."""
-        return sum(last - first + 1 for first, last in self.ranges)
 
 
 @dataclass
@@ -120,9 +91,8 @@ class WatchTracker:
         state.seqs.add(msg.seq)
         gap = None
         filled = state.missing.discard(msg.seq)
-        if state.max_seq and msg.seq > state.max_seq + 1:
-            gap = (state.max_seq + 1, msg.seq - 1)
-            state.missing.add_above(*gap)
+        if state.max_seq and msg.seq > state.max_seq:
+            gap = state.missing.arrived_above(state.max_seq, msg.seq)
         state.max_seq = max(state.max_seq, msg.seq)
         return Observation(msg, False, gap, filled)
 

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 import mqttspool.sampler as sampler_module
 from mqttspool.counters import Counters
 from mqttspool.errors import SensorError
-from mqttspool.mqtt import PublishProperties, _paho_properties
+from mqttspool.mqtt import PublishProperties
+from mqttspool.mqtt.publisher import _paho_properties
 from mqttspool.reading import (
     Reading,
     StoredReading,

@@ -152,12 +152,16 @@ def test_one_client_factory_and_one_client_id_rule() -> None:
     sources = {p: p.read_text(encoding="utf-8") for p in package.rglob("*.py")}
 
     def places(needle: str) -> list[str]:
-        return sorted(p.name for p, text in sources.items() for _ in range(text.count(needle)))
+        return sorted(
+            p.relative_to(package).as_posix()
+            for p, text in sources.items()
+            for _ in range(text.count(needle))
+        )
 
-    assert places("mqtt.Client(") == ["mqtt.py"]
-    assert places(".username_pw_set(") == ["mqtt.py"]
-    assert places(".tls_set_context(") == ["mqtt.py"]
-    assert places("def client_id_for(") == ["mqtt.py"]
+    assert places("mqtt.Client(") == ["mqtt/client.py"]
+    assert places(".username_pw_set(") == ["mqtt/client.py"]
+    assert places(".tls_set_context(") == ["mqtt/client.py"]
+    assert places("def client_id_for(") == ["mqtt/client.py"]
 
 
 def test_ingest_client_id_is_stable_per_group_and_host() -> None:

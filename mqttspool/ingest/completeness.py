@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mqttspool.ingest.store import StoredState
+from mqttspool.wire.gaps import size
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +32,7 @@ class Gap:
     @property
     def size(self) -> int:
         """How many readings are missing."""
-        return self.last - self.first + 1
+        return size((self.first, self.last))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +80,10 @@ def explain(gaps: list[tuple[int, int]], budget: int) -> tuple[Gap, ...]:
     """Mark gaps explained, oldest first, while their sizes fit in ``budget``."""
     out: list[Gap] = []
     for first, last in sorted(gaps):
-        size = last - first + 1
-        fits = size <= budget
+        missing = size((first, last))
+        fits = missing <= budget
         if fits:
-            budget -= size
+            budget -= missing
         out.append(Gap(first, last, fits))
     return tuple(out)
 

@@ -53,7 +53,6 @@ class IngestTotals:
     new_rows: int = 0
     duplicates: int = 0
     undecodable: int = 0  # quarantined: refused by the decoder or by the database
-    db_failures: int = 0
 
 
 class IngestConsumer:
@@ -143,7 +142,6 @@ class IngestConsumer:
 
     def _database(self, ok: bool, exc: StoreError | None) -> None:
         if exc is not None:
-            self.totals.db_failures += 1
             logger.error("ingest: %s; retrying in %.0f s (nothing acknowledged)", exc, self.retry_s)
         if ok != self.db_ok:
             self.db_ok = ok

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from mqttspool.errors import ConfigError, MqttspoolError
+from mqttspool.wire.gaps import between
 from mqttspool.wire.snapshot import Snapshot
 
 INSTALL_HINT = "pip install 'mqttspool[postgres]'"
@@ -137,8 +138,10 @@ _STREAMS_SQL = (
     " ON s.device = r.device AND s.epoch = r.epoch{where} GROUP BY r.device, r.epoch"
     " ORDER BY r.epoch, r.device"
 )
+# Neighbouring seqs of an epoch that are not adjacent; mqttspool.wire.gaps.between
+# turns each pair into the missing range.
 _GAPS_SQL = (
-    "SELECT epoch, seq + 1, next_seq - 1 FROM (SELECT epoch, seq,"
+    "SELECT epoch, seq, next_seq FROM (SELECT epoch, seq,"
     " LEAD(seq) OVER (PARTITION BY epoch ORDER BY seq) AS next_seq FROM ingest_reading{where}) g"
     " WHERE next_seq - seq > 1 ORDER BY epoch, seq"
 )
@@ -333,8 +336,9 @@ class SqlStore:
             entry = out.setdefault(str(e), ([], []))
             entry[0].append(StreamCounts(str(d), str(e), int(n), int(dup), int(lo), int(hi)))
         cur.execute(self._sql(_GAPS_SQL.format(where=where)), params)
-        for epoch, first, last in cur.fetchall():
-            out.setdefault(str(epoch), ([], []))[1].append((int(first), int(last)))
+        for epoch, seq, next_seq in cur.fetchall():
+            if (gap := between(int(seq), int(next_seq))) is not None:
+                out.setdefault(str(epoch), ([], []))[1].append(gap)
         return out
 
     def close(self) -> None:

@@ -132,7 +132,6 @@ def mapped(doing: str) -> Callable[[_F], _F]:
                 self._on_database_error()
                 raise translate(exc, self.path, doing) from exc
 
-        wrapper.__spool_mapped__ = doing  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorate

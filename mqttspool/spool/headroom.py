@@ -108,6 +108,18 @@ def _default_size(directory: Path) -> int:
     return min(RESERVE_BYTES, st.f_blocks * st.f_frsize // RESERVE_FRACTION)
 
 
-def wal_pages(reserve_size: int) -> int:
-    """The WAL auto-checkpoint threshold (4 KiB pages) for a reserve of ``reserve_size``."""
-    return max(16, min(1000, reserve_size // 8192))
+WAL_FRAME_HEADER = 24  # bytes before every page in the WAL
+WAL_MAX_BYTES = 1000 * 4096  # SQLite's default threshold (1000 pages of 4 KiB)
+WAL_MIN_BYTES = 16 * 4096
+
+
+def wal_pages(reserve_size: int, page_size: int) -> int:
+    """The WAL auto-checkpoint threshold, in pages of the spool's ``page_size``.
+
+    The WAL may grow to half the reserve (so a checkpoint on a full disk has
+    room), at most SQLite's default of ~4 MB: counted in the file's real pages,
+    a spool of 512-byte pages checkpoints as rarely as one of 4 KiB pages
+    (every checkpoint costs a pair of fsyncs).
+    """
+    wal_bytes = max(WAL_MIN_BYTES, min(WAL_MAX_BYTES, reserve_size // 2))
+    return max(1, wal_bytes // (page_size + WAL_FRAME_HEADER))

@@ -76,7 +76,7 @@ class _Salvaged:
     counters: Counter[str]
     rows: list[tuple[Any, ...]]
     dead: list[tuple[Any, ...]]
-    starts: list[tuple[Any, ...]]  # epoch_start rows (schema 3)
+    starts: list[tuple[Any, ...]]  # epoch_start rows (the table exists since schema 3)
     shutdown: Any  # meta.shutdown: how the last run/drain stopped
 
 
@@ -295,7 +295,7 @@ def _queued(found: _Salvaged) -> int | None:
     count = found.counters.get(schema.COUNT_READING)
     mark = found.counters.get(schema.COUNT_READING_HWM)
     if count is None or (mark is not None and found.hwm is None):
-        return None  # schema 3 needs the high-water mark too
+        return None  # schema 4's count.reading_hwm needs the high-water mark too
     return schema.queued_rows(count, mark, int(found.hwm or 0))
 
 

@@ -255,6 +255,25 @@ def _create_tables(db: pw.SqliteDatabase) -> None:
         ).execute()
 
 
+def page_size(path: Path) -> int:
+    """The page size of the spool at ``path`` (``PRAGMA page_size``): :data:`PAGE_SIZE`
+    for new spools; older files keep the size they were created with."""
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        try:
+            return int(conn.execute("PRAGMA page_size").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise _open_error(exc, path) from exc
+
+
+def _open_error(exc: sqlite3.DatabaseError, path: Path) -> SpoolError:
+    if is_corrupt(exc):
+        return SpoolCorruptError(path, f"cannot read: {exc}")
+    return translate(exc, path, "open")
+
+
 def attach(path: Path, migrate: bool) -> str:
     """Check the existing spool at ``path`` (migrating it if ``migrate``); returns its epoch."""
     try:
@@ -267,9 +286,7 @@ def attach(path: Path, migrate: bool) -> str:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
-        if is_corrupt(exc):
-            raise SpoolCorruptError(path, f"cannot read: {exc}") from exc
-        raise translate(exc, path, "open") from exc
+        raise _open_error(exc, path) from exc
     if version > SCHEMA_VERSION:
         raise SpoolError(
             path, f"was written by a newer mqttspool (schema {version}); upgrade mqttspool"

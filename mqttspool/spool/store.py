@@ -69,7 +69,8 @@ class Spool:
         reserve_size = Reserve(path).size
         # The WAL's not-yet-checkpointed pages must fit in the reserve for a
         # checkpoint on a full disk to complete (SQLite's default on big disks).
-        db = schema.database(path, config.synchronous, wal_pages(reserve_size))
+        wal_limit = wal_pages(reserve_size, schema.page_size(path))
+        db = schema.database(path, config.synchronous, wal_limit)
         self.disk = DiskGuard(path, db, disk_full)
         self.reserve = self.disk.reserve
         self._drops = DropCounters(path)

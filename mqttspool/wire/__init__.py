@@ -5,7 +5,8 @@
 * :mod:`~mqttspool.wire.batch`: the zlib batch codec;
 * :mod:`~mqttspool.wire.snapshot`: the spool snapshot (``status --json``, retained topic);
 * :mod:`~mqttspool.wire.bounds`: the consumer contract's bounds and :class:`WireError`;
-* :mod:`~mqttspool.wire.decode`: ONE ``decode(topic, payload, prefix)`` for consumers.
+* :mod:`~mqttspool.wire.decode`: ONE ``decode(topic, payload, prefix)`` for consumers;
+* :mod:`~mqttspool.wire.gaps`: what is missing between received seqs (``watch``, ``ingest``).
 """
 
 from __future__ import annotations

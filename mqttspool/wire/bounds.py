@@ -23,8 +23,8 @@ MAX_BATCH_READINGS = 65535  # bridge.batch_max_readings' upper bound
 MIN_TS_US = -62_135_596_800_000_000
 MAX_TS_US = 253_402_300_799_999_999
 
-NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-EPOCH_RE = re.compile(r"[0-9a-f]{1,32}")
+NAME_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_NAME_CHARS}}}")
+EPOCH_RE = re.compile(rf"[0-9a-f]{{1,{MAX_EPOCH_CHARS}}}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
