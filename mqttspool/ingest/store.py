@@ -113,7 +113,7 @@ class StoredState:
 
 
 class Store(Protocol):
-    """The storage contract both backends meet (tests/test_ingest_store.py)."""
+    """The storage contract both backends meet (tests/ingest/test_store.py)."""
 
     name: str
 

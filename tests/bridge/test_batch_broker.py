@@ -12,12 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from daemon import append_backlog, spool_with_backlog, wait_until
 from support.broker import BrokerFactory, MosquittoBroker
+from support.daemon import append_backlog, spool_with_backlog, wait_until
 from support.proxy import ProxyFactory
 from support.recorder import Recorder, RecorderFactory
-from test_bridge_faults import running_bridge, settings_for
 
+from bridge.test_faults import running_bridge, settings_for
 from mqttspool.batch import CONTENT_TYPE
 from mqttspool.service import drain
 from mqttspool.spool import open_spool

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from daemon import Daemon, mqttspool_env, run_cli, spool_with_backlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from support.broker import MosquittoBroker
+from support.daemon import Daemon, mqttspool_env, run_cli, spool_with_backlog
 from support.recorder import RecorderFactory
 
 pytestmark = pytest.mark.timeout(60)

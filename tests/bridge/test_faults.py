@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from daemon import (
+from support.broker import BrokerFactory, MosquittoBroker
+from support.daemon import (
     Daemon,
     high_water_seq,
     mqttspool_env,
@@ -23,7 +24,6 @@ from daemon import (
     spool_with_backlog,
     wait_until,
 )
-from support.broker import BrokerFactory, MosquittoBroker
 from support.proxy import ProxyFactory
 from support.recorder import Message, Recorder, RecorderFactory
 from support.spooltools import all_seqs

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from fakes.clock import FakeClock
 from fakes.publisher import FakePublisher
-from test_bridge_unit import connect, fill, make_settings
 
+from bridge.test_step import connect, fill, make_settings
 from mqttspool.bridge import (
     ACK_FLUSH_S,
     SETTLE_DELAY_S,

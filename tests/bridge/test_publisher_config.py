@@ -148,7 +148,7 @@ def test_configuration_kinds_carry_a_hint_and_transient_ones_do_not() -> None:
 
 def test_one_client_factory_and_one_client_id_rule() -> None:
     """Every paho client is built, authenticated and secured in ``new_client`` alone."""
-    package = Path(__file__).resolve().parents[1] / "mqttspool"
+    package = Path(__file__).resolve().parents[2] / "mqttspool"
     sources = {p: p.read_text(encoding="utf-8") for p in package.rglob("*.py")}
 
     def places(needle: str) -> list[str]:

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon import append_backlog, wait_until
 from support.broker import MosquittoBroker
+from support.daemon import append_backlog, wait_until
 from support.strict_broker import StrictBroker
-from test_bridge_strict_broker import bridge_running, strict_settings
 
+from bridge.test_strict_broker import bridge_running, strict_settings
 from mqttspool.config import BrokerConfig
 from mqttspool.mqtt import Connected, Disconnected, Event, FailureKind, MqttPublisher, Publisher
 from mqttspool.spool import open_spool

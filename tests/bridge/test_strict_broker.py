@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from daemon import append_backlog, wait_until
+from support.daemon import append_backlog, wait_until
 from support.strict_broker import StrictBroker
 
 from mqttspool.bridge import Bridge, BridgeThread

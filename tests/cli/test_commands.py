@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from daemon import clean_env, run_cli
+from support.daemon import clean_env, run_cli
 from support.spooltools import all_seqs, dead_letter
 
 from mqttspool.config import SpoolConfig

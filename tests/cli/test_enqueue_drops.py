@@ -6,8 +6,8 @@ import io
 from pathlib import Path
 
 import pytest
-from daemon import mqttspool_env, run_cli
 from fakes.clock import FakeClock, FakeClockSync
+from support.daemon import mqttspool_env, run_cli
 
 from mqttspool.cli import enqueue
 from mqttspool.cli.enqueue import EnqueueResult, LineParser, enqueue_lines, input_lines

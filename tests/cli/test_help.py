@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mqttspool.cli.app import build_parser
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Modules the ops work owns; each function in them fits on one screen.
 SHORT_FUNCTION_MODULES = [
     "mqttspool/health.py",

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from daemon import Daemon, clean_env, mqttspool_env, run_cli, spool_with_backlog, wait_until
 from support.broker import MosquittoBroker
+from support.daemon import Daemon, clean_env, mqttspool_env, run_cli, spool_with_backlog, wait_until
 
 
 def _into_a_closed_pipe(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:

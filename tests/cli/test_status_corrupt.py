@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from daemon import mqttspool_env, run_cli
+from support.daemon import mqttspool_env, run_cli
 
 from mqttspool.config import SpoolConfig
 from mqttspool.reading import Reading, from_us

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from support.broker import MosquittoBroker
-from test_watch_cli import PREFIX, publish_retained, start_watch, stop
 
+from cli.test_watch_broker import PREFIX, publish_retained, start_watch, stop
 from mqttspool.batch import BatchError, encode
 from mqttspool.reading import StoredReading
 from mqttspool.watch import WatchTracker

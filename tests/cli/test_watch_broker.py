@@ -12,9 +12,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from daemon import mqttspool_env
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from support.broker import MosquittoBroker
+from support.daemon import mqttspool_env
 
 from mqttspool.reading import StoredReading
 from mqttspool.wire.payload import render_payload

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from mqttspool.config import Settings
 from mqttspool.sensor_config import SENSOR_MODELS, AdsChannel, SensorBase
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "mqttspool.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "mqttspool.toml"
 TEXT = EXAMPLE.read_text(encoding="utf-8")
 
 

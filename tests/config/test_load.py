@@ -31,7 +31,7 @@ from mqttspool.errors import ConfigError
 from mqttspool.sensor_config import BoschConfig, SimulatedConfig
 from mqttspool.validation import SECRET_MASK
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "mqttspool.toml"
 SECRET = "s3cr3t-Value!"
 

@@ -17,7 +17,7 @@ import pytest
 from mqttspool.config import load_config, read_password_file
 from mqttspool.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-Pw"
 
 

@@ -13,7 +13,7 @@ import pytest
 from mqttspool.config import effective_config, load_config, to_toml
 from mqttspool.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bad_driver_options_are_config_errors(tmp_path: Path) -> None:
@@ -48,7 +48,7 @@ def test_shipped_pi_config_is_valid(tmp_path: Path) -> None:
     secret = tmp_path / "broker-password"
     secret.write_text("pw\n", encoding="utf-8")
     settings = load_config(
-        Path(__file__).parents[1] / "config" / "pi.toml",
+        Path(__file__).parents[2] / "config" / "pi.toml",
         environ={"MQTTSPOOL_BROKER__PASSWORD_FILE": str(secret)},
     )
     assert [s.type for s in settings.sensors][:3] == ["bme280", "ds18b20", "cpu_temp"]

@@ -33,7 +33,7 @@ from mqttspool import __version__
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker" / "compose.yaml"
 DOCKERFILE = REPO / "docker" / "Dockerfile"
 COMPOSE_TOML = REPO / "config" / "compose.toml"

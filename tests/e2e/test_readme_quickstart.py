@@ -31,10 +31,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from daemon import clean_env
 from support.broker import find_mosquitto
+from support.daemon import clean_env
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
 pytestmark = pytest.mark.integration

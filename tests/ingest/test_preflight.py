@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import mqttspool_env, run_cli
+from support.daemon import mqttspool_env, run_cli
 
 from mqttspool.config import IngestConfig
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from daemon import Daemon, mqttspool_env, wait_until
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from support.broker import MosquittoBroker
+from support.daemon import Daemon, mqttspool_env, wait_until
 
 from mqttspool.reading import StoredReading
 from mqttspool.wire.batch import encode

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import wait_until
+from support.daemon import wait_until
 from support.spooltools import all_seqs
 
 from mqttspool.config import load_config

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import Daemon, mqttspool_env, run_cli, wait_until
+from support.daemon import Daemon, mqttspool_env, run_cli, wait_until
 from support.tmpfs import small_tmpfs
 
 from mqttspool import service as service_module

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import wait_until
+from support.daemon import wait_until
 
 from mqttspool import health as health_module
 from mqttspool import service as service_module

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import spool_with_backlog, wait_until
+from support.daemon import spool_with_backlog, wait_until
 
 from mqttspool.config import SpoolConfig, load_config
 from mqttspool.counters import Counters

@@ -6,7 +6,7 @@ import json
 import socket
 from pathlib import Path
 
-from daemon import Daemon, mqttspool_env, run_cli
+from support.daemon import Daemon, mqttspool_env, run_cli
 
 
 def unused_port() -> int:

@@ -1,7 +1,7 @@
 """Power cuts during every command that writes the spool (issue 13, part 2).
 
 A *cut* freezes the process (SIGSTOP), makes the power-cut filesystem
-(``tests/powercut``) forget everything not fsync'd, kills the process
+(``tests/support/powercut``) forget everything not fsync'd, kills the process
 (SIGKILL) and remounts the disk: what a power failure leaves behind. Each
 scenario cuts at random moments from a seeded RNG, restarts, and asserts:
 
@@ -33,9 +33,9 @@ Campaign size: ``MQTTSPOOL_POWERCUT_CUTS=N`` spreads N cuts over the eight
 scenarios (the full campaign is ``N=200``); unset, each scenario makes
 ``DEFAULT_CUTS`` cuts. ``MQTTSPOOL_POWERCUT_SEED`` (an integer) changes the
 cut moments; a failure message names the seed and the cut. Full campaign
-(about 9 minutes on two shared cores; the default run of tests/test_powercut_*.py about 45 s)::
+(about 9 minutes on two shared cores; the default run of tests/powercut/ about 45 s)::
 
-    MQTTSPOOL_POWERCUT_CUTS=200 python3 -m pytest -q tests/test_powercut_runs.py
+    MQTTSPOOL_POWERCUT_CUTS=200 python3 -m pytest -q tests/powercut/test_commands.py
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import Daemon, mqttspool_env, run_cli
-from powercut import PowerCutMount
-from powercut.fixture import powercut
 from support.broker import BrokerFactory, MosquittoBroker
+from support.daemon import Daemon, mqttspool_env, run_cli
+from support.powercut import PowerCutMount
+from support.powercut.fixture import powercut
 from support.proxy import ProxyFactory
 from support.recorder import Recorder, RecorderFactory
 

@@ -1,6 +1,6 @@
 """The power-cut filesystem itself: what a cut keeps and what it loses.
 
-The model is stated in ``tests/powercut/fs.py``; each test here checks one
+The model is stated in ``tests/support/powercut/fs.py``; each test here checks one
 clause of it, then that SQLite in WAL mode behaves on it as on a real disk:
 FULL keeps every acknowledged commit, OFF loses them.
 """
@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from powercut import PowerCutMount
-from powercut.fixture import powercut
+from support.powercut import PowerCutMount
+from support.powercut.fixture import powercut
 
 __all__ = ["powercut"]  # the fixture, re-exported so pytest finds it here
 

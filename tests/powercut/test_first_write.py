@@ -1,7 +1,7 @@
 """A power cut at ``synchronous = "normal"``, then each writer makes the first write.
 
 A ``run`` publishes readings whose commits are not yet fsync'd; the power
-fails (tests/powercut), the spool comes back without them, and SQLite would
+fails (tests/support/powercut), the spool comes back without them, and SQLite would
 hand their seqs out again. Whichever writer comes first -- ``enqueue``,
 ``run``, ``drain``, ``dead-letters requeue``, or a salvage of the damaged
 file -- a new epoch must begin before a new reading gets a seq. Checked end
@@ -17,12 +17,15 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from daemon import mqttspool_env, run_cli
-from powercut import PowerCutMount
-from powercut.fixture import powercut
 from support.broker import MosquittoBroker
+from support.daemon import mqttspool_env, run_cli
+from support.powercut import PowerCutMount
+from support.powercut.fixture import powercut
 from support.recorder import Recorder, RecorderFactory
-from test_powercut_runs import (
+
+from mqttspool.config import SpoolConfig
+from mqttspool.spool import Rejection, open_spool, recover_spool
+from powercut.test_commands import (
     SIMULATED,
     assert_ids_never_reused,
     backlog,
@@ -34,9 +37,6 @@ from test_powercut_runs import (
     status,
     wait_quiet,
 )
-
-from mqttspool.config import SpoolConfig
-from mqttspool.spool import Rejection, open_spool, recover_spool
 
 __all__ = ["powercut"]
 

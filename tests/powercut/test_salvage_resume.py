@@ -2,7 +2,7 @@
 
 The power-cut proofs are ``test_a_cut_at_any_step_of_a_salvage_is_resumed_exactly``
 and ``test_a_cut_during_salvage_loses_no_salvageable_reading`` in
-tests/test_powercut_runs.py; these replay the states a cut leaves behind.
+tests/powercut/test_commands.py; these replay the states a cut leaves behind.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Deletes a power cut could undo count against ``bridge.max_resend``, not the window.
 
 The power-cut proof is ``test_a_cut_mid_drain_resends_at_most_max_resend`` in
-tests/test_powercut_runs.py; these check the bookkeeping and the fsync policy.
+tests/powercut/test_commands.py; these check the bookkeeping and the fsync policy.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "mqttspool"
+PACKAGE = Path(__file__).resolve().parents[2] / "mqttspool"
 MAX_FUNCTION_LINES = 40
 
 

@@ -355,7 +355,7 @@ def test_build_sampler_uses_settings(spool: Spool, clock: FakeClock) -> None:
 
 def _syncs(tmp_path: Path, rounds: int) -> int:
     """fsync+fdatasync calls of a child running ``rounds`` sampler rounds (synchronous=FULL)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / f"strace-{rounds}.txt"
     child = [sys.executable, str(root / "bench" / "sampler_fsync.py"), "--child", "sampler"]
     child += ["--rounds", str(rounds), "--sensors", "3", "--db", str(tmp_path / f"{rounds}.db")]

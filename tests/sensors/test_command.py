@@ -16,7 +16,7 @@ from mqttspool.sensors import i2c
 from mqttspool.sensors.base import BaseSensor, Measurement
 from mqttspool.sensors.cpu_temp import CpuTempSensor
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str, cwd: Path = ROOT, **extra_env: str) -> subprocess.CompletedProcess[str]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from daemon import Daemon, mqttspool_env
 from support.broker import MosquittoBroker
+from support.daemon import Daemon, mqttspool_env
 from support.recorder import RecorderFactory
 
-PI_TOML = Path(__file__).parents[1] / "config" / "pi.toml"
+PI_TOML = Path(__file__).parents[2] / "config" / "pi.toml"
 
 pytestmark = pytest.mark.integration
 

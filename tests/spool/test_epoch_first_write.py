@@ -3,7 +3,7 @@
 A ``run`` at ``synchronous = "normal"`` may publish seqs whose commits a power
 cut then takes away; the next writer gets those seqs again from SQLite. Here
 the cut is a restored mid-run copy of the database and its WAL (no FUSE
-needed); tests/test_powercut_first_write.py does it with real power cuts.
+needed); tests/powercut/test_first_write.py does it with real power cuts.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from daemon import mqttspool_env, run_cli
 from fakes.clock import FakeClock
+from support.daemon import mqttspool_env, run_cli
 from support.spooltools import high_water_seq, read_meta
 
 from mqttspool.config import SpoolConfig

@@ -210,7 +210,7 @@ def test_corruption_found_by_stats_is_a_spool_corrupt_error(tmp_path: Path) -> N
 
 def test_corruption_found_by_the_bridge_snapshot_reaches_the_supervisor(tmp_path: Path) -> None:
     """Bridge.snapshot (the retained spool document) raises SpoolCorruptError, not a raw error."""
-    from test_bridge_unit import make_bridge  # noqa: PLC0415 - the bridge unit-test helpers
+    from bridge.test_step import make_bridge  # noqa: PLC0415 - the bridge unit-test helpers
 
     clock = FakeClock()
     bridge, _pub, spool = make_bridge(tmp_path, clock)

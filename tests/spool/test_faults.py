@@ -26,7 +26,7 @@ from mqttspool.errors import SpoolFullError
 from mqttspool.reading import Reading
 from mqttspool.spool import Spool, open_spool
 
-HERE = Path(__file__).resolve().parent
+CRASH_WRITER = Path(__file__).resolve().parents[1] / "support" / "crash_writer.py"
 TS = datetime(2026, 11, 26, tzinfo=UTC)
 
 
@@ -190,7 +190,7 @@ def test_disk_full_from_the_first_write(small_disk: SmallDisk) -> None:
 def _run_and_kill(path: Path, first: int, rng: random.Random) -> list[dict[str, Any]]:
     """Start a writer, kill it after a random number of commits plus a random delay."""
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "crash_writer.py"), str(path), str(first)],
+        [sys.executable, str(CRASH_WRITER), str(path), str(first)],
         stdout=subprocess.PIPE,
         text=True,
     )

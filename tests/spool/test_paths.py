@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from daemon import clean_env, run_cli
 from fakes.clock import FakeClock
+from support.daemon import clean_env, run_cli
 from support.spooltools import read_meta
 
 from mqttspool.config import SpoolConfig

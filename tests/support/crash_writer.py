@@ -1,6 +1,6 @@
 """Child process of the kill -9 test: append rounds of 8 readings, report each commit.
 
-Usage: ``python tests/crash_writer.py SPOOL_PATH FIRST_VALUE``. After every
+Usage: ``python tests/support/crash_writer.py SPOOL_PATH FIRST_VALUE``. After every
 :meth:`Spool.append` returns, one line ``{"seqs": [...], "values": [...]}`` is
 written to stdout and flushed, so every line the parent reads names readings
 that were durable before the line was printed. Runs until killed.

@@ -17,11 +17,10 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from support.spooltools import high_water_seq as spool_high_water_seq
-
 from mqttspool.config import SpoolConfig
 from mqttspool.reading import Reading, from_us
 from mqttspool.spool import Spool, open_spool
+from support.spooltools import high_water_seq as spool_high_water_seq
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -1,7 +1,7 @@
 """A FUSE filesystem that loses everything not fsync'd at a "cut", for power-cut tests.
 
-:mod:`powercut.fs` is the server (its docstring states the durability model),
-:mod:`powercut.mount` mounts it from a test and cuts it.
+:mod:`support.powercut.fs` is the server (its docstring states the durability model),
+:mod:`support.powercut.mount` mounts it from a test and cuts it.
 """
 
 from .mount import PowerCutMount, PowerCutUnavailableError, check_available

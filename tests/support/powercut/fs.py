@@ -1,7 +1,7 @@
 """The power-cut filesystem: a FUSE server that keeps unsynced changes in a volatile layer.
 
-Run as a child process (``python -m powercut.fs DURABLE LIVE MOUNTPOINT``, with
-``tests/`` on ``sys.path``); :class:`powercut.mount.PowerCutMount` drives it.
+Run as a child process (``python -m support.powercut.fs DURABLE LIVE MOUNTPOINT``, with
+``tests/`` on ``sys.path``); :class:`support.powercut.mount.PowerCutMount` drives it.
 
 Model (what survives a cut):
 

@@ -1,4 +1,4 @@
-"""Mount, cut and remount the power-cut filesystem (:mod:`powercut.fs`) from a test.
+"""Mount, cut and remount the power-cut filesystem (:mod:`support.powercut.fs`) from a test.
 
 Typical use (the ``powercut_mount`` fixture does the set-up)::
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 __all__ = ["PowerCutMount", "PowerCutUnavailableError", "check_available"]
 
-_TESTS_DIR = Path(__file__).resolve().parents[1]
+_TESTS_DIR = Path(__file__).resolve().parents[2]
 _MOUNT_TIMEOUT = 15.0
 
 
@@ -78,7 +78,7 @@ class PowerCutMount:
             [
                 sys.executable,
                 "-m",
-                "powercut.fs",
+                "support.powercut.fs",
                 str(self.durable),
                 str(self.live),
                 str(self.path),

@@ -1,0 +1,1 @@
+"""Power cuts: the power-cut filesystem (support/powercut) and every writer cut at random."""
