@@ -1,8 +1,8 @@
 """An idle bridge costs nothing: no spool query per step, sleeps until something is due.
 
-Issue 11 point 1. The mechanisms are proven here with a fake clock, a fake
-publisher and SQLite's trace callback counting every statement the bridge's
-connection runs; the CPU numbers are measured by ``bench/cost.py``.
+The mechanisms are proven here with a fake clock, a fake publisher and SQLite's trace
+callback counting every statement the bridge's connection runs; the CPU numbers are
+measured by ``bench/cost.py``.
 """
 
 from __future__ import annotations

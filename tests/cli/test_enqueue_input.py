@@ -1,4 +1,4 @@
-"""enqueue on hostile input: every line stored or reported, bounded memory (issue 9.14, 9.22).
+"""enqueue on hostile input: every line stored or reported, bounded memory.
 
 Black-box: ``python -m mqttspool enqueue`` as a subprocess; rows are read back from the spool.
 """

@@ -1,4 +1,4 @@
-"""enqueue_lines in process: the sampler's clock-sync rule (issue 9.5), failures per line."""
+"""enqueue_lines in process: the sampler's clock-sync rule, failures per line."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_unsynced_clock_stamps_time_synced_false(tmp_path: Path) -> None:
 
 
 def test_clock_correction_retimes_only_lines_this_machine_stamped(tmp_path: Path) -> None:
-    """Issue 9.13: a line's own ``ts`` (even with ``time_synced: false``) is never rewritten."""
+    """A line's own ``ts`` (even with ``time_synced: false``) is never rewritten."""
     clock = FakeClock()
     spool = open_spool(SpoolConfig(path=str(tmp_path / "spool.db")), clock=clock)
     own_ts = (

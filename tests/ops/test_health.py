@@ -264,7 +264,7 @@ def test_sampler_limit_is_a_few_of_the_shortest_intervals() -> None:
 
 
 def test_heartbeat_file_has_a_fixed_size_and_is_overwritten_in_place(tmp_path: Path) -> None:
-    """One page rewritten in place (issue 11: no new file, and so no new blocks, every 5 s)."""
+    """One page rewritten in place (no new file, and so no new blocks on the SD card, every 5 s)."""
     path = heartbeat_path(tmp_path / "s.db")
     write_heartbeat(path, _beat())
     inode = path.stat().st_ino

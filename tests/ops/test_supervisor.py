@@ -92,7 +92,7 @@ def test_an_idle_supervisor_does_not_poll(tmp_path: Path, monkeypatch: pytest.Mo
 def test_a_spool_file_deleted_under_run_stops_it_with_exit_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Issue 9.21 end to end: the real spool notices the unlinked file, the service stops."""
+    """A spool deleted under the daemon: the real spool notices it, the service stops."""
     monkeypatch.setattr(identity_module, "FILE_CHECK_S", 0.05)
     cfg = load_config(None, environ={})
     cfg.spool.path = str(tmp_path / "spool.db")

@@ -1,4 +1,4 @@
-"""Power cuts during every command that writes the spool (issue 13, part 2).
+"""Power cuts during every command that writes the spool.
 
 A *cut* freezes the process (SIGSTOP), makes the power-cut filesystem
 (``tests/support/powercut``) forget everything not fsync'd, kills the process
@@ -717,7 +717,7 @@ def test_a_cut_right_after_a_spool_is_created_leaves_it_openable(
     assert table_seqs(powercut.path / "spool.db") == {1: 5.0}
 
 
-# ------------------------------------------- issue 13 part 3: ids never reused at NORMAL
+# ------------------------------------------------- ids never reused at NORMAL
 
 
 def ids_by_epoch(recorder: Recorder) -> dict[str, set[int]]:

@@ -1,4 +1,4 @@
-"""A salvage cut short is resumed from its intent file (issue 13; no FUSE needed here).
+"""A salvage cut short is resumed from its intent file (no FUSE needed here).
 
 The power-cut proofs are ``test_a_cut_at_any_step_of_a_salvage_is_resumed_exactly``
 and ``test_a_cut_during_salvage_loses_no_salvageable_reading`` in

@@ -1,5 +1,5 @@
-"""A sampling round lost to SpoolCorruptError is counted after salvage (issue 9.4),
-and a spool file that vanished stops the sampler instead of being written on (9.21)."""
+"""A sampling round lost to SpoolCorruptError is counted after salvage,
+and a spool file that vanished stops the sampler instead of being written on."""
 
 from __future__ import annotations
 

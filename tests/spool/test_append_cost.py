@@ -1,4 +1,4 @@
-"""Fewer pages written per round (issue 11 point 2), with exact salvage counting kept.
+"""Fewer pages written per round, with exact salvage counting kept.
 
 Appends no longer update ``meta`` (schema 3): ``count.reading`` is exact as of
 ``count.reading_hwm`` and the seqs appended above it count the rest. These

@@ -1,4 +1,4 @@
-"""correct_clock re-times only what this boot's unsynchronised clock stamped (issue 9.13)."""
+"""correct_clock re-times only what this boot's unsynchronised clock stamped."""
 
 from __future__ import annotations
 

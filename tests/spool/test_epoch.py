@@ -1,4 +1,4 @@
-"""When a writer start begins a new epoch, and that old rows keep their ids (issue 13, part 3).
+"""When a writer start begins a new epoch, and that old rows keep their ids.
 
 The power-cut proof is ``test_a_cut_at_normal_starts_a_new_epoch_so_no_id_is_reused``
 in tests/powercut/test_commands.py; these are the decision and its bookkeeping.

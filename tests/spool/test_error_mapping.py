@@ -1,4 +1,4 @@
-"""Every public Spool method maps database errors to mqttspool's own exceptions (issue 9.7)."""
+"""Every public Spool method maps database errors to mqttspool's own exceptions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A spool file deleted or replaced under a running daemon is detected (issue 9.21)."""
+"""A spool file deleted or replaced under a running daemon is detected."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""A full disk: the spool keeps headroom to settle and drop, and every drop is persisted
-(issue 9.10, spool side). Runs on a real 2 MiB tmpfs (the tests run as root)."""
+"""A full disk: the spool keeps headroom to settle and drop, and every drop is persisted.
+Runs on a real 2 MiB tmpfs (the tests run as root)."""
 
 from __future__ import annotations
 

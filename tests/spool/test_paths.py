@@ -1,5 +1,5 @@
 """Operator mistakes with the spool path: read-only commands never create, foreign files stay
-untouched, errors name the path (issue 9.22 and the operator list of issue 9)."""
+untouched, errors name the path (the mistakes an operator makes most)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Salvage counts exactly the queued readings it could not read (issue 9.1).
+"""Salvage counts exactly the queued readings it could not read.
 
 Each test knows which seqs were queued when the file was damaged, computes
 independently which of them are still readable (point lookups on the damaged
