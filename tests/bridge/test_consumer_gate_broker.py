@@ -13,7 +13,7 @@ from support.broker import MosquittoBroker
 from support.daemon import Daemon, mqttspool_env, run_cli, spool_with_backlog
 from support.recorder import RecorderFactory
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 STATE_TOPIC = "plant/consumer/state"
 
 

@@ -78,7 +78,7 @@ def _mqtt_backend(broker_factory: BrokerFactory) -> Backend:
     return Backend(reachable=lambda: make(broker.port), unreachable=lambda: make(_closed_port()))
 
 
-@pytest.fixture(params=["fake", "mqtt"])
+@pytest.fixture(params=["fake", pytest.param("mqtt", marks=pytest.mark.integration)])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     """The same contract over both implementations."""
     made: list[Publisher] = []

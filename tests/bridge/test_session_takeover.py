@@ -23,6 +23,8 @@ from mqttspool.config import BrokerConfig
 from mqttspool.mqtt import Connected, Disconnected, Event, FailureKind, MqttPublisher, Publisher
 from mqttspool.spool import open_spool
 
+pytestmark = pytest.mark.integration
+
 CLIENT_ID = "mqttspool-edge-01"
 
 
@@ -62,7 +64,6 @@ def test_session_taken_over_is_its_own_failure_kind() -> None:
     assert event.kind.configuration
 
 
-@pytest.mark.integration
 def test_mosquitto_takeover_is_reported_by_what_the_broker_sent(broker: MosquittoBroker) -> None:
     event = first_loses_to_second(broker.host, broker.port)
     if event.reason_code == 0x8E:  # a mosquitto that sends the reason code

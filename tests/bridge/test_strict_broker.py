@@ -29,6 +29,8 @@ from mqttspool.service import make_bridge
 from mqttspool.spool import Spool, open_spool
 from mqttspool.timekeeping import SystemClock
 
+pytestmark = pytest.mark.integration
+
 
 def strict_settings(tmp_path: Path, port: int, **bridge: object) -> Settings:
     cfg = load_config(None, environ={})

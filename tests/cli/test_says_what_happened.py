@@ -56,6 +56,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.integration
 def test_a_clean_stop_says_how_many_readings_stay_spooled(tmp_path: Path) -> None:
     db = tmp_path / "spool.db"
     spool_with_backlog(db, 12)

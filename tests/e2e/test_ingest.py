@@ -23,7 +23,7 @@ from support.daemon import Daemon, mqttspool_env, run_cli, spool_with_backlog, w
 from mqttspool.reading import StoredReading
 from mqttspool.wire.payload import render_payload
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 SUBSCRIBED = r"ingest: subscribed to \$share/"
 
 

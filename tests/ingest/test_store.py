@@ -43,7 +43,7 @@ def row(seq: int, device: str = "edge-01", epoch: str = "e1") -> IngestRow:
     )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens (and reopens) one fresh database of the backend under test."""
     db = (

@@ -85,6 +85,7 @@ def test_idle_heartbeats_do_not_write_the_spool(running_service: Service) -> Non
     assert read_heartbeat(beat_file).state == "running"
 
 
+@pytest.mark.integration
 def test_health_is_0_while_run_runs_and_1_after_sigterm(tmp_path: Path) -> None:
     env = mqttspool_env(tmp_path / "spool.db", unused_port())
     never = run_cli(["health"], env)
@@ -147,6 +148,7 @@ def test_heartbeat_carries_the_bridge_window_age_and_its_limit(
     assert beat.unacked_limit_s == 3 * running_service.settings.bridge.ack_timeout
 
 
+@pytest.mark.integration
 def test_sighup_stops_the_daemon_gracefully(tmp_path: Path) -> None:
     env = mqttspool_env(tmp_path / "spool.db", unused_port())
     daemon = Daemon(env)

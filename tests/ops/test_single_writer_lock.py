@@ -6,7 +6,10 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
 from support.daemon import Daemon, mqttspool_env, run_cli
+
+pytestmark = pytest.mark.integration
 
 
 def unused_port() -> int:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Literal, Protocol, Self
 
 from .certs import CertBundle
+from .servers import starting
 
 __all__ = [
     "DEFAULT_MAX_INFLIGHT",
@@ -264,6 +265,7 @@ class MosquittoBroker:
         starts reuse it. Raises `BrokerStartError` with mosquitto's log if it
         exits or does not listen within `timeout` seconds.
         """
+        starting("mosquitto")
         if self.running:
             raise RuntimeError("broker is already running")
         deadline = time.monotonic() + timeout

@@ -20,6 +20,7 @@ from pathlib import Path
 from mqttspool.config import SpoolConfig
 from mqttspool.reading import Reading, from_us
 from mqttspool.spool import Spool, open_spool
+from support.servers import starting
 from support.spooltools import high_water_seq as spool_high_water_seq
 
 
@@ -83,6 +84,7 @@ class Daemon:
     """``mqttspool run`` as a child process."""
 
     def __init__(self, env: Mapping[str, str], args: tuple[str, ...] = ("run",)) -> None:
+        starting(f"`mqttspool {' '.join(args)}` as a long-running process")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mqttspool", *args],
             env=dict(env),
