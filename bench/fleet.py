@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from daemon import spool_with_backlog  # noqa: E402
 from support.broker import MosquittoBroker  # noqa: E402
+from support.daemon import spool_with_backlog  # noqa: E402
 
 from mqttspool.wire import decode  # noqa: E402
 

@@ -44,10 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from bridge.test_faults import running_bridge, settings_for  # noqa: E402
 from support.broker import MosquittoBroker  # noqa: E402
 from support.proxy import TcpProxy  # noqa: E402
 from support.recorder import Recorder  # noqa: E402
-from test_bridge_faults import running_bridge, settings_for  # noqa: E402
 
 from mqttspool.reading import Reading  # noqa: E402
 from mqttspool.spool import open_spool  # noqa: E402

@@ -14,6 +14,11 @@
 Everything a factory made is stopped when the test ends. Without the
 mosquitto (or openssl) binary these fixtures skip the test — or fail it when
 the environment variable CI is "true", so CI cannot pass by skipping.
+
+A test that starts a real server must be marked ``integration`` (see
+`support.servers`): requesting a server fixture without the marker is a
+collection error, starting a server by hand without it fails the test. So
+``pytest -m "not integration"`` is a fast loop that starts no server.
 """
 
 from __future__ import annotations
@@ -37,8 +42,41 @@ from support.certs import CertBundle, OpensslMissingError, find_openssl, generat
 from support.postgres import PostgresMissingError, PostgresServer
 from support.proxy import Endpoint, ProxyFactory, TcpProxy
 from support.recorder import DEFAULT_TOPIC, Recorder, RecorderFactory
+from support.servers import SERVER_FIXTURES, current_test
 
 _LOG_TAIL_LINES = 60
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse a test that requests a real server without ``@pytest.mark.integration``."""
+    unmarked = [
+        f"{item.nodeid} (uses {', '.join(sorted(SERVER_FIXTURES & set(names)))})"
+        for item in items
+        if (names := getattr(item, "fixturenames", ()))
+        and SERVER_FIXTURES & set(names)
+        and item.get_closest_marker("integration") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start a real server but are not marked integration "
+            "(add @pytest.mark.integration):\n  " + "\n  ".join(unmarked)
+        )
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """Tell `support.servers` which test runs, before its fixtures start anything."""
+    current_test(item.nodeid, item.get_closest_marker("integration") is not None)
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """No test runs once this one's fixtures are torn down (benches are not checked)."""
+    try:
+        return (yield)
+    finally:
+        current_test(None, None)
 
 
 def _unavailable(reason: str) -> NoReturn:

@@ -114,7 +114,7 @@ class StoredState:
 
 
 class Store(Protocol):
-    """The storage contract both backends meet (tests/test_ingest_store.py)."""
+    """The storage contract both backends meet (tests/ingest/test_store.py)."""
 
     name: str
 

@@ -91,7 +91,7 @@ def render_payload(row: StoredReading, epoch: str, replay: bool) -> bytes:
     Hand-assembled because it is the drain's hot path: names match
     ``[A-Za-z0-9_-]`` and the epoch is hex, so only ``unit`` needs JSON escaping;
     ``float.__repr__`` is exactly what ``json.dumps`` writes for a finite float.
-    tests/test_payload_fastpath.py checks it against ``json.dumps`` of the same document.
+    tests/wire/test_payload_bytes.py checks it against ``json.dumps`` of the same document.
     """
     unit = _json_unit(row.unit)
     return (

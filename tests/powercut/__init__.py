@@ -1,9 +1,1 @@
-"""A FUSE filesystem that loses everything not fsync'd at a "cut", for power-cut tests.
-
-:mod:`powercut.fs` is the server (its docstring states the durability model),
-:mod:`powercut.mount` mounts it from a test and cuts it.
-"""
-
-from .mount import PowerCutMount, PowerCutUnavailableError, check_available
-
-__all__ = ["PowerCutMount", "PowerCutUnavailableError", "check_available"]
+"""Power cuts: the power-cut filesystem (support/powercut) and every writer cut at random."""

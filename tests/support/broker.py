@@ -6,7 +6,7 @@ shipped file and rewrites only what cannot work outside the container — the
 listener (an ephemeral port bound to 127.0.0.1), file paths (temp dirs), the log
 destination (a file, so `log_text()` is current while mosquitto runs) and the
 `user` to run as — plus any override a test asks for explicitly
-(`max_inflight_messages`, `require_certificate`). `tests/test_support.py`
+(`max_inflight_messages`, `require_certificate`). `tests/project/test_harness.py`
 checks that nothing else differs.
 
 Typical use (the `broker_factory` fixture does this for you)::
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Literal, Protocol, Self
 
 from .certs import CertBundle
+from .servers import starting
 
 __all__ = [
     "DEFAULT_MAX_INFLIGHT",
@@ -62,7 +63,7 @@ SHIPPED_CONFIGS: Mapping[BrokerKind, Path] = {
 SHIPPED_ACL = MOSQUITTO_DIR / "acl"
 
 # Directives whose value the test config may differ in from the shipped file.
-# Everything else must be passed through verbatim (checked by test_support.py).
+# Everything else must be passed through verbatim (checked by tests/project/test_harness.py).
 REWRITTEN_KEYS = frozenset(
     {
         "listener",
@@ -264,6 +265,7 @@ class MosquittoBroker:
         starts reuse it. Raises `BrokerStartError` with mosquitto's log if it
         exits or does not listen within `timeout` seconds.
         """
+        starting("mosquitto")
         if self.running:
             raise RuntimeError("broker is already running")
         deadline = time.monotonic() + timeout

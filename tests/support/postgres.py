@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .servers import starting
+
 _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 15.0
 
@@ -68,6 +70,7 @@ class PostgresServer:
 
     def start(self) -> None:
         """initdb, start, wait until it accepts connections."""
+        starting("PostgreSQL")
         if self.as_user is not None:
             entry = pwd.getpwnam(self.as_user)
             os.chown(self.datadir, entry.pw_uid, entry.pw_gid)

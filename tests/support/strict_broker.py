@@ -28,6 +28,8 @@ import threading
 import time
 from typing import Self
 
+from .servers import starting
+
 RECEIVE_MAXIMUM_EXCEEDED = 0x93
 SESSION_TAKEN_OVER = 0x8E
 _CONNECT, _PUBLISH, _PINGREQ, _DISCONNECT = 1, 3, 12, 14
@@ -50,6 +52,7 @@ class StrictBroker:
     """MQTT 5 on raw sockets: CONNACK announces ``receive_maximum``; exceeding it ends the link."""
 
     def __init__(self, receive_maximum: int = 4, ack_delay: float = 0.005) -> None:
+        starting("the strict MQTT broker")
         self.receive_maximum = receive_maximum
         self.ack_delay = ack_delay
         self.acking = True

@@ -1,0 +1,274 @@
+"""An idle bridge costs nothing: no spool query per step, sleeps until something is due.
+
+The mechanisms are proven here with a fake clock, a fake publisher and SQLite's trace
+callback counting every statement the bridge's connection runs; the CPU numbers are
+measured by ``bench/cost.py``.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fakes.clock import FakeClock
+from fakes.publisher import FakePublisher
+
+from bridge.test_step import connect, fill, make_settings
+from mqttspool.bridge import (
+    ACK_FLUSH_S,
+    SETTLE_DELAY_S,
+    SNAPSHOT_INTERVAL_S,
+    VERSION_CHECK_S,
+    BatchSender,
+    Bridge,
+    BridgeThread,
+    build_bridge,
+)
+from mqttspool.bridge import core as bridge_core
+from mqttspool.bridge import leases as bridge_leases
+from mqttspool.config import Settings
+from mqttspool.counters import Counters
+from mqttspool.service import make_bridge
+from mqttspool.spool import Spool, open_spool
+from mqttspool.wire.topics import spool_topic
+
+
+class Statements:
+    """Every SQL statement run on the calling thread's connection of ``spool``."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.seen: list[str] = []
+        self._conn: sqlite3.Connection = spool.db.connection()
+        self._conn.set_trace_callback(self.seen.append)
+
+    def take(self) -> list[str]:
+        """The statements since the last call."""
+        out, self.seen[:] = list(self.seen), []
+        return out
+
+    def close(self) -> None:
+        """Stop tracing."""
+        self._conn.set_trace_callback(None)
+
+
+def idle_bridge(tmp_path: Path, clock: FakeClock) -> tuple[Bridge, FakePublisher, Spool]:
+    """A connected bridge that sent 3 readings, had them acknowledged and deleted."""
+    cfg = make_settings(tmp_path, max_inflight=10)
+    spool = open_spool(cfg.spool, clock)
+    pub = FakePublisher()
+    bridge = build_bridge(cfg, spool, pub, clock, rng=random.Random(7))
+    fill(spool, clock, 3)
+    connect(bridge, pub, 0.0)
+    assert bridge.watch.exhausted  # the lease found fewer rows than the window allowed
+    pub.ack_all_data()
+    bridge.step(0.1)  # takes the acks
+    bridge.step(0.2)  # deletes them
+    assert spool.depth() == 0 and len(pub.data()) == 3
+    assert bridge.watch.next_check == pytest.approx(bridge_leases.VERSION_CHECK_S)  # at 0.0
+    return bridge, pub, spool
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def test_idle_connected_step_runs_no_query_and_sleeps_until_the_version_check(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    bridge, pub, spool = idle_bridge(tmp_path, clock)
+    trace = Statements(spool)
+    try:
+        check_at = bridge.watch.next_check
+        delays = [bridge.step(t) for t in (0.3, 0.5, 0.9)]
+        assert trace.take() == []  # not one statement while nothing can be new
+        assert delays == pytest.approx([check_at - t for t in (0.3, 0.5, 0.9)])
+        assert bridge.drained
+        bridge.step(check_at)
+        assert trace.take() == ["PRAGMA data_version"]  # the one cheap look, no table read
+        assert bridge.step(check_at + 0.01) == pytest.approx(VERSION_CHECK_S - 0.01)
+        assert trace.take() == []
+        assert len(pub.data()) == 3
+    finally:
+        trace.close()
+        spool.close()
+
+
+def test_an_idle_bridge_without_the_version_check_sleeps_until_the_snapshot(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every timer is honoured: with nothing else due the snapshot decides the sleep."""
+    monkeypatch.setattr(bridge_leases, "VERSION_CHECK_S", 3600.0)
+    bridge, pub, spool = idle_bridge(tmp_path, clock)
+    interval = bridge.cfg.settle_interval
+    try:
+        # The deletes at 0.2 are not fsync'd yet: bridge.settle_interval is a timer too.
+        assert bridge.step(2.5) == pytest.approx(0.2 + interval - 2.5)
+        assert spool.unsynced_deletes == 3
+        bridge.step(0.2 + interval)
+        assert spool.unsynced_deletes == 0
+        assert bridge.step(0.3 + interval) == pytest.approx(SNAPSHOT_INTERVAL_S - 0.3 - interval)
+        bridge.step(SNAPSHOT_INTERVAL_S)
+        assert pub.control()[-1].topic == spool_topic(bridge.prefix, bridge.device)
+        pub.ack_control()
+        assert bridge.step(SNAPSHOT_INTERVAL_S) == pytest.approx(SNAPSHOT_INTERVAL_S)
+    finally:
+        spool.close()
+
+
+def test_rows_committed_by_this_process_are_leased_at_once(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    bridge, pub, spool = idle_bridge(tmp_path, clock)
+    try:
+        new = fill(spool, clock, 2)  # as the sampler does, through the same Spool
+        bridge.step(0.3)  # long before the version check
+        assert [s.doc()["seq"] for s in pub.data()[3:]] == new
+    finally:
+        spool.close()
+
+
+def test_rows_committed_by_another_connection_are_found_by_the_version_check(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """``mqttspool enqueue`` commits through its own connection: data_version sees it."""
+    bridge, pub, spool = idle_bridge(tmp_path, clock)
+    other = open_spool(bridge.settings.spool, clock)  # its own SQLite connection
+    try:
+        bridge.step(bridge.watch.next_check)  # baseline of data_version
+        new = fill(other, clock, 2)
+        bridge.step(bridge.watch.next_check - 0.01)
+        assert len(pub.data()) == 3  # not noticed yet: no query happened
+        bridge.step(bridge.watch.next_check)
+        assert [s.doc()["seq"] for s in pub.data()[3:]] == new
+    finally:
+        other.close()
+        spool.close()
+
+
+def test_a_commit_by_the_sampler_wakes_the_bridge_thread(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the version check and the snapshot an hour away, only the wake-up can
+    explain the reading going out."""
+    monkeypatch.setattr(bridge_leases, "VERSION_CHECK_S", 3600.0)
+    monkeypatch.setattr(bridge_core, "MAX_WAIT_S", 3600.0)
+    cfg = make_settings(tmp_path)
+    spool = open_spool(cfg.spool, clock)
+    pub = SleepingPublisher(auto=True)
+    thread = BridgeThread(build_bridge(cfg, spool, pub, clock), pub.wake)
+    thread.start()
+    try:
+        wait_until(lambda: pub.sleeps >= 3 and pub.asleep, "the bridge to go idle")
+        seqs = fill(spool, clock, 1)
+        assert pub.wakes == 1  # the commit itself woke the bridge
+        wait_until(lambda: len(pub.data()) == 1, "the reading to be published")
+        assert pub.data()[0].doc()["seq"] == seqs[0]
+    finally:
+        thread.stop()
+        thread.join(10)
+        spool.close()
+    assert not thread.is_alive()
+
+
+def test_the_daemon_deletes_acknowledged_rows_in_batches_within_max_resend(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows acknowledged but not deleted yet count against max_resend (not the window),
+    so a crash before the delete resends at most max_resend; they are deleted when the
+    settle delay is up, or at once (and fsync'd) when the next readings need the room."""
+    monkeypatch.setattr(bridge_leases, "VERSION_CHECK_S", 3600.0)  # only the settle timer
+    cfg = make_settings(tmp_path, max_inflight=100, max_resend=20)
+    spool = open_spool(cfg.spool, clock)
+    pub = FakePublisher()
+    bridge = build_bridge(cfg, spool, pub, clock, rng=random.Random(7), settle_delay=SETTLE_DELAY_S)
+    try:
+        fill(spool, clock, 5)
+        connect(bridge, pub, 0.0)
+        pub.ack_all_data()
+        assert bridge.step(1.0) == pytest.approx(SETTLE_DELAY_S)
+        assert spool.depth() == 5 and bridge.resend_load == 5 and bridge.window_load == 0
+        fill(spool, clock, 30)
+        bridge.step(2.0)
+        assert len(pub.data()) == 5 + 15  # 5 acknowledged-not-deleted + 15 in flight = 20
+        pub.ack_all_data()
+        bridge.step(3.0)  # max_resend is full of acknowledged rows: deleted at once
+        assert spool.depth() == 35 - 20 and len(pub.data()) == 35  # and the rest sent
+        pub.ack_all_data()
+        bridge.step(4.0)
+        assert spool.depth() == 15
+        assert bridge.step(4.0 + SETTLE_DELAY_S - 0.5) == pytest.approx(0.5)
+        bridge.step(4.0 + SETTLE_DELAY_S)
+        assert spool.depth() == 0 and bridge.published_total == 35
+    finally:
+        spool.close()
+
+
+def test_the_daemon_bridge_uses_the_long_settle_delay_and_drain_the_short_one(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    settings: Settings = make_settings(tmp_path, payload="batch")
+    spool = open_spool(settings.spool, clock)
+    try:
+        daemon, _ = make_bridge(settings, spool, clock, Counters())
+        drain, _ = make_bridge(settings, spool, clock, Counters(), daemon=False)
+        assert daemon.settle_delay == SETTLE_DELAY_S
+        assert drain.settle_delay == ACK_FLUSH_S
+        assert isinstance(daemon.sender, BatchSender) and isinstance(drain.sender, BatchSender)
+        assert (daemon.sender.linger, drain.sender.linger) == (10.0, 0.0)  # drain never lingers
+        assert settings.bridge.batch_linger == 10.0  # the settings stay as loaded
+    finally:
+        spool.close()
+
+
+def test_a_stopped_bridge_thread_unregisters_its_wake(tmp_path: Path, clock: FakeClock) -> None:
+    settings: Settings = make_settings(tmp_path)
+    spool = open_spool(settings.spool, clock)
+    pub = SleepingPublisher(auto=True)
+    thread = BridgeThread(build_bridge(settings, spool, pub, clock), pub.wake)
+    thread.start()
+    thread.stop()
+    thread.join(10)
+    wakes = pub.wakes
+    fill(spool, clock, 1)
+    assert pub.wakes == wakes  # the stopped thread's wake-up is no longer registered
+    spool.close()
+
+
+class SleepingPublisher(FakePublisher):
+    """A fake whose ``wait`` really sleeps until :meth:`wake` or the timeout."""
+
+    def __init__(self, auto: bool = False) -> None:
+        super().__init__(auto=auto)
+        self._woken = threading.Event()
+        self.sleeps = 0
+        self.asleep = False
+        self.wakes = 0
+
+    def wait(self, timeout: float) -> None:
+        """Sleep like the real publisher: not while events wait to be handled."""
+        self.sleeps += 1
+        if not self.pending:
+            self.asleep = True
+            self._woken.wait(timeout)
+            self.asleep = False
+        self._woken.clear()
+
+    def wake(self) -> None:
+        """What BridgeThread and the spool call."""
+        self.wakes += 1
+        self._woken.set()
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll ``predicate`` until true; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)

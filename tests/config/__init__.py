@@ -1,0 +1,1 @@
+"""Configuration: loading, ranges, secrets files, sensor options, the shipped example."""

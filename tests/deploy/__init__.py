@@ -1,0 +1,1 @@
+"""The container files and the compose service, run without Docker."""

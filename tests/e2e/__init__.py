@@ -1,0 +1,1 @@
+"""Whole flows: the README quick start, device -> broker -> drain -> ingest -> database."""

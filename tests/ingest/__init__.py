@@ -1,0 +1,1 @@
+"""The reference consumer: storage contract, quarantine, STATE, preflight."""

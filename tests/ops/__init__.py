@@ -1,0 +1,1 @@
+"""Running the daemon: health, heartbeat, lock, metrics, supervision, failure ownership."""

@@ -1,0 +1,1 @@
+"""Repository-wide promises: code layout, docs agree with the code, the test harness works."""

@@ -1,0 +1,1 @@
+"""Sensor drivers (fake bus, fake sysfs, datasheet vectors) and the sensors command."""

@@ -1,0 +1,1 @@
+"""The SQLite spool: queue, counters, error mapping, disk full, file identity, salvage, epochs."""

@@ -1,0 +1,1 @@
+"""The wire format: readings, payload bytes, batch codec, the one consumer decoder."""
