@@ -109,9 +109,10 @@ def cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
     shell's ``cmd &``) stop it gracefully: what is acknowledged is settled and it
     says how far it got.
     """
+    from mqttspool.runner import StopRequest  # noqa: PLC0415
     from mqttspool.service import drain  # noqa: PLC0415
 
-    stop = threading.Event()
+    stop = StopRequest()  # wakes the drain loop at once, not on its next timer
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     result = drain(settings, args.timeout, stop=stop)
