@@ -185,6 +185,7 @@ def test_drain_sleeps_until_its_next_timer_and_a_stop_request_wakes_it(
 ) -> None:
     from mqttspool import service  # noqa: PLC0415
     from mqttspool.config import load_config  # noqa: PLC0415
+    from mqttspool.mqtt import MqttPublisher  # noqa: PLC0415
     from mqttspool.runner import StopRequest  # noqa: PLC0415
 
     db = tmp_path / "spool.db"
@@ -193,15 +194,15 @@ def test_drain_sleeps_until_its_next_timer_and_a_stop_request_wakes_it(
     settings = load_config(None, environ=env)
     stop = StopRequest()
     waits: list[float] = []
-    real_wait = service.MqttPublisher.wait
+    real_wait = MqttPublisher.wait
 
-    def wait(publisher: service.MqttPublisher, timeout: float) -> None:
+    def wait(publisher: MqttPublisher, timeout: float) -> None:
         waits.append(timeout)
         if len(waits) == 2:  # asleep until the next connection attempt (2 s backoff)
             stop.set()  # as SIGINT's handler does: wakes the wait at once
         real_wait(publisher, timeout)
 
-    monkeypatch.setattr(service.MqttPublisher, "wait", wait)
+    monkeypatch.setattr(MqttPublisher, "wait", wait)
     result = service.drain(settings, None, stop=stop)
     assert (result.interrupted, result.remaining, result.connected) == (True, 5, False)
     assert len(waits) == 2  # no wake-up in between: the stop ended the second wait
