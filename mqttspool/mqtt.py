@@ -32,6 +32,7 @@ from pydantic import SecretStr
 from mqttspool.config import BrokerConfig
 from mqttspool.errors import ConfigError
 from mqttspool.gate import consumer_online
+from mqttspool.runner import WakingQueue
 
 logger = logging.getLogger(__name__)
 
@@ -603,7 +604,8 @@ class _SessionClient:
 
     def __init__(self, config: BrokerConfig, client: mqtt.Client) -> None:
         self.config = config
-        self.status: queue.SimpleQueue[str] = queue.SimpleQueue()
+        # Status lines for the CLI; its loop sets ``status.on_put`` to its wake-up.
+        self.status: WakingQueue[str] = WakingQueue()
         client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
@@ -668,7 +670,7 @@ class Subscriber(_SessionClient):
 
     def __init__(self, config: BrokerConfig, client_id: str, topic: str) -> None:
         self.topic = topic
-        self.messages: queue.SimpleQueue[Received] = queue.SimpleQueue()
+        self.messages: WakingQueue[Received] = WakingQueue()  # watch's loop wakes on each
         password = config.resolved_password()
         client = new_client(config, client_id, password=password, persistent=True)
         super().__init__(config, client)
