@@ -740,7 +740,7 @@ class AckingSubscriber(_SessionClient):
         self.client_id = client_id
         self.topics = topics
         self.session_expiry = session_expiry
-        self.messages: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
+        self.messages: WakingQueue[Delivery] = WakingQueue()  # ingest's loop wakes on each
         # Told True after a successful SUBACK, False when the connection is lost.
         self.on_subscribed: Callable[[bool], None] = lambda subscribed: None
         self._connection = 0

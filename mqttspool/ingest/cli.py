@@ -97,7 +97,7 @@ def _consume(settings: Settings, store: SqlStore, metrics: IngestMetricsServer |
     from mqttspool.ingest.consumer import IngestConsumer  # noqa: PLC0415
     from mqttspool.ingest.decode import Decoder  # noqa: PLC0415
     from mqttspool.ingest.state import IngestState  # noqa: PLC0415
-    from mqttspool.runner import Runner  # noqa: PLC0415
+    from mqttspool.runner import Runner, StopRequest  # noqa: PLC0415
 
     cfg, prefix = settings.ingest, settings.topics.prefix
     sub = _subscriber(settings)
@@ -107,17 +107,12 @@ def _consume(settings: Settings, store: SqlStore, metrics: IngestMetricsServer |
     if state_topic:
         sub.on_subscribed = state.subscription
         consumer.on_db_state = state.database
-    stop = threading.Event()
+    stop = StopRequest()  # wakes the consumer and the status relay at once
     # The subscriber's status lines are logged as they arrive (the relay sleeps until one).
-    relay = Runner("ingest status relay", lambda now: _log_status(sub))
+    relay = Runner("ingest status relay", lambda now: _log_status(sub), stop=stop)
     sub.status.on_put = relay.wake
-
-    def request_stop(*_: object) -> None:
-        stop.set()
-        relay.stop()
-
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, request_stop)
+        signal.signal(signum, lambda *_: stop.set())
     if metrics is not None:
         metrics.serve(consumer)
     logger.info("ingest: writing to %s, group %s", store.name, cfg.group)
@@ -126,7 +121,7 @@ def _consume(settings: Settings, store: SqlStore, metrics: IngestMetricsServer |
     try:
         consumer.run(stop, cfg.status_interval)
     finally:
-        relay.stop()
+        stop.set()  # ends the relay too
         if state_topic:
             state.stop()
         sub.stop()
