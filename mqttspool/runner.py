@@ -102,6 +102,10 @@ class WakingQueue(queue.SimpleQueue[T]):
         super().put(item, block, timeout)
         self.on_put()
 
+    def put_nowait(self, item: T) -> None:
+        """Enqueue ``item``, then wake the consumer (the C ``put_nowait`` skips :meth:`put`)."""
+        self.put(item)
+
 
 def _nothing() -> None:
     return None

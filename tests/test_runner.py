@@ -234,5 +234,5 @@ def test_a_waking_queue_wakes_its_consumer_on_every_put() -> None:
     woken = []
     q.on_put = lambda: woken.append(1)
     q.put("connected")
-    q.put("subscribed")
+    q.put_nowait("subscribed")
     assert (q.get_nowait(), q.get_nowait(), len(woken)) == ("connected", "subscribed", 2)
