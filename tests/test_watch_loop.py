@@ -55,3 +55,14 @@ def test_a_flood_of_messages_is_printed_in_bursts_so_a_stop_is_seen(
     assert printer.step(100.0) == 0.0  # more queued: the runner checks for a stop, steps again
     assert printer.step(100.0) == MAX_WAIT_S
     assert len(capsys.readouterr().out.splitlines()) == printer.BURST + 1
+
+
+def test_after_a_stop_watch_prints_what_had_already_arrived(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sub = _subscriber()
+    printer = _WatchPrinter(sub, "t", WatchTracker(), as_json=False, deadline=None)
+    for i in range(3):
+        sub.messages.put(Received(f"t/status{i}", b"x", retain=False))
+    printer.flush()
+    assert capsys.readouterr().out.splitlines() == [f"# t/status{i}: x" for i in range(3)]

@@ -185,6 +185,7 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
         runner.run()
     finally:
         sub.stop()
+    printer.flush()  # what paho received before the disconnect (a stop ends the wait at once)
     _print_summary(tracker.summary(), args.json)
     return 0
 
@@ -207,18 +208,26 @@ class _WatchPrinter:
 
     def step(self, now: float) -> float | None:
         """Print status lines and messages; seconds until the deadline (None: reached)."""
-        _print_status(self.sub.status)
-        for _ in range(self.BURST):
-            try:
-                msg = self.sub.messages.get_nowait()
-            except queue.Empty:
-                break
-            _print_message(msg, self.prefix, self.tracker, self.as_json)
-        else:
+        if self._print(self.BURST) == self.BURST:
             return 0.0  # more may be queued: step again at once
         if self.deadline is None:
             return MAX_WAIT_S
         return None if now >= self.deadline else self.deadline - now
+
+    def flush(self) -> None:
+        """After the end: print what had arrived (a stop ends the wait, not the output)."""
+        self._print(self.sub.messages.qsize())
+
+    def _print(self, limit: int) -> int:
+        """Print the status lines and up to ``limit`` messages; how many were printed."""
+        _print_status(self.sub.status)
+        for done in range(limit):
+            try:
+                msg = self.sub.messages.get_nowait()
+            except queue.Empty:
+                return done
+            _print_message(msg, self.prefix, self.tracker, self.as_json)
+        return limit
 
 
 def _print_message(msg: Received, prefix: str, tracker: WatchTracker, as_json: bool) -> None:
