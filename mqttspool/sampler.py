@@ -36,6 +36,7 @@ from mqttspool.errors import (
 )
 from mqttspool.logthrottle import LogThrottle
 from mqttspool.reading import Reading, from_us, reading_error_from
+from mqttspool.runner import ErrorPolicy, Runner
 from mqttspool.sensors.base import Measurement, Sensor
 from mqttspool.sensors.registry import build_sensors, default_spool_dir
 from mqttspool.spool import Spool, count_lost_to_corruption
@@ -48,6 +49,15 @@ FULL_LOG_INTERVAL_S = 60.0
 IDLE_WAIT_S = 60.0  # upper bound on one wait, so stop() is never the only wake-up
 ERROR_WAIT_S = 1.0  # after an unexpected error in step()
 _READINGS = TypeAdapter(list[Reading])
+
+# Corrupt: the service quarantines and salvages the spool, then restarts us. Gone:
+# the service must stop (exit 1). Anything else (a bug, an odd sensor library) is
+# logged and the round retried: sampling must not end on one bad round.
+SAMPLER_POLICY = ErrorPolicy(
+    fatal=(SpoolCorruptError, SpoolGoneError),
+    retry_s=ERROR_WAIT_S,
+    expected=(SpoolCorruptError, SpoolGoneError),
+)
 
 
 @dataclass
@@ -256,14 +266,31 @@ class Sampler:
 
 
 class SamplerThread:
-    """A daemon thread calling :meth:`Sampler.step` and waiting until the next sensor is due."""
+    """A daemon thread: a :class:`~mqttspool.runner.Runner` of :meth:`Sampler.step`.
+
+    It waits until the next sensor is due (at most ``IDLE_WAIT_S``); a stop
+    request ends the wait. Errors: see :data:`SAMPLER_POLICY`.
+    """
 
     def __init__(self, sampler: Sampler) -> None:
         self.sampler = sampler
         self.last_round_mono = time.monotonic()
-        self.error: SpoolError | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mqttspool-sampler", daemon=True)
+        self.runner = Runner(
+            "sampling",
+            self._step,
+            SAMPLER_POLICY,
+            max_wait=IDLE_WAIT_S,
+            close=self._close,
+            log=logger,
+        )
+        self._thread = threading.Thread(
+            target=self.runner.run, name="mqttspool-sampler", daemon=True
+        )
+
+    @property
+    def error(self) -> BaseException | None:
+        """The spool error that stopped sampling (None while it runs or after a clean stop)."""
+        return self.runner.error
 
     def start(self) -> None:
         """Start sampling (the first round runs at once)."""
@@ -272,7 +299,7 @@ class SamplerThread:
 
     def stop(self) -> None:
         """Ask the thread to stop; wakes it at once (a round in progress finishes first)."""
-        self._stop.set()
+        self.runner.stop()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the thread to end."""
@@ -282,27 +309,15 @@ class SamplerThread:
         """True while the thread runs."""
         return self._thread.is_alive()
 
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                try:
-                    delay = self.sampler.step()
-                except (SpoolCorruptError, SpoolGoneError) as exc:
-                    # Corrupt: the service quarantines and salvages the spool, then
-                    # restarts us. Gone: the service must stop (exit 1).
-                    self.error = exc
-                    logger.error("sampling stopped: %s", exc)
-                    return
-                except Exception:
-                    logger.exception("sampling round failed; retrying in %gs", ERROR_WAIT_S)
-                    delay = ERROR_WAIT_S
-                else:
-                    if self.sampler.round_stored:  # a round nothing was stored of is not done
-                        self.last_round_mono = time.monotonic()
-                self._stop.wait(min(delay, IDLE_WAIT_S))
-        finally:
-            self.sampler.close()
-            self.sampler.spool.close()  # this thread's SQLite connection
+    def _step(self, now: float) -> float:
+        delay = self.sampler.step()
+        if self.sampler.round_stored:  # a round nothing was stored of is not done
+            self.last_round_mono = time.monotonic()
+        return delay
+
+    def _close(self) -> None:
+        self.sampler.close()
+        self.sampler.spool.close()  # this thread's SQLite connection
 
 
 def build_sampler(

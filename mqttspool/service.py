@@ -54,6 +54,7 @@ from mqttspool.health import (
 )
 from mqttspool.logthrottle import LogThrottle
 from mqttspool.mqtt import MqttPublisher, client_id_for
+from mqttspool.runner import ErrorPolicy, Runner, StopRequest
 from mqttspool.sampler import SamplerThread, build_sampler
 from mqttspool.spool import Spool, open_spool, recover_spool
 from mqttspool.timekeeping import Clock, SystemClock
@@ -351,6 +352,7 @@ def _version() -> str:
 
 
 DRAIN_CONNECT_S = 30.0  # without --timeout, drain gives up on a broker never reached in this
+DRAIN_PROGRESS_S = 5.0  # one "drain: ... sent" line this often
 
 
 @dataclass
@@ -369,7 +371,7 @@ def drain(
     settings: Settings,
     timeout: float | None,
     clock: Clock | None = None,
-    stop: threading.Event | None = None,
+    stop: StopRequest | None = None,
 ) -> DrainResult:
     """Publish the backlog until the spool is empty, ``timeout`` expires or ``stop`` is set.
 
@@ -378,7 +380,7 @@ def drain(
     connected, it reconnects until the spool is empty.
     """
     clock = clock or SystemClock()
-    stop = stop or threading.Event()
+    stop = stop or StopRequest()
     spool = open_spool(settings.spool, clock, integrity_check=True)
     try:
         spool.begin_writing()  # a new epoch if the last stop may have lost commits
@@ -400,35 +402,65 @@ def _drain_loop(
     bridge: Bridge,
     publisher: MqttPublisher,
     timeout: float | None,
-    stop: threading.Event,
+    stop: StopRequest,
 ) -> DrainResult:
-    start = time.monotonic()
-    deadline = start + (DRAIN_CONNECT_S if timeout is None else timeout)
     logger.info("draining %d reading(s) to %s", spool.depth(), settings.broker.address())
-    next_progress, ever_connected = start + 5.0, False
-    while not stop.is_set():
-        now = time.monotonic()
-        delay = bridge.step(now)
-        ever_connected = ever_connected or bridge.connected
-        if bridge.drained and spool.depth() == 0:
-            break
-        if now >= deadline and (timeout is not None or not ever_connected):
-            break
-        if now >= next_progress:
-            next_progress = now + 5.0
-            _log_progress(bridge, spool)
-        publisher.wait(min(delay, 0.25))
+    state = _DrainState(bridge, spool, timeout, time.monotonic())
+    # Errors reach the caller (the CLI names them); paho events and a stop request
+    # end a wait early, so the loop sleeps until the bridge's next timer.
+    runner = Runner(
+        "drain",
+        state.step,
+        ErrorPolicy(propagate=True),
+        wait=publisher.wait,
+        wake=publisher.wake,
+        stop=stop,
+    )
+    runner.run()
     # Settle what is acknowledged (a stop request included), then record a clean stop.
     bridge.shutdown(min(settings.bridge.shutdown_timeout, 5.0), time.monotonic, publisher.wait)
     spool.mark_clean()
     return DrainResult(
         bridge.published_total,
         spool.depth(),
-        ever_connected,
+        state.ever_connected,
         bridge.rejected_total,
         interrupted=stop.is_set() and spool.depth() > 0,
         last_failure=bridge.last_failure,
     )
+
+
+class _DrainState:
+    """drain's step: the bridge's step, when to end (spool empty, deadline), progress lines."""
+
+    def __init__(self, bridge: Bridge, spool: Spool, timeout: float | None, start: float) -> None:
+        self.bridge = bridge
+        self.spool = spool
+        self.timeout = timeout
+        self.deadline = start + (DRAIN_CONNECT_S if timeout is None else timeout)
+        self.next_progress = start + DRAIN_PROGRESS_S
+        self.ever_connected = False
+
+    def step(self, now: float) -> float | None:
+        """One bridge step; None once the drain is over, else seconds until the next."""
+        bridge = self.bridge
+        delay = bridge.step(now)
+        self.ever_connected = self.ever_connected or bridge.connected
+        if bridge.drained and self.spool.depth() == 0:
+            return None
+        if now >= self.deadline and self._deadline_applies():
+            return None
+        if now >= self.next_progress:
+            self.next_progress = now + DRAIN_PROGRESS_S
+            _log_progress(bridge, self.spool)
+        due = [delay, self.next_progress - now]
+        if self._deadline_applies():
+            due.append(self.deadline - now)
+        return min(due)
+
+    def _deadline_applies(self) -> bool:
+        # Without --timeout the deadline only bounds reaching the broker at all.
+        return self.timeout is not None or not self.ever_connected
 
 
 def _log_progress(bridge: Bridge, spool: Spool) -> None:

@@ -298,9 +298,12 @@ class Bridge:
         """
         self.stopping = True
         deadline = now() + timeout
+        # ``wait`` is the publisher's: a PUBACK or a disconnect ends it early, so it
+        # waits for the bridge's next timer (or the deadline), never in short polls.
         while self.connected and self.inflight and now() < deadline:
-            self.step(now())
-            wait(min(ACK_FLUSH_S, max(0.0, deadline - now())))
+            delay = self.step(now())
+            if self.connected and self.inflight:  # the last PUBACK ends the loop at once
+                wait(min(delay, max(0.0, deadline - now())))
         for event in self.publisher.events():
             self._handle(event, now())
         self.settler.settle(now())
@@ -330,7 +333,7 @@ class Bridge:
         window.add(mid, now())
         end = max(deadline, now() + 1.0)
         while window.holds(mid) and now() < end:
-            wait(ACK_FLUSH_S)
+            wait(max(0.0, end - now()))  # the PUBACK (any paho event) ends the wait
             for event in self.publisher.events():
                 if isinstance(event, Acked):
                     window.ack(event.mid)

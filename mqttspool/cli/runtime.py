@@ -12,7 +12,6 @@ import os
 import queue
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mqttspool.config import Settings
-    from mqttspool.mqtt import Received
+    from mqttspool.mqtt import Received, Subscriber
     from mqttspool.service import DrainResult
     from mqttspool.watch import WatchTracker
 
+MAX_WAIT_S = 3600.0  # watch without --timeout: nothing is due, only arrivals wake it
 Handler = Callable[[argparse.Namespace, "Settings"], int]
 Add = Callable[[str, Handler, str], argparse.ArgumentParser]
 
@@ -109,9 +109,10 @@ def cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
     shell's ``cmd &``) stop it gracefully: what is acknowledged is settled and it
     says how far it got.
     """
+    from mqttspool.runner import StopRequest  # noqa: PLC0415
     from mqttspool.service import drain  # noqa: PLC0415
 
-    stop = threading.Event()
+    stop = StopRequest()  # wakes the drain loop at once, not on its next timer
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     result = drain(settings, args.timeout, stop=stop)
@@ -161,32 +162,72 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     """``mqttspool watch``: print readings until Ctrl-C (or --timeout), then a summary."""
     from mqttspool.mqtt import Subscriber  # noqa: PLC0415
+    from mqttspool.runner import ErrorPolicy, Runner, StopRequest  # noqa: PLC0415
     from mqttspool.watch import WatchTracker  # noqa: PLC0415
 
     topic = args.topic or f"{settings.topics.prefix}/#"
     client_id = f"mqttspool-watch-{settings.device.id}-{os.getpid()}"
     sub = Subscriber(settings.broker, client_id, topic)
     tracker = WatchTracker()
-    # An event, not KeyboardInterrupt: SIGINT may arrive ignored (a shell's `cmd &`,
-    # some init systems), and an exception raised inside print() or paho's calls is
-    # not a clean way to stop.
-    stop = threading.Event()
+    # A stop request, not KeyboardInterrupt: SIGINT may arrive ignored (a shell's
+    # `cmd &`, some init systems), and an exception raised inside print() or paho's
+    # calls is not a clean way to stop.
+    stop = StopRequest()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    printer = _WatchPrinter(sub, settings.topics.prefix, tracker, args.json, deadline)
+    # Asleep until a message, a status line or the stop request arrives (or --timeout).
+    runner = Runner("watch", printer.step, ErrorPolicy(propagate=True), stop=stop)
+    sub.messages.on_put = sub.status.on_put = runner.wake
     sub.start()
     try:
-        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            _print_status(sub.status)
-            try:
-                msg = sub.messages.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            _print_message(msg, settings.topics.prefix, tracker, args.json)
+        runner.run()
     finally:
         sub.stop()
+    printer.flush()  # what paho received before the disconnect (a stop ends the wait at once)
     _print_summary(tracker.summary(), args.json)
     return 0
+
+
+class _WatchPrinter:
+    """``watch``'s step: print what arrived; end at the deadline."""
+
+    BURST = 1000  # messages per step, so a flood cannot delay a stop request
+
+    def __init__(
+        self,
+        sub: Subscriber,
+        prefix: str,
+        tracker: WatchTracker,
+        as_json: bool,
+        deadline: float | None,
+    ) -> None:
+        self.sub, self.prefix, self.tracker = sub, prefix, tracker
+        self.as_json, self.deadline = as_json, deadline
+
+    def step(self, now: float) -> float | None:
+        """Print status lines and messages; seconds until the deadline (None: reached)."""
+        if self._print(self.BURST) == self.BURST:
+            return 0.0  # more may be queued: step again at once
+        if self.deadline is None:
+            return MAX_WAIT_S
+        return None if now >= self.deadline else self.deadline - now
+
+    def flush(self) -> None:
+        """After the end: print what had arrived (a stop ends the wait, not the output)."""
+        self._print(self.sub.messages.qsize())
+
+    def _print(self, limit: int) -> int:
+        """Print the status lines and up to ``limit`` messages; how many were printed."""
+        _print_status(self.sub.status)
+        for done in range(limit):
+            try:
+                msg = self.sub.messages.get_nowait()
+            except queue.Empty:
+                return done
+            _print_message(msg, self.prefix, self.tracker, self.as_json)
+        return limit
 
 
 def _print_message(msg: Received, prefix: str, tracker: WatchTracker, as_json: bool) -> None:

@@ -97,6 +97,7 @@ def _consume(settings: Settings, store: SqlStore, metrics: IngestMetricsServer |
     from mqttspool.ingest.consumer import IngestConsumer  # noqa: PLC0415
     from mqttspool.ingest.decode import Decoder  # noqa: PLC0415
     from mqttspool.ingest.state import IngestState  # noqa: PLC0415
+    from mqttspool.runner import Runner, StopRequest  # noqa: PLC0415
 
     cfg, prefix = settings.ingest, settings.topics.prefix
     sub = _subscriber(settings)
@@ -106,18 +107,21 @@ def _consume(settings: Settings, store: SqlStore, metrics: IngestMetricsServer |
     if state_topic:
         sub.on_subscribed = state.subscription
         consumer.on_db_state = state.database
-    stop = threading.Event()
+    stop = StopRequest()  # wakes the consumer and the status relay at once
+    # The subscriber's status lines are logged as they arrive (the relay sleeps until one).
+    relay = Runner("ingest status relay", lambda now: _log_status(sub), stop=stop)
+    sub.status.on_put = relay.wake
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     if metrics is not None:
         metrics.serve(consumer)
     logger.info("ingest: writing to %s, group %s", store.name, cfg.group)
     sub.start()
-    relay = threading.Thread(target=_log_status, args=(sub, stop), daemon=True)
-    relay.start()
+    threading.Thread(target=relay.run, name="ingest-status", daemon=True).start()
     try:
         consumer.run(stop, cfg.status_interval)
     finally:
+        stop.set()  # ends the relay too
         if state_topic:
             state.stop()
         sub.stop()
@@ -140,9 +144,12 @@ def _subscriber(settings: Settings) -> AckingSubscriber:
     return AckingSubscriber(settings.broker, client_id, topics, cfg.session_expiry, will)
 
 
-def _log_status(sub: AckingSubscriber, stop: threading.Event) -> None:
-    while not stop.is_set():
+def _log_status(sub: AckingSubscriber) -> float:
+    """Log every status line queued so far; nothing is due until the next one arrives."""
+    from mqttspool.runner import MAX_WAIT_S  # noqa: PLC0415
+
+    while True:
         try:
-            logger.info("ingest: %s", sub.status.get(timeout=0.5))
+            logger.info("ingest: %s", sub.status.get_nowait())
         except queue.Empty:
-            continue
+            return MAX_WAIT_S

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from mqttspool.ingest.completeness import EpochReport, completeness
 from mqttspool.ingest.decode import Decoder
 from mqttspool.ingest.store import Store, StoreError, StoreRefusedError, Undecodable, WriteBatch
 from mqttspool.mqtt import Delivery
+from mqttspool.runner import ErrorPolicy, Runner, StopRequest, WakingQueue
 
 logger = logging.getLogger(__name__)
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0  # while the database is unreachable
@@ -38,7 +38,7 @@ RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0  # while the database is unreachable
 class DeliverySource(Protocol):
     """What the consumer needs from the subscriber (:class:`~mqttspool.mqtt.AckingSubscriber`)."""
 
-    messages: queue.SimpleQueue[Delivery]
+    messages: WakingQueue[Delivery]  # its on_put wakes the consumer's loop
 
     def ack(self, delivery: Delivery) -> None:
         """Acknowledge one delivery to the broker."""
@@ -177,15 +177,46 @@ class IngestConsumer:
             f" {len(reports)} epoch(s), {unexplained} unexplained missing reading(s)"
         )
 
-    def run(self, stop: threading.Event, status_interval: float) -> None:
-        """Step until ``stop`` is set, logging a status line every ``status_interval`` s."""
+    def run(self, stop: StopRequest, status_interval: float) -> None:
+        """Step until ``stop`` is set, logging a status line every ``status_interval`` s.
+
+        Between batches it sleeps until a message arrives (the source's queue wakes
+        it), the status line or the database retry is due, or ``stop`` is set.
+        """
         self.refresh_reports()  # the metrics show the stored state from the start
-        next_status = self.clock() + status_interval
-        while not stop.is_set():
-            self.step()
-            if self.db_ok is False:
-                stop.wait(self.retry_s)
-            if self.clock() >= next_status:
-                next_status = self.clock() + status_interval
-                logger.info("%s", self.status_line())
+        loop = _Loop(self, status_interval)
+        runner = Runner("ingest", loop.step, ErrorPolicy(propagate=True), stop=stop)
+        self.source.messages.on_put = runner.wake
+        try:
+            runner.run()
+        finally:
+            self.source.messages.on_put = lambda: None
         logger.info("%s", self.status_line())
+
+
+class _Loop:
+    """The consumer's step for the runner: one batch, the status line, the retry timer."""
+
+    def __init__(self, consumer: IngestConsumer, status_interval: float) -> None:
+        self.consumer = consumer
+        self.status_interval = status_interval
+        self.next_status = consumer.clock() + status_interval
+        self.retry_at = 0.0
+
+    def step(self, now: float) -> float:
+        """Store what arrived (unless a database retry is not due yet); seconds to sleep."""
+        consumer, clock = self.consumer, self.consumer.clock
+        handled = 0
+        if clock() >= self.retry_at:  # a message arriving meanwhile does not hurry a retry
+            handled = consumer.step(wait=0.0)
+            if consumer.db_ok is False:
+                self.retry_at = clock() + consumer.retry_s
+        if clock() >= self.next_status:
+            self.next_status = clock() + self.status_interval
+            logger.info("%s", consumer.status_line())
+        if handled:
+            return 0.0  # more may be queued
+        due = [self.next_status]
+        if consumer.db_ok is False:
+            due.append(self.retry_at)
+        return max(0.0, min(due) - clock())

@@ -6,7 +6,6 @@ by itself, and connection news goes to a ``status`` queue of lines for the CLI.
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,6 +19,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from mqttspool.config import BrokerConfig
 from mqttspool.mqtt.client import new_client
 from mqttspool.mqtt.events import Will, describe_refusal, kind_for_connack
+from mqttspool.runner import WakingQueue
 
 SESSION_EXPIRY_WATCH_S = 3600
 
@@ -39,7 +39,8 @@ class _SessionClient:
 
     def __init__(self, config: BrokerConfig, client: mqtt.Client) -> None:
         self.config = config
-        self.status: queue.SimpleQueue[str] = queue.SimpleQueue()
+        # Status lines for the CLI; its loop sets ``status.on_put`` to its wake-up.
+        self.status: WakingQueue[str] = WakingQueue()
         client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
@@ -104,7 +105,7 @@ class Subscriber(_SessionClient):
 
     def __init__(self, config: BrokerConfig, client_id: str, topic: str) -> None:
         self.topic = topic
-        self.messages: queue.SimpleQueue[Received] = queue.SimpleQueue()
+        self.messages: WakingQueue[Received] = WakingQueue()  # watch's loop wakes on each
         password = config.resolved_password()
         client = new_client(config, client_id, password=password, persistent=True)
         super().__init__(config, client)
@@ -171,7 +172,7 @@ class AckingSubscriber(_SessionClient):
         self.client_id = client_id
         self.topics = topics
         self.session_expiry = session_expiry
-        self.messages: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
+        self.messages: WakingQueue[Delivery] = WakingQueue()  # ingest's loop wakes on each
         # Told True after a successful SUBACK, False when the connection is lost.
         self.on_subscribed: Callable[[bool], None] = lambda subscribed: None
         self._connection = 0

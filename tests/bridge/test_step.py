@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.spooltools import all_seqs
 
-from mqttspool.bridge import Backoff, Bridge, TokenBucket, build_bridge
+from mqttspool.bridge import ACK_FLUSH_S, Backoff, Bridge, TokenBucket, build_bridge
 from mqttspool.config import Settings, load_config
 from mqttspool.counters import Counters
 from mqttspool.errors import ConfigError
@@ -345,6 +345,27 @@ def test_shutdown_waits_for_acks_then_says_offline(tmp_path: Path, clock: FakeCl
     assert pub.sent[-1].topic == "mqttspool/edge-01/status"
     assert pub.sent[-1].payload == b"offline" and pub.sent[-1].retain
     assert pub.closes == 1
+
+
+def test_shutdown_sleeps_until_the_publisher_wakes_it_not_in_short_polls(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    bridge, pub, spool = make_bridge(tmp_path, clock, max_inflight=5)
+    fill(spool, clock, 3)
+    connect(bridge, pub, 0.0)
+    t = [0.0]
+    waits: list[float] = []
+
+    def wait(s: float) -> None:  # every wait is ended early by the PUBACK it waits for
+        waits.append(s)
+        t[0] += 0.01
+        pub.ack_all_data()
+        pub.ack([m.mid for m in pub.sent if m.payload == b"offline"])
+
+    assert bridge.shutdown(5.0, lambda: t[0], wait) == 0
+    assert len(waits) == 2  # one for the readings' PUBACKs, one for offline's
+    assert waits[0] > ACK_FLUSH_S  # until the bridge's next timer, not a 50 ms poll
+    assert waits[1] == pytest.approx(5.0 - 0.01)  # until the deadline
 
 
 def test_shutdown_timeout_leaves_unacked_rows_spooled(tmp_path: Path, clock: FakeClock) -> None:

@@ -181,6 +181,37 @@ def test_drain_gives_up_on_a_broker_never_reached_and_says_why(
     )
 
 
+def test_drain_sleeps_until_its_next_timer_and_a_stop_request_wakes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mqttspool import service  # noqa: PLC0415
+    from mqttspool.config import load_config  # noqa: PLC0415
+    from mqttspool.mqtt import MqttPublisher  # noqa: PLC0415
+    from mqttspool.runner import StopRequest  # noqa: PLC0415
+
+    db = tmp_path / "spool.db"
+    spool_with_backlog(db, 5)
+    env = mqttspool_env(db, _free_port(), bridge__reconnect_min=2, bridge__reconnect_max=2)
+    settings = load_config(None, environ=env)
+    stop = StopRequest()
+    waits: list[float] = []
+    real_wait = MqttPublisher.wait
+
+    def wait(publisher: MqttPublisher, timeout: float) -> None:
+        waits.append(timeout)
+        if len(waits) == 2:  # asleep until the next connection attempt (2 s backoff)
+            stop.set()  # as SIGINT's handler does: wakes the wait at once
+        real_wait(publisher, timeout)
+
+    monkeypatch.setattr(MqttPublisher, "wait", wait)
+    result = service.drain(settings, None, stop=stop)
+    assert (result.interrupted, result.remaining, result.connected) == (True, 5, False)
+    assert len(waits) == 2  # no wake-up in between: the stop ended the second wait
+    # Each wait lasts until a timer is due (the connect timeout or the 5 s progress
+    # line, then the backoff), never a short poll.
+    assert waits[0] > 2.0 and waits[1] == pytest.approx(2.0, abs=0.1)
+
+
 def _depth(db: Path) -> int:
     proc = run_cli(["status", "--json"], mqttspool_env(db, 1))
     value: int = json.loads(proc.stdout)["depth"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import queue
 
 from mqttspool.batch import encode as encode_batch
 from mqttspool.ingest.completeness import completeness, explain
@@ -18,6 +17,7 @@ from mqttspool.ingest.store import (
 )
 from mqttspool.mqtt import Delivery
 from mqttspool.reading import StoredReading
+from mqttspool.runner import WakingQueue
 from mqttspool.wire.payload import render_payload
 from mqttspool.wire.snapshot import Snapshot
 
@@ -94,7 +94,7 @@ def test_snapshot_without_epoch_is_quarantined() -> None:
 
 class _Source:
     def __init__(self, deliveries: list[Delivery]) -> None:
-        self.messages: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
+        self.messages: WakingQueue[Delivery] = WakingQueue()
         for d in deliveries:
             self.messages.put(d)
         self.acked: list[int] = []
@@ -151,6 +151,39 @@ def test_an_unreachable_database_acknowledges_nothing_and_retries_the_same_messa
         [],
         [False, True],
     )
+
+
+def test_the_consumer_sleeps_until_a_message_or_its_status_line_not_in_short_polls() -> None:
+    from mqttspool.ingest.consumer import _Loop  # noqa: PLC0415
+
+    t = [100.0]
+    source, store = _Source([]), _Store(fail=False)
+    consumer = IngestConsumer(source, store, Decoder("mqttspool"), 10, 0.0, clock=lambda: t[0])
+    loop = _Loop(consumer, status_interval=60.0)
+    assert loop.step(t[0]) == 60.0  # idle: nothing due before the status line
+    for d in _deliveries():
+        source.messages.put(d)
+    t[0] += 1.0
+    assert loop.step(t[0]) == 0.0  # a batch stored: step again at once for more
+    assert source.acked == [5, 6]
+    assert loop.step(t[0]) == 59.0
+
+
+def test_messages_arriving_while_the_database_is_down_do_not_hurry_the_retry() -> None:
+    from mqttspool.ingest.consumer import _Loop  # noqa: PLC0415
+
+    t = [100.0]
+    source, store = _Source(_deliveries()), _Store(fail=True)
+    consumer = IngestConsumer(source, store, Decoder("mqttspool"), 10, 0.0, clock=lambda: t[0])
+    loop = _Loop(consumer, status_interval=60.0)
+    assert loop.step(t[0]) == consumer.retry_s == 2.0  # failed: retry in 2 s
+    store.fail = False
+    t[0] += 0.5  # woken by another message
+    assert loop.step(t[0]) == 1.5  # not retried yet
+    assert (source.acked, store.batches) == ([], [])
+    t[0] += 1.5
+    assert loop.step(t[0]) == 0.0  # retried on time: stored and acknowledged
+    assert source.acked == [5, 6]
 
 
 def test_metrics_export_unexplained_missing_per_epoch() -> None:

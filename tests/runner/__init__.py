@@ -1,0 +1,1 @@
+"""The loop runner: step, one wake-up, error policy."""
