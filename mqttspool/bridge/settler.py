@@ -23,13 +23,13 @@ from mqttspool.config import BridgeConfig
 from mqttspool.counters import MESSAGES_PUBLISHED, Counters
 from mqttspool.errors import SpoolCorruptError, SpoolError, SpoolGoneError
 from mqttspool.logthrottle import LogThrottle
+from mqttspool.mqtt.events import PUBACK_FAILURE
 from mqttspool.spool import Rejection, Spool
 
 from .deadletters import DeadLetterLog
 
 logger = logging.getLogger("mqttspool.bridge")
 
-PUBACK_FAILURE = 0x80
 RETRY_S = 0.05  # a settle or fsync that failed (disk full) is retried at this pace
 
 

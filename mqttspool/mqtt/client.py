@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from mqttspool.config import BrokerConfig
 from mqttspool.errors import ConfigError
 from mqttspool.mqtt.events import Will
+from mqttspool.mqtt.fastack import Client
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def new_client(
     :class:`ConfigError` naming the setting.
     """
     v5 = force_v5 or config.protocol == "5"
-    client = mqtt.Client(
+    client = Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,

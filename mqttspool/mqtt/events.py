@@ -106,6 +106,9 @@ def kind_for_exception(exc: BaseException) -> FailureKind:
     return FailureKind.NETWORK
 
 
+PUBACK_FAILURE = 0x80  # PUBACK reason codes from here on refuse the message
+
+
 @dataclass(frozen=True)
 class Connected:
     """CONNACK success. ``receive_maximum`` is the broker's (None for MQTT 3.1.1);
@@ -139,7 +142,8 @@ class Disconnected(Failure):
 
 @dataclass(frozen=True)
 class Acked:
-    """PUBACK for ``mid`` with its reason code (0 for MQTT 3.1.1)."""
+    """PUBACK for ``mid`` with its reason code (0 for MQTT 3.1.1) and, for a refusal
+    (code >= 0x80), the code's name ("" for success codes)."""
 
     generation: int
     mid: int

@@ -31,6 +31,7 @@ from mqttspool.config import BrokerConfig
 from mqttspool.gate import consumer_online
 from mqttspool.mqtt.client import check_tls_files, new_client
 from mqttspool.mqtt.events import (
+    PUBACK_FAILURE,
     Acked,
     Connected,
     ConnectFailed,
@@ -160,7 +161,10 @@ class MqttPublisher:
 
     def _emit(self, event: Event) -> None:
         self._events.put(event)
-        self._wake.set()
+        # Setting a set Event still takes its lock and notifies; a PUBACK per message
+        # makes that measurable. The waiter clears the flag before it reads the queue.
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _make_client(self, gen: int) -> mqtt.Client:
         # The bridge reconnects itself, with a fresh client each time.
@@ -326,7 +330,9 @@ def _on_publish(emit: Callable[[Event], None], gen: int) -> Any:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        emit(Acked(gen, mid, int(reason_code.value), str(reason_code)))
+        code = int(reason_code.value)
+        # The name is only ever shown for a refusal (dead letters); naming costs a table scan.
+        emit(Acked(gen, mid, code, str(reason_code) if code >= PUBACK_FAILURE else ""))
 
     return on_publish
 
