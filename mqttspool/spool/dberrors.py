@@ -18,9 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import peewee as pw
-
 from mqttspool.errors import SpoolCorruptError, SpoolError, SpoolFullError
+from mqttspool.spool.orm import pw
 
 # peewee wraps errors raised by execute(), but not those raised later while
 # fetching rows, nor those of the raw cursors used inside transactions.

@@ -39,12 +39,10 @@ import sqlite3
 import time
 from pathlib import Path
 
-import peewee as pw
-from playhouse.sqlite_ext import AutoIncrementField
-
 from mqttspool.errors import NotASpoolError, SpoolCorruptError, SpoolError
 from mqttspool.spool.dberrors import DB_ERRORS, is_corrupt, translate
 from mqttspool.spool.epochs import CLEAN, SHUTDOWN_KEY
+from mqttspool.spool.orm import AutoIncrementField, pw
 from mqttspool.spool.readonly import APPLICATION_ID
 
 logger = logging.getLogger(__name__)
