@@ -89,8 +89,9 @@ def make_bridge(
     """A bridge with a real paho publisher.
 
     ``daemon`` (``run``): acknowledged rows wait up to ``SETTLE_DELAY_S`` to be deleted
-    together (fewer, larger deletes). Otherwise (``drain``): nothing more arrives, so
-    deletes follow the acks closely and a batch never lingers.
+    together (fewer, larger deletes), and a PUBACK wakes the bridge only when something
+    waits on it (a full window, ``max_resend``, shutdown). Otherwise (``drain``): nothing
+    more arrives, so deletes follow the acks closely and a batch never lingers.
     """
     publisher = MqttPublisher(
         settings.broker,
@@ -107,6 +108,7 @@ def make_bridge(
         make_companions(settings),
         settle_delay=SETTLE_DELAY_S if daemon else ACK_FLUSH_S,
         batch_linger=None if daemon else 0.0,
+        lazy_acks=daemon,
     )
     return bridge, publisher
 

@@ -50,6 +50,7 @@ from .settler import Settler
 ACK_FLUSH_S = 0.05  # how long acknowledged rows wait to be deleted in one batch
 SETTLE_DELAY_S = 5.0  # the same in the daemon: fewer, larger deletes
 MAX_WAIT_S = 60.0  # no step sleeps longer than this
+LAZY_ACK_S = 1.0  # with lazy acks, PUBACKs of messages in flight are handled this often
 FAILURE_LOG_INTERVAL_S = 30.0
 
 
@@ -71,7 +72,15 @@ class Parts:
 class Bridge:
     """Moves spooled readings to the broker; one :meth:`step` at a time."""
 
-    def __init__(self, settings: Settings, spool: Spool, clock: Clock, parts: Parts) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        spool: Spool,
+        clock: Clock,
+        parts: Parts,
+        *,
+        lazy_acks: bool = False,
+    ) -> None:
         self.settings, self.cfg, self.spool, self.clock = settings, settings.bridge, spool, clock
         self.prefix, self.device = settings.topics.prefix, settings.device.id
         self.parts = parts
@@ -81,6 +90,7 @@ class Bridge:
         self.stopping = False
         self.drained = False  # last lease found nothing and nothing is in flight
         self.now = 0.0  # the time of the current step, for the log throttle
+        self.lazy_acks = lazy_acks  # PUBACKs wake the step only when something waits on them
         self._unacked_since: float | None = None
 
     # ------------------------------------------------------------- queries
@@ -165,7 +175,18 @@ class Bridge:
         delay = self._step(now)
         session = self.link.session
         self._unacked_since = None if session is None else session.window.oldest()
+        self.publisher.acks_wake = self._waits_on_acks(session)
         return delay
+
+    def _waits_on_acks(self, session: Session | None) -> bool:
+        """Whether the next PUBACK should wake the step: always, unless ``lazy_acks``
+        (the daemon) and the window and ``max_resend`` leave room and no shutdown waits.
+        Otherwise acks wait in the queue for the next wake-up (new rows, a timer: the
+        settle delay, the ack timeout), which handles them all at once."""
+        if not self.lazy_acks or self.stopping or session is None or not session.connected:
+            return True
+        window = session.window
+        return window.room() <= 0 or self.settler.fits(window.readings) <= 0
 
     def _step(self, now: float) -> float:
         for event in self.publisher.events():
@@ -216,6 +237,8 @@ class Bridge:
             oldest = session.window.oldest()
             if oldest is not None:
                 timers.append(oldest + self.cfg.ack_timeout + ACK_FLUSH_S)
+                if self.lazy_acks:
+                    timers.append(now + LAZY_ACK_S)  # counters and health stay current
             if not self.stopping:
                 timers.append(self.sender.next_due(session, now))
         due = min((t for t in timers if t is not None), default=now + MAX_WAIT_S)
@@ -350,11 +373,13 @@ def build_bridge(
     *,
     settle_delay: float = ACK_FLUSH_S,
     batch_linger: float | None = None,
+    lazy_acks: bool = False,
 ) -> Bridge:
     """A bridge with its parts wired from ``settings`` (``bridge.payload`` picks the sender).
 
     ``settle_delay``: how long acknowledged rows wait to be deleted together (the daemon:
-    :data:`SETTLE_DELAY_S`); ``batch_linger`` overrides ``bridge.batch_linger``.
+    :data:`SETTLE_DELAY_S`); ``batch_linger`` overrides ``bridge.batch_linger``;
+    ``lazy_acks`` (the daemon): PUBACKs wake the bridge only when something waits on them.
     """
     cfg = settings.bridge
     counters = counters or Counters()
@@ -370,7 +395,7 @@ def build_bridge(
     shared = SendContext(publisher, spool, source, settler, outbox, bucket, clock, cfg.live_window)
     sender = _sender(settings, shared, batch_linger)
     parts = Parts(link, source, settler, outbox, sender, dead_letters, gate, counters, throttle)
-    late.bridge = bridge = Bridge(settings, spool, clock, parts)
+    late.bridge = bridge = Bridge(settings, spool, clock, parts, lazy_acks=lazy_acks)
     return bridge
 
 

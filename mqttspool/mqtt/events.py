@@ -184,7 +184,14 @@ class Will:
 
 
 class Publisher(Protocol):
-    """What the bridge needs from a broker connection (a fake implements it in tests)."""
+    """What the bridge needs from a broker connection (a fake implements it in tests).
+
+    ``acks_wake``: whether a PUBACK ends a :meth:`wait` (other events always do).
+    The bridge clears it while nothing waits on acknowledgements, so a daemon
+    sending a few readings a second is not woken once per PUBACK.
+    """
+
+    acks_wake: bool
 
     @property
     def broker(self) -> str:

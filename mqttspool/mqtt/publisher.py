@@ -76,6 +76,7 @@ class MqttPublisher:
         check_tls_files(config)
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._wake = threading.Event()
+        self.acks_wake = True  # see Publisher.acks_wake
         self._client: mqtt.Client | None = None
         self._connect_thread: threading.Thread | None = None
         self._generation = 0
@@ -166,6 +167,11 @@ class MqttPublisher:
         if not self._wake.is_set():
             self._wake.set()
 
+    def _emit_ack(self, event: Event) -> None:
+        self._events.put(event)
+        if self.acks_wake and not self._wake.is_set():
+            self._wake.set()
+
     def _make_client(self, gen: int) -> mqtt.Client:
         # The bridge reconnects itself, with a fresh client each time.
         client = new_client(
@@ -184,7 +190,7 @@ class MqttPublisher:
             client.enable_logger(_PAHO_LOGGER)  # one log call per packet: debug only
         client.on_connect = _on_connect(self._emit, gen, self.consumer_topic)
         client.on_disconnect = _on_disconnect(self._emit, gen)
-        client.on_publish = _on_publish(self._emit, gen)
+        client.on_publish = _on_publish(self._emit_ack, gen)
         if self.consumer_topic:
             client.on_message = _on_consumer_state(self._emit, gen)
             client.on_subscribe = _on_consumer_subscribe(self.consumer_topic, self.broker)

@@ -209,6 +209,68 @@ def test_the_daemon_deletes_acknowledged_rows_in_batches_within_max_resend(
         spool.close()
 
 
+def test_with_lazy_acks_a_puback_wakes_the_bridge_only_when_something_waits_on_it(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's bridge is not woken once per PUBACK while the window and max_resend
+    leave room: the acks wait for the next wake-up (new rows, a timer), at most
+    LAZY_ACK_S while messages are in flight."""
+    monkeypatch.setattr(bridge_leases, "VERSION_CHECK_S", 3600.0)  # only the ack timers
+    cfg = make_settings(tmp_path, max_inflight=4, max_resend=100)
+    spool = open_spool(cfg.spool, clock)
+    pub = FakePublisher()
+    bridge = build_bridge(cfg, spool, pub, clock, settle_delay=SETTLE_DELAY_S, lazy_acks=True)
+    try:
+        connect(bridge, pub, 0.0)
+        fill(spool, clock, 2)
+        delay = bridge.step(0.5)
+        assert (len(pub.data()), bridge.window_load) == (2, 2)
+        assert pub.acks_wake is False  # 2 of 4 window slots free: nothing waits
+        assert delay == pytest.approx(bridge_core.LAZY_ACK_S)  # in flight: handled within 1 s
+        fill(spool, clock, 5)
+        bridge.step(0.6)
+        assert (len(pub.data()), bridge.window_load) == (4, 4)
+        assert pub.acks_wake is True  # the window is full: the next PUBACK frees a slot
+        pub.ack_all_data()
+        bridge.step(0.7)
+        assert (len(pub.data()), pub.acks_wake) == (7, False)
+        bridge.stopping = True
+        bridge.step(0.8)
+        assert pub.acks_wake is True  # shutdown waits for the acks in flight
+    finally:
+        spool.close()
+
+
+def test_without_lazy_acks_every_puback_wakes_the_bridge(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """drain is throughput-bound (and ends on the last PUBACK): acks always wake it."""
+    monkeypatch.setattr(bridge_leases, "VERSION_CHECK_S", 3600.0)
+    cfg = make_settings(tmp_path, max_inflight=10)
+    spool = open_spool(cfg.spool, clock)
+    pub = FakePublisher()
+    bridge = build_bridge(cfg, spool, pub, clock)
+    try:
+        connect(bridge, pub, 0.0)
+        fill(spool, clock, 2)
+        bridge.step(0.5)
+        assert bridge.window_load == 2 and pub.acks_wake is True
+        assert bridge.step(0.5) > bridge_core.LAZY_ACK_S  # no polling timer either
+    finally:
+        spool.close()
+
+
+def test_the_daemon_has_lazy_acks_and_drain_not(tmp_path: Path, clock: FakeClock) -> None:
+    settings: Settings = make_settings(tmp_path)
+    spool = open_spool(settings.spool, clock)
+    try:
+        daemon, _ = make_bridge(settings, spool, clock, Counters())
+        drain, _ = make_bridge(settings, spool, clock, Counters(), daemon=False)
+        assert (daemon.lazy_acks, drain.lazy_acks) == (True, False)
+    finally:
+        spool.close()
+
+
 def test_the_daemon_bridge_uses_the_long_settle_delay_and_drain_the_short_one(
     tmp_path: Path, clock: FakeClock
 ) -> None:

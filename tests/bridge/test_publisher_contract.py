@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pytest
 from fakes.publisher import FakePublisher
 from support.broker import BrokerFactory
+from support.proxy import TcpProxy
 
 from mqttspool.config import BrokerConfig
 from mqttspool.mqtt import (
@@ -194,3 +195,40 @@ def test_connect_to_a_closed_port_fails_with_kind_network(backend: Backend) -> N
     assert isinstance(event, ConnectFailed)
     assert (event.generation, event.kind) == (gen, FailureKind.NETWORK)
     assert event.reason
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("acks_wake", [True, False])
+def test_a_puback_ends_a_wait_only_while_acks_wake(
+    broker_factory: BrokerFactory, acks_wake: bool
+) -> None:
+    """MqttPublisher: with ``acks_wake`` off the PUBACK is queued without waking the
+    waiter (the daemon's bridge handles it on its next wake-up). A proxy delays the
+    PUBACK by 0.4 s so that it arrives during the wait."""
+    broker = broker_factory("auth")
+    proxy = TcpProxy(broker.host, broker.port, delay=0.2)
+    cfg = BrokerConfig(
+        host="127.0.0.1",
+        port=proxy.port,
+        username="edge-01",
+        password=broker.users["edge-01"],  # type: ignore[arg-type]
+    )
+    pub = MqttPublisher(cfg, "contract-lazy-acks", None)
+    try:
+        connected(pub)
+        pub.events()
+        pub.wait(0)  # clears the wake-up flag the CONNACK set
+        pub.acks_wake = acks_wake
+        mid = pub.publish(ALLOWED, b"21.5", 1, False)
+        started = time.monotonic()
+        pub.wait(3.0)
+        waited = time.monotonic() - started
+        ack = next_event(pub, Acked)
+    finally:
+        pub.close()
+        proxy.close()
+    assert isinstance(ack, Acked) and ack.mid == mid
+    if acks_wake:
+        assert waited < 2.5  # ended by the PUBACK (~0.4 s)
+    else:
+        assert waited >= 3.0  # the PUBACK was queued, the wait ran to its timeout

@@ -53,6 +53,7 @@ class FakePublisher:
     """Records what the bridge does; the test (or ``auto``) decides what the broker answers."""
 
     auto: bool = False
+    acks_wake: bool = True  # set by the bridge; events here never block anyway
     receive_maximum: int | None = 65535
     denied_prefix: str | None = None
     reachable: bool = True
