@@ -50,7 +50,7 @@ from .settler import Settler
 ACK_FLUSH_S = 0.05  # how long acknowledged rows wait to be deleted in one batch
 SETTLE_DELAY_S = 5.0  # the same in the daemon: fewer, larger deletes
 MAX_WAIT_S = 60.0  # no step sleeps longer than this
-LAZY_ACK_S = 1.0  # with lazy acks, PUBACKs of messages in flight are handled this often
+LAZY_ACK_S = SETTLE_DELAY_S  # with lazy acks, PUBACKs in flight are handled at least this often
 FAILURE_LOG_INTERVAL_S = 30.0
 
 
@@ -238,7 +238,7 @@ class Bridge:
             if oldest is not None:
                 timers.append(oldest + self.cfg.ack_timeout + ACK_FLUSH_S)
                 if self.lazy_acks:
-                    timers.append(now + LAZY_ACK_S)  # counters and health stay current
+                    timers.append(now + LAZY_ACK_S)  # the in-flight gauge and health stay current
             if not self.stopping:
                 timers.append(self.sender.next_due(session, now))
         due = min((t for t in timers if t is not None), default=now + MAX_WAIT_S)

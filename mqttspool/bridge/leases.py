@@ -105,9 +105,20 @@ class SpoolWatch:
         since (no query; rows of other processes are found by :meth:`may_have_rows`)."""
         return self.exhausted and self.spool.appended.count == self._appends
 
-    def leased(self, asked: int, got: int) -> None:
-        """Record a lease: fewer rows than asked means nothing more is there now."""
+    def leased(self, asked: int, got: int, now: float, version: int) -> None:
+        """Record a lease: fewer rows than asked means nothing more is there now.
+
+        ``version``: ``PRAGMA data_version`` read just BEFORE the lease's query. A
+        lease that found everything read every row committed before that version,
+        other processes' included: the version check compares with it and is due
+        ``VERSION_CHECK_S`` after the lease, so a daemon whose sampler commits every
+        second leases on those commits and never wakes for the check. (Read after the
+        query, a commit in between would be taken as seen and wait for the next one.)
+        """
         self.exhausted = got < asked
+        if self.exhausted:
+            self._version = version
+            self.next_check = max(self.next_check, now + VERSION_CHECK_S)
 
 
 class RowSource:
@@ -145,8 +156,9 @@ class RowSource:
         """Up to ``n`` rows to send; no query while the spool is known to hold none."""
         rows: list[StoredReading] = []
         if self.watch.may_have_rows(now):
+            version = self.leases.spool.data_version()
             rows = self.leases.take(n, live_first=self.live_first)
-            self.watch.leased(n, len(rows))
+            self.watch.leased(n, len(rows), now, version)
         self.gate.on_leased(len(rows))
         self.found = bool(rows)
         return rows
