@@ -253,7 +253,8 @@ class Bridge:
         if isinstance(event, Acked):
             seqs = session.window.ack(event.mid)
             if seqs and not self.gate.keeps(event.reason_code, now):
-                self.settler.on_ack(seqs, event.reason_code, event.reason, now)
+                arrived = min(now, event.at) if event.at else now
+                self.settler.on_ack(seqs, event.reason_code, event.reason, arrived)
         elif isinstance(event, ConsumerState):
             self.gate.on_consumer_state(event.online)
         elif isinstance(event, Connected):

@@ -114,7 +114,8 @@ class Settler:
     # ------------------------------------------------------------ PUBACKs
 
     def on_ack(self, seqs: tuple[int, ...], code: int, reason: str, now: float) -> None:
-        """A PUBACK settles every reading its message carried the same way."""
+        """A PUBACK settles every reading its message carried the same way; ``now``: when
+        it arrived (the settle delay counts from the oldest waiting ack)."""
         if self.first_pending_at is None:
             self.first_pending_at = now
         if code < PUBACK_FAILURE:

@@ -143,12 +143,15 @@ class Disconnected(Failure):
 @dataclass(frozen=True)
 class Acked:
     """PUBACK for ``mid`` with its reason code (0 for MQTT 3.1.1) and, for a refusal
-    (code >= 0x80), the code's name ("" for success codes)."""
+    (code >= 0x80), the code's name ("" for success codes). ``at``: ``time.monotonic()``
+    when it arrived (0: unknown, taken as when it is handled); with lazy acks the
+    bridge may handle it seconds later, and the settle delay counts from here."""
 
     generation: int
     mid: int
     reason_code: int
     reason: str
+    at: float = 0.0
 
 
 @dataclass(frozen=True)

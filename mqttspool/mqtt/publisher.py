@@ -18,6 +18,7 @@ import logging
 import queue
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -338,7 +339,8 @@ def _on_publish(emit: Callable[[Event], None], gen: int) -> Any:
     ) -> None:
         code = int(reason_code.value)
         # The name is only ever shown for a refusal (dead letters); naming costs a table scan.
-        emit(Acked(gen, mid, code, str(reason_code) if code >= PUBACK_FAILURE else ""))
+        reason = str(reason_code) if code >= PUBACK_FAILURE else ""
+        emit(Acked(gen, mid, code, reason, time.monotonic()))
 
     return on_publish
 

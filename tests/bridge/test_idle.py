@@ -34,6 +34,7 @@ from mqttspool.bridge import core as bridge_core
 from mqttspool.bridge import leases as bridge_leases
 from mqttspool.config import Settings
 from mqttspool.counters import Counters
+from mqttspool.mqtt import Acked
 from mqttspool.service import make_bridge
 from mqttspool.spool import Spool, open_spool
 from mqttspool.wire.topics import spool_topic
@@ -270,7 +271,7 @@ def test_with_lazy_acks_a_puback_wakes_the_bridge_only_when_something_waits_on_i
         delay = bridge.step(0.5)
         assert (len(pub.data()), bridge.window_load) == (2, 2)
         assert pub.acks_wake is False  # 2 of 4 window slots free: nothing waits
-        assert delay == pytest.approx(bridge_core.LAZY_ACK_S)  # in flight: handled within LAZY_ACK_S
+        assert delay == pytest.approx(bridge_core.LAZY_ACK_S)  # in flight: a timer
         fill(spool, clock, 5)
         bridge.step(0.6)
         assert (len(pub.data()), bridge.window_load) == (4, 4)
@@ -281,6 +282,30 @@ def test_with_lazy_acks_a_puback_wakes_the_bridge_only_when_something_waits_on_i
         bridge.stopping = True
         bridge.step(0.8)
         assert pub.acks_wake is True  # shutdown waits for the acks in flight
+    finally:
+        spool.close()
+
+
+def test_lazily_handled_acks_are_deleted_a_settle_delay_after_they_arrived(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Handling a PUBACK late (lazy acks) does not postpone its delete: the settle
+    delay counts from when paho received it."""
+    monkeypatch.setattr(bridge_leases, "VERSION_CHECK_S", 3600.0)
+    cfg = make_settings(tmp_path, max_inflight=10)
+    spool = open_spool(cfg.spool, clock)
+    pub = FakePublisher()
+    bridge = build_bridge(cfg, spool, pub, clock, settle_delay=SETTLE_DELAY_S, lazy_acks=True)
+    try:
+        connect(bridge, pub, 0.0)
+        fill(spool, clock, 2)
+        bridge.step(0.5)
+        mids = [s.mid for s in pub.data()]
+        pub.pending.extend(Acked(pub.generation, mid, 0, "", at=0.6) for mid in mids)
+        assert bridge.step(4.0) == pytest.approx(0.6 + SETTLE_DELAY_S - 4.0)  # handled late
+        assert spool.depth() == 2
+        bridge.step(0.6 + SETTLE_DELAY_S)
+        assert spool.depth() == 0
     finally:
         spool.close()
 
