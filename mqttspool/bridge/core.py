@@ -321,6 +321,7 @@ class Bridge:
         Returns how many readings were still unacknowledged (they stay spooled).
         """
         self.stopping = True
+        self.publisher.acks_wake = True  # every wait below is for a PUBACK
         deadline = now() + timeout
         # ``wait`` is the publisher's: a PUBACK or a disconnect ends it early, so it
         # waits for the bridge's next timer (or the deadline), never in short polls.

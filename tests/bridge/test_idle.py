@@ -310,6 +310,38 @@ def test_lazily_handled_acks_are_deleted_a_settle_delay_after_they_arrived(
         spool.close()
 
 
+def test_shutdown_waits_for_its_pubacks_with_acks_waking_it(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last lazy step left ``acks_wake`` off; the shutdown's waits (the acks in
+    flight, then the ``offline`` status) must be ended by their PUBACKs, not run to
+    their deadline (nothing in flight: no step runs before the ``offline`` wait)."""
+    monkeypatch.setattr(bridge_leases, "VERSION_CHECK_S", 3600.0)
+    cfg = make_settings(tmp_path, max_inflight=10)
+    spool = open_spool(cfg.spool, clock)
+    waits: list[bool] = []
+
+    class Recording(FakePublisher):
+        def wait(self, timeout: float) -> None:
+            waits.append(self.acks_wake)
+            self.ack_control()
+
+    pub = Recording()
+    bridge = build_bridge(cfg, spool, pub, clock, settle_delay=SETTLE_DELAY_S, lazy_acks=True)
+    try:
+        connect(bridge, pub, 0.0)
+        fill(spool, clock, 1)
+        bridge.step(0.5)
+        pub.ack_all_data()
+        bridge.step(0.6)
+        assert (bridge.inflight, pub.acks_wake) == (0, False)
+        assert bridge.shutdown(10.0, lambda: 1.0, pub.wait) == 0
+        assert waits == [True]  # the offline status' PUBACK ends the one wait
+        assert pub.control()[-1].payload == b"offline"
+    finally:
+        spool.close()
+
+
 def test_without_lazy_acks_every_puback_wakes_the_bridge(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
