@@ -11,7 +11,7 @@ success), 3 bytes (id + reason code: MQTT 5 "no matching subscribers",
 "not authorized"...) or 4 bytes with an empty property block. For those,
 :class:`Client` passes ``on_publish`` one shared, prebuilt ``ReasonCode`` per
 code and one shared empty ``Properties`` -- equal to what paho's decoder
-would build (``tests/mqtt/test_fastack.py`` compares them for every code and
+would build (``tests/bridge/test_fastack.py`` compares them for every code and
 shape). Anything else (properties, a reason code paho does not know for
 PUBACK, a malformed packet, PUBCOMP) goes through paho's own decoder, so
 its errors and behaviour are paho's.
