@@ -293,6 +293,10 @@ class Spool:
             self.db.close()
 
     def _stranded(self) -> int | None:
+        # Only on a connection this thread already has (it holds the unlinked file open):
+        # peewee would open a new one for this thread at the path, creating an empty file.
+        if self.db.is_closed():
+            return None
         try:
             return int(self.db.execute_sql("SELECT COUNT(*) FROM reading").fetchone()[0])
         except DB_ERRORS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,6 +49,32 @@ def test_a_deleted_file_is_reported_with_what_it_still_holds(tmp_path: Path) -> 
     s.close()
 
 
+def test_a_thread_without_a_connection_counts_nothing_and_creates_no_file(
+    tmp_path: Path,
+) -> None:
+    """The check from a thread that never opened the spool (peewee's connections are per
+    thread) must not open the deleted path, which would create an empty spool there."""
+    s = _open(tmp_path)
+    s.append([_reading(i) for i in range(2)])
+    s.path.unlink()
+    errors: list[SpoolGoneError] = []
+
+    def check() -> None:
+        try:
+            s.check_file()
+        except SpoolGoneError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=check)
+    worker.start()
+    worker.join(10)
+    [error] = errors
+    assert error.stranded is None
+    assert "an unknown number of queued reading(s)" in str(error)
+    assert not s.path.exists()
+    s.close()
+
+
 def test_append_and_settle_check_on_a_timer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -89,6 +116,9 @@ def test_a_database_error_on_a_deleted_file_says_it_was_deleted(tmp_path: Path) 
     real = s.db
 
     class Broken:
+        def is_closed(self) -> bool:
+            return False
+
         def execute_sql(self, *args: object) -> object:
             raise sqlite3.OperationalError("disk I/O error")
 
