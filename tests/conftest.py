@@ -24,11 +24,9 @@ collection error, starting a server by hand without it fails the test. So
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 from support.broker import (
@@ -39,6 +37,7 @@ from support.broker import (
     find_mosquitto,
 )
 from support.certs import CertBundle, OpensslMissingError, find_openssl, generate_certs
+from support.ci import unavailable
 from support.postgres import PostgresMissingError, PostgresServer
 from support.proxy import Endpoint, ProxyFactory, TcpProxy
 from support.recorder import DEFAULT_TOPIC, Recorder, RecorderFactory
@@ -79,19 +78,13 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
         current_test(None, None)
 
 
-def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI", "").strip().lower() == "true":
-        pytest.fail(f"{reason} — required when CI=true", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> CertBundle:
     """A test CA, server/client certificates and an unrelated CA (made once per session)."""
     try:
         find_openssl()
     except OpensslMissingError as exc:
-        _unavailable(str(exc))
+        unavailable(str(exc))
     return generate_certs(tmp_path_factory.mktemp("certs"))
 
 
@@ -101,7 +94,7 @@ def broker_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[B
     try:
         find_mosquitto()
     except MosquittoMissingError as exc:
-        _unavailable(str(exc))
+        unavailable(str(exc))
     brokers: list[MosquittoBroker] = []
 
     def make(
@@ -114,7 +107,7 @@ def broker_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[B
             try:
                 find_mosquitto("mosquitto_passwd")
             except MosquittoMissingError as exc:
-                _unavailable(str(exc))
+                unavailable(str(exc))
         bundle: CertBundle | None = request.getfixturevalue("certs") if kind == "tls" else None
         broker = MosquittoBroker(
             tmp_path / f"broker-{len(brokers)}-{kind}",
@@ -185,9 +178,9 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
         server = PostgresServer()
     except PostgresMissingError as exc:
-        _unavailable(str(exc))
+        unavailable(str(exc))
     if importlib.util.find_spec("psycopg") is None:
-        _unavailable("psycopg is not installed: pip install 'mqttspool[postgres]'")
+        unavailable("psycopg is not installed: pip install 'mqttspool[postgres]'")
     server.start()
     yield server
     server.stop()

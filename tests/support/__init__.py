@@ -9,6 +9,7 @@
 * `daemon` — `mqttspool` commands as subprocesses (`Daemon`, `run_cli`, `mqttspool_env`).
 * `powercut` — a FUSE filesystem that forgets everything not fsync'd, and its fixture.
 * `servers` — only a test marked `integration` may start one of the servers above.
+* `ci` — `unavailable()`: a missing tool skips a test, and fails it when CI=true.
 * `spooltools`, `tmpfs`, `crash_writer.py` (run by path by the kill -9 test).
 
 The pytest fixtures wrapping these live in `tests/conftest.py`.

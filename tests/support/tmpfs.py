@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
+from support.ci import in_ci, unavailable
 
 
 @contextmanager
@@ -26,10 +25,8 @@ def small_tmpfs(root: Path, size: str, fallback: bool = False) -> Iterator[bool]
         check=False,
     )
     if proc.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot mount a tmpfs in CI: {proc.stderr.strip()}")
-        if not fallback:
-            pytest.skip(f"cannot mount a tmpfs (needs root): {proc.stderr.strip()}")
+        if not fallback or in_ci():
+            unavailable(f"cannot mount a tmpfs (needs root): {proc.stderr.strip()}")
         yield False
         return
     try:

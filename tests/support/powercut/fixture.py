@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from support.ci import unavailable
 
 from .mount import PowerCutMount, PowerCutUnavailableError, check_available
 
@@ -22,9 +23,7 @@ def powercut(tmp_path: Path) -> Iterator[PowerCutMount]:
     try:
         check_available()
     except PowerCutUnavailableError as exc:
-        if os.environ.get("CI", "").strip().lower() == "true":
-            pytest.fail(f"{exc} -- required when CI=true", pytrace=False)
-        pytest.skip(str(exc))
+        unavailable(str(exc))
     fs = PowerCutMount(tmp_path / "powercut")
     fs.mount()
     try:
