@@ -88,8 +88,8 @@ class SpoolWatch:
         self.exhausted = False
 
     def may_have_rows(self, now: float) -> bool:
-        """True when a lease may find something (the caller then leases and calls
-        :meth:`leased`); False costs no query unless the version check is due."""
+        """True when a lease may find something (the caller then leases through
+        :meth:`lease`); False costs no query unless the version check is due."""
         appends = self.spool.appended.count
         if not self.exhausted or appends != self._appends:
             self._appends = appends  # taken before the lease: a later commit moves it again
@@ -105,20 +105,25 @@ class SpoolWatch:
         since (no query; rows of other processes are found by :meth:`may_have_rows`)."""
         return self.exhausted and self.spool.appended.count == self._appends
 
-    def leased(self, asked: int, got: int, now: float, version: int) -> None:
-        """Record a lease: fewer rows than asked means nothing more is there now.
+    def lease(
+        self, take: Callable[[int], list[StoredReading]], asked: int, now: float
+    ) -> list[StoredReading]:
+        """``take(asked)``, recorded: fewer rows than asked means nothing more is there now.
 
-        ``version``: ``PRAGMA data_version`` read just BEFORE the lease's query. A
-        lease that found everything read every row committed before that version,
-        other processes' included: the version check compares with it and is due
-        ``VERSION_CHECK_S`` after the lease, so a daemon whose sampler commits every
-        second leases on those commits and never wakes for the check. (Read after the
-        query, a commit in between would be taken as seen and wait for the next one.)
+        ``PRAGMA data_version`` is read just BEFORE the query. A lease that found
+        everything read every row committed before that version, other processes'
+        included: the version check compares with it and is due ``VERSION_CHECK_S``
+        after the lease, so a daemon whose sampler commits every second leases on those
+        commits and never wakes for the check. (Read after the query, a commit in
+        between would be taken as seen and wait for the next one.)
         """
-        self.exhausted = got < asked
+        version = self.spool.data_version()
+        rows = take(asked)
+        self.exhausted = len(rows) < asked
         if self.exhausted:
             self._version = version
             self.next_check = max(self.next_check, now + VERSION_CHECK_S)
+        return rows
 
 
 class RowSource:
@@ -156,12 +161,13 @@ class RowSource:
         """Up to ``n`` rows to send; no query while the spool is known to hold none."""
         rows: list[StoredReading] = []
         if self.watch.may_have_rows(now):
-            version = self.leases.spool.data_version()
-            rows = self.leases.take(n, live_first=self.live_first)
-            self.watch.leased(n, len(rows), now, version)
+            rows = self.watch.lease(self._take, n, now)
         self.gate.on_leased(len(rows))
         self.found = bool(rows)
         return rows
+
+    def _take(self, n: int) -> list[StoredReading]:
+        return self.leases.take(n, live_first=self.live_first)
 
     def forget_leases(self) -> None:
         """Lease from the oldest row again (the watch keeps its state: no extra query)."""

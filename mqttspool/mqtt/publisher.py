@@ -169,9 +169,10 @@ class MqttPublisher:
             self._wake.set()
 
     def _emit_ack(self, event: Event) -> None:
-        self._events.put(event)
-        if self.acks_wake and not self._wake.is_set():
-            self._wake.set()
+        if self.acks_wake:
+            self._emit(event)
+        else:
+            self._events.put(event)  # handled at the bridge's next wake-up
 
     def _make_client(self, gen: int) -> mqtt.Client:
         # The bridge reconnects itself, with a fresh client each time.
