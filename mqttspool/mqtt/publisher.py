@@ -13,6 +13,7 @@ lock that is held around ``publish()``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import queue
@@ -20,6 +21,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -47,6 +49,7 @@ from mqttspool.mqtt.events import (
     kind_for_disconnect,
     kind_for_exception,
 )
+from mqttspool.mqtt.fastack import Client
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +80,8 @@ class MqttPublisher:
         check_tls_files(config)
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._wake = threading.Event()
-        self.acks_wake = True  # see Publisher.acks_wake
-        self._client: mqtt.Client | None = None
+        self._acks_wake = True  # see Publisher.acks_wake
+        self._client: Client | None = None
         self._connect_thread: threading.Thread | None = None
         self._generation = 0
 
@@ -86,6 +89,19 @@ class MqttPublisher:
     def broker(self) -> str:
         """``host:port``."""
         return self.config.address()
+
+    @property
+    def acks_wake(self) -> bool:
+        """Whether a PUBACK ends :meth:`wait` (see :class:`Publisher`)."""
+        return self._acks_wake
+
+    @acks_wake.setter
+    def acks_wake(self, on: bool) -> None:
+        self._acks_wake = on
+        # Acks queued while they did not wake must wake the waiter now. paho's thread
+        # reads the flag after its put (_emit_ack), so one side sees the other.
+        if on and not self._events.empty() and not self._wake.is_set():
+            self._wake.set()
 
     def connect(self) -> int:
         """Make a fresh client and connect it in the background.
@@ -130,6 +146,11 @@ class MqttPublisher:
             return None
         return int(info.mid)
 
+    def corked(self) -> AbstractContextManager[None]:
+        """Publishes in the block wake paho's network thread once (see Publisher)."""
+        client = self._client
+        return contextlib.nullcontext() if client is None else client.corked()
+
     def events(self) -> list[Event]:
         """Drain the event queue."""
         out: list[Event] = []
@@ -140,9 +161,13 @@ class MqttPublisher:
                 return out
 
     def wait(self, timeout: float) -> None:
-        """Wait for an event (or ``timeout``)."""
-        if self._events.empty():
-            self._wake.wait(timeout)
+        """Wait for an event that wakes (or ``timeout``).
+
+        Not for a queued event: PUBACKs queued while ``acks_wake`` was off wait for
+        the next wake-up. Every other event sets the flag after its put, and the flag
+        is cleared before the caller drains the queue, so none is missed.
+        """
+        self._wake.wait(timeout)
         self._wake.clear()
 
     def wake(self) -> None:
@@ -169,12 +194,11 @@ class MqttPublisher:
             self._wake.set()
 
     def _emit_ack(self, event: Event) -> None:
-        if self.acks_wake:
-            self._emit(event)
-        else:
-            self._events.put(event)  # handled at the bridge's next wake-up
+        self._events.put(event)  # without acks_wake: handled at the next wake-up
+        if self._acks_wake and not self._wake.is_set():
+            self._wake.set()
 
-    def _make_client(self, gen: int) -> mqtt.Client:
+    def _make_client(self, gen: int) -> Client:
         # The bridge reconnects itself, with a fresh client each time.
         client = new_client(
             self.config,

@@ -232,3 +232,44 @@ def test_a_puback_ends_a_wait_only_while_acks_wake(
         assert waited < 2.5  # ended by the PUBACK (~0.4 s)
     else:
         assert waited >= 3.0  # the PUBACK was queued, the wait ran to its timeout
+
+
+@pytest.mark.integration
+def test_a_puback_queued_while_acks_do_not_wake_waits_until_they_do(
+    broker_factory: BrokerFactory,
+) -> None:
+    """MqttPublisher: a PUBACK that arrived while ``acks_wake`` was off (during a
+    bridge step, after it drained the queue) does not end the next wait: the daemon's
+    bridge would otherwise step once more per round for nothing. Turning ``acks_wake``
+    on wakes the waiter at once (a full window must not wait for a timer)."""
+    broker = broker_factory("auth")
+    cfg = BrokerConfig(
+        host="127.0.0.1",
+        port=broker.port,
+        username="edge-01",
+        password=broker.users["edge-01"],  # type: ignore[arg-type]
+    )
+    pub = MqttPublisher(cfg, "contract-queued-ack", None)
+    try:
+        connected(pub)
+        pub.events()
+        pub.wait(0)  # clears the wake-up flag the CONNACK set
+        pub.acks_wake = False
+        mid = pub.publish(ALLOWED, b"21.5", 1, False)
+        deadline = time.monotonic() + 10
+        while pub._events.empty():  # the queue itself: events() would take the ack
+            assert time.monotonic() < deadline, "no PUBACK within 10 s"
+            time.sleep(0.01)
+        started = time.monotonic()
+        pub.wait(0.5)
+        lazy_wait = time.monotonic() - started
+        pub.acks_wake = True
+        started = time.monotonic()
+        pub.wait(3.0)
+        woken_wait = time.monotonic() - started
+        events = pub.events()
+    finally:
+        pub.close()
+    assert lazy_wait >= 0.5  # the queued PUBACK did not end it
+    assert woken_wait < 2.5  # acks_wake on: the queued PUBACK ends the wait at once
+    assert [(type(e), getattr(e, "mid", None)) for e in events] == [(Acked, mid)]
