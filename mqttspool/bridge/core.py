@@ -208,6 +208,10 @@ class Bridge:
         return self._next_wait(now)
 
     def _fill(self, session: Session, now: float) -> None:
+        with self.publisher.corked():  # one wake-up of the network side per fill
+            self._fill_corked(session, now)
+
+    def _fill_corked(self, session: Session, now: float) -> None:
         sent = self.outbox.flush(self.publisher, session.window, now)
         if sent is None:
             self._publish_refused(session, now)

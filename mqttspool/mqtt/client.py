@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import ssl
 
-import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from pydantic import SecretStr
 
@@ -66,7 +65,7 @@ def new_client(
     will: Will | None = None,
     force_v5: bool = False,
     reconnect_on_failure: bool = True,
-) -> mqtt.Client:
+) -> Client:
     """The one place a paho client is built: protocol, session, credentials, TLS, will.
 
     ``persistent``: the session outlives the connection (MQTT 3.1.1 clean

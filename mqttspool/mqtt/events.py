@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import ssl
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -219,6 +220,11 @@ class Publisher(Protocol):
 
     def events(self) -> list[Event]:
         """Every event since the last call (non-blocking)."""
+        ...
+
+    def corked(self) -> AbstractContextManager[None]:
+        """A block of publishes sent together: the network side is woken once, at its
+        end, not per message (see :mod:`mqttspool.mqtt.cork`)."""
         ...
 
     def wait(self, timeout: float) -> None:

@@ -31,6 +31,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from mqttspool.mqtt.cork import CorkingClient
+
 _INTERNALS = ("_in_packet", "_out_message_mutex", "_out_messages", "_protocol")
 _METHODS = ("_handle_pubackcomp", "_do_on_publish", "_easy_log")
 
@@ -66,8 +68,10 @@ def plain_puback(packet: bytes | bytearray, v5: bool) -> tuple[int, ReasonCode] 
     return (packet[0] << 8) | packet[1], reason
 
 
-class Client(mqtt.Client):
-    """paho's client with the fast PUBACK path (see the module)."""
+class Client(CorkingClient):
+    """paho's client with the fast PUBACK path (see the module) and corked writes
+    (:mod:`mqttspool.mqtt.cork`): the client :func:`~mqttspool.mqtt.client.new_client`
+    builds."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -12,7 +12,9 @@ Two ways to drive it:
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +60,7 @@ class FakePublisher:
     denied_prefix: str | None = None
     reachable: bool = True
     generation: int = 0
+    corked_blocks: int = 0
     sent: list[Sent] = field(default_factory=list)
     pending: list[Event] = field(default_factory=list)
     closes: int = 0
@@ -116,6 +119,12 @@ class FakePublisher:
         if topic:
             self.aliases[alias] = topic
         return self.aliases.get(alias)
+
+    @contextlib.contextmanager
+    def corked(self) -> Iterator[None]:
+        """Count the block (messages go out synchronously here anyway)."""
+        self.corked_blocks += 1
+        yield
 
     def events(self) -> list[Event]:
         """Everything queued since the last call."""
