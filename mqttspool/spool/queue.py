@@ -162,7 +162,7 @@ class Queue:
         refuses the newest rows of the batch instead.
         """
         cfg = self.config
-        if self.disk.free_space() < cfg.min_free_bytes:
+        if self.disk.free_space(cfg.min_free_bytes) < cfg.min_free_bytes:
             if cfg.overflow == "drop_newest":
                 dropped["min_free_bytes"] += n
                 return 0, 0
