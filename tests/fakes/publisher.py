@@ -61,6 +61,7 @@ class FakePublisher:
     reachable: bool = True
     generation: int = 0
     corked_blocks: int = 0
+    in_cork: bool = False
     sent: list[Sent] = field(default_factory=list)
     pending: list[Event] = field(default_factory=list)
     closes: int = 0
@@ -122,9 +123,13 @@ class FakePublisher:
 
     @contextlib.contextmanager
     def corked(self) -> Iterator[None]:
-        """Count the block (messages go out synchronously here anyway)."""
+        """Count the block and mark it (messages go out synchronously here anyway)."""
         self.corked_blocks += 1
-        yield
+        self.in_cork = True
+        try:
+            yield
+        finally:
+            self.in_cork = False
 
     def events(self) -> list[Event]:
         """Everything queued since the last call."""

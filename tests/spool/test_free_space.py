@@ -4,6 +4,7 @@ every ten seconds far above it, every second again once the disk was full."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -44,7 +45,7 @@ class Disk:
 def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Disk:
     fake = Disk(free=BOUND + 2 * FREE_SPACE_MARGIN)
     monkeypatch.setattr(diskfull, "free_bytes", fake.free_bytes)
-    monkeypatch.setattr(diskfull.time, "monotonic", lambda: fake.now)
+    monkeypatch.setattr(diskfull, "time", SimpleNamespace(monotonic=lambda: fake.now))
     monkeypatch.setattr(headroom, "free_bytes", lambda directory: fake.free)  # not counted
     return fake
 
@@ -83,9 +84,7 @@ def test_a_drop_towards_the_bound_is_seen_within_ten_seconds_then_watched_closel
     assert disk.reads_over(guard, 10) == 10 / FREE_SPACE_CHECK_S - 1
 
 
-def test_while_the_disk_is_full_free_space_is_read_every_second(
-    tmp_path: Path, disk: Disk
-) -> None:
+def test_while_the_disk_is_full_free_space_is_read_every_second(tmp_path: Path, disk: Disk) -> None:
     guard = DiskGuard(tmp_path / "spool.db", db=None, full=True)
     guard.reserve.size = 1 << 40  # it cannot be created again: the disk stays full
     assert disk.reads_over(guard, 10) == 10 / FREE_SPACE_CHECK_S
