@@ -10,8 +10,8 @@ logged once when it starts failing and once when it recovers, and retried
 with backoff (its interval, doubling up to ``MAX_BACKOFF_FACTOR`` × interval,
 reset on success). It never stops the other sensors.
 
-Time: each reading records whether the system clock was synchronized. When
-sync is first seen (in this process, or again after it was lost), rows of
+Time: each reading records whether the system clock was synchronized (read
+at most every ``CLOCK_SYNC_CHECK_S``). When sync is first seen (in this process, or again after it was lost), rows of
 the current boot spooled unsynced are re-timed from monotonic time via
 :meth:`Spool.correct_clock`.
 """
@@ -48,6 +48,10 @@ MAX_BACKOFF_FACTOR = 10.0
 FULL_LOG_INTERVAL_S = 60.0
 IDLE_WAIT_S = 60.0  # upper bound on one wait, so stop() is never the only wake-up
 ERROR_WAIT_S = 1.0  # after an unexpected error in step()
+# Whether the clock is synchronized is read at most this often (its first read after
+# a one-second sleep cost a tenth of a sampling round). A reading taken in the few
+# seconds after sync is flagged unsynced and re-timed with the others.
+CLOCK_SYNC_CHECK_S = 5.0
 _READINGS = TypeAdapter(list[Reading])
 
 # Corrupt: the service quarantines and salvages the spool, then restarts us. Gone:
@@ -90,6 +94,7 @@ class Sampler:
         start = clock.mono_ns()
         self._states = [_SensorState(s, start) for s in self.sensors]
         self._synced: bool | None = None  # unknown until the first step
+        self._sync_checked_ns = 0
         self._full_log = LogThrottle(FULL_LOG_INTERVAL_S)
         self.rounds = 0
         # False after a round whose readings the spool refused: not a finished round
@@ -127,6 +132,10 @@ class Sampler:
     # ------------------------------------------------------------------ time
 
     def _check_sync(self) -> bool:
+        now = self.clock.mono_ns()
+        if self._synced is not None and now - self._sync_checked_ns < CLOCK_SYNC_CHECK_S * 1e9:
+            return self._synced
+        self._sync_checked_ns = now
         synced = self.sync.is_synchronized()
         if synced and self._synced is not True:
             self._correct_unsynced_rows()

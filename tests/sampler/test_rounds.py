@@ -271,6 +271,30 @@ def test_readings_before_sync_are_flagged_then_corrected(spool: Spool, clock: Fa
     assert _rows(spool)[-1] == ("s", clock.wall, 1)
 
 
+def test_clock_sync_is_read_at_most_every_five_seconds_and_seen_within_them(
+    spool: Spool, clock: FakeClock
+) -> None:
+    sync = FakeClockSync(False)
+    sampler, _ = _sampler([ScriptedSensor("s", 1, clock)], spool, clock, sync)
+    _run(sampler, clock, 9)  # rounds at 0 ... 9 s
+    assert sync.calls == 2  # at 0 and 5 s
+    sync.synced = True  # NTP syncs just after the round at 9 s
+    flags = []
+    for _ in range(3):
+        clock.advance(1)
+        sampler.step()
+        flags.append(_rows(spool)[-1][2])
+    assert flags == [1, 1, 1]  # read again at 10 s: the first round after sync knows
+    assert sync.calls == 3
+    clock.advance(1)
+    sync.synced = False  # lost again at 13 s
+    sampler.step()
+    assert _rows(spool)[-1][2] == 1  # not read before 15 s
+    clock.advance(2)
+    sampler.step()
+    assert (_rows(spool)[-1][2], sync.calls) == (0, 4)
+
+
 def test_rows_of_another_boot_are_not_corrected(spool: Spool, clock: FakeClock) -> None:
     sync = FakeClockSync(False)
     sampler, _ = _sampler([ScriptedSensor("s", 10, clock)], spool, clock, sync)
