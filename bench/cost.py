@@ -4,10 +4,13 @@ Usage::
 
     python bench/cost.py [--idle 20] [--load 30] [--rates 10] [--dir DIR] [--tree PATH]
 
-Both subjects run one after the other as child processes against a local
-mosquitto on an ephemeral 127.0.0.1 port, each through a small TCP proxy that
-counts the bytes on the wire both ways. From ``/proc/PID`` the bench reads CPU
-time (``task/*/schedstat``, nanoseconds, every thread) and ``write_bytes`` /
+Both subjects run AT THE SAME TIME as child processes against one local
+mosquitto on an ephemeral 127.0.0.1 port, each through its own small TCP
+proxy that counts the bytes on the wire both ways: a shared machine's noise
+(another guest, frequency changes) then hits both alike, where two runs one
+after the other differed by a quarter. Each uses well under 1% of a core.
+From ``/proc/PID`` the bench reads CPU time (``task/*/schedstat``,
+nanoseconds, every thread) and ``write_bytes`` /
 ``cancelled_write_bytes`` (``io``: bytes the process caused to be written to
 storage; a page dirtied again before it was written back counts once;
 ``net`` = ``write_bytes - cancelled_write_bytes``). A subscriber counts the
@@ -25,9 +28,8 @@ acknowledged rows deleted once the round's PUBACKs are in (one transaction),
 same table shape (``INTEGER PRIMARY KEY AUTOINCREMENT``) and payload shape.
 
 Point ``--dir`` at the device's storage (write_bytes means nothing on tmpfs)
-and ``--tree`` at another checkout to compare versions. Timing is noisy on a
-shared machine: run it twice, use ``--idle 120 --load 120`` for firm numbers
-(the default run takes about 3 minutes).
+and ``--tree`` at another checkout to compare versions. Use ``--idle 120
+--load 120`` for firm numbers (the default run takes about a minute and a half).
 """
 
 from __future__ import annotations
@@ -173,14 +175,14 @@ class CountingProxy:
 
 
 class ReadingCounter:
-    """Counts data messages (``prefix/device/sensor/metric``) arriving at the broker."""
+    """Counts one device's data messages (``prefix/device/sensor/metric``) at the broker."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, device: str) -> None:
         self.count = 0
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cost-counter")
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"counter-{device}")
         self._client.on_message = self._on_message
         self._client.connect("127.0.0.1", port)
-        self._client.subscribe(f"{PREFIX}/+/+/+", qos=0)
+        self._client.subscribe(f"{PREFIX}/{device}/+/+", qos=0)
         self._client.loop_start()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -200,6 +202,7 @@ class Subject:
     """One program under test: how to start it for ``sensors`` sensors at ``interval``."""
 
     name: str
+    device: str  # the device id in its topics
     start: Callable[[Path, int, int, float], subprocess.Popen[bytes]]
 
 
@@ -253,39 +256,81 @@ def start_raw(workdir: Path, port: int, sensors: int, interval: float) -> subpro
     )
 
 
+@dataclass
+class Running:
+    """One subject started for a measurement, with its proxy and reading counter."""
+
+    subject: Subject
+    proxy: CountingProxy
+    counter: ReadingCounter
+    proc: subprocess.Popen[bytes] | None = None
+
+    def sample(self) -> Sample:
+        """What it has spent so far."""
+        assert self.proc is not None
+        return sample(self.proc.pid, self.proxy, self.counter)
+
+    def wait_first_reading(self, deadline: float) -> None:
+        """Until the broker got its first reading (RuntimeError if it exits or is late)."""
+        assert self.proc is not None
+        while self.counter.count == 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                exit_code = self.proc.poll()
+                raise RuntimeError(f"{self.subject.name}: no reading arrived (exit {exit_code})")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        """Stop the process, the counter and the proxy."""
+        if self.proc is not None:
+            stop(self.proc)
+        self.counter.close()
+        self.proxy.close()
+
+
 def measure(
-    subject: Subject,
+    subjects: list[Subject],
     broker_port: int,
     workdir: Path,
     load: tuple[int, float],
     secs: float,
     warmup: float = WARMUP_S,
-) -> Sample:
-    """Run ``subject`` with ``load`` (sensors, interval); what it spent during ``secs``
-    once ``warmup`` seconds passed after the first reading arrived."""
+) -> dict[str, Sample]:
+    """Run every subject at once with ``load`` (sensors, interval); what each spent
+    during the same ``secs``, once ``warmup`` seconds passed after each one's first
+    reading arrived."""
     sensors, interval = load
-    workdir.mkdir(parents=True)
-    proxy = CountingProxy(broker_port)
-    counter = ReadingCounter(broker_port)
-    proc = subject.start(workdir, proxy.port, sensors, interval)
+    running: list[Running] = []
     try:
+        for subject in subjects:
+            home = workdir / subject.name
+            home.mkdir(parents=True)
+            run = Running(
+                subject, CountingProxy(broker_port), ReadingCounter(broker_port, subject.device)
+            )
+            running.append(run)
+            run.proc = subject.start(home, run.proxy.port, sensors, interval)
         deadline = time.monotonic() + 30
-        while counter.count == 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{subject.name}: no reading arrived (exit {proc.poll()})")
-            time.sleep(0.05)
+        for run in running:
+            run.wait_first_reading(deadline)
         time.sleep(warmup)
-        first = sample(proc.pid, proxy, counter)
+        first = [run.sample() for run in running]
         time.sleep(secs)
-        return sample(proc.pid, proxy, counter).minus(first)
+        return {
+            run.subject.name: run.sample().minus(before)
+            for run, before in zip(running, first, strict=True)
+        }
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        counter.close()
-        proxy.close()
+        for run in running:
+            run.close()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def sample(pid: int, proxy: CountingProxy, counter: ReadingCounter) -> Sample:
@@ -462,7 +507,10 @@ def main() -> None:
 
 def run_bench(args: argparse.Namespace) -> None:
     """Idle, then every rate, for both subjects; print the tables."""
-    subjects = [Subject("mqttspool", start_mqttspool(args.tree)), Subject("raw", start_raw)]
+    subjects = [
+        Subject("mqttspool", "cost-mqttspool", start_mqttspool(args.tree)),
+        Subject("raw", "cost-raw", start_raw),
+    ]
     with tempfile.TemporaryDirectory(prefix="mqttspool-cost-", dir=args.dir) as tmp_name:
         tmp = Path(tmp_name)
         kind = fs_type(tmp)
@@ -472,21 +520,15 @@ def run_bench(args: argparse.Namespace) -> None:
         broker = MosquittoBroker(tmp / "broker")
         broker.start()
         try:
-            idle = {
-                s.name: measure(
-                    s, broker.port, tmp / f"idle-{s.name}", (1, 3600.0), args.idle, IDLE_WARMUP_S
-                )
-                for s in subjects
-            }
+            idle = measure(
+                subjects, broker.port, tmp / "idle", (1, 3600.0), args.idle, IDLE_WARMUP_S
+            )
             report_idle(idle)
             for rate in (float(r) for r in args.rates.split(",")):
                 interval = 2 * SENSORS / rate
-                load = {
-                    s.name: measure(
-                        s, broker.port, tmp / f"{rate:g}-{s.name}", (SENSORS, interval), args.load
-                    )
-                    for s in subjects
-                }
+                load = measure(
+                    subjects, broker.port, tmp / f"{rate:g}", (SENSORS, interval), args.load
+                )
                 report_load(rate, load)
         finally:
             broker.stop()
