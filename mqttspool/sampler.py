@@ -11,9 +11,9 @@ with backoff (its interval, doubling up to ``MAX_BACKOFF_FACTOR`` × interval,
 reset on success). It never stops the other sensors.
 
 Time: each reading records whether the system clock was synchronized (read
-at most every ``CLOCK_SYNC_CHECK_S``). When sync is first seen (in this process, or again after it was lost), rows of
-the current boot spooled unsynced are re-timed from monotonic time via
-:meth:`Spool.correct_clock`.
+at most every ``CLOCK_SYNC_CHECK_S``). When sync is first seen (in this
+process, or again after it was lost), rows of the current boot spooled
+unsynced are re-timed from monotonic time via :meth:`Spool.correct_clock`.
 """
 
 from __future__ import annotations
