@@ -21,13 +21,14 @@ Then the catch-up time of the same backlog over a shaped link (the proxy
 caps each direction at ``--kbit`` kbit/s, default 1000, and adds half of
 ``--rtt-ms`` each way, default 300 ms): from starting the bridge (the
 daemon's, with default settings but the payload mode) until a subscriber on
-the broker has every reading, for ``reading v5`` and ``batch``. Printed
-beside the floor for batches -- the bytes the batch run sent upstream
-divided by the bandwidth, plus 5 round trips (TCP and MQTT connect, the
-first and last PUBACK) -- and the speed-up over per-reading. With the
-default ``bridge.max_resend`` (2000) at most 2000 readings are in flight,
-so a batch catch-up takes about backlog / 2000 round trips; ``--max-resend``
-shows the effect of raising it.
+the broker has every reading, for ``reading v5`` and ``batch`` (``--repeat``
+times each ``--max-resend`` value). Printed beside the floor for batches --
+the bytes the batch run sent upstream divided by the bandwidth, plus 5 round
+trips (TCP and MQTT connect, the first and last PUBACK) -- and the speed-up
+over per-reading. In batch mode ``bridge.max_resend`` defaults to one window
+of full batches (20 x ``batch_max_readings`` = 20,000), so the whole backlog
+may be in flight; with 2000 at most 2000 readings are, and a catch-up takes
+about backlog / 2000 round trips.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from support.broker import MosquittoBroker  # noqa: E402
 from support.proxy import TcpProxy  # noqa: E402
 from support.recorder import Recorder  # noqa: E402
 
+from mqttspool.config.sections import BATCH_RESEND_WINDOW  # noqa: E402
 from mqttspool.reading import Reading  # noqa: E402
 from mqttspool.spool import open_spool  # noqa: E402
 
@@ -139,8 +141,12 @@ def main() -> None:
     parser.add_argument("--kbit", type=float, default=1000.0, help="link bandwidth, kbit/s")
     parser.add_argument("--rtt-ms", type=float, default=300.0, help="link round trip, ms")
     parser.add_argument(
-        "--max-resend", default="2000,20000", help="bridge.max_resend values for batch catch-up"
+        "--max-resend",
+        default="default,2000",
+        help="bridge.max_resend values for batch catch-up ('default': not set, i.e."
+        " 20 x batch_max_readings in batch mode)",
     )
+    parser.add_argument("--repeat", type=int, default=3, help="batch catch-ups per value")
     args = parser.parse_args()
     readings = realistic_backlog(args.readings, random.Random(42))
     modes: list[tuple[str, dict[str, object]]] = [
@@ -160,13 +166,15 @@ def main() -> None:
             link = (args.kbit * 1000 / 8, args.rtt_ms / 1000)
             (tmp / "reading").mkdir()
             reading_s, _ = catch_up(broker, tmp / "reading", readings, link)
-            batched: list[tuple[int, float, int]] = []
-            for resend in (int(v) for v in args.max_resend.split(",")):
-                (tmp / f"batch-{resend}").mkdir()
-                cfg = {**modes[2][1], "max_resend": resend}
-                batched.append(
-                    (resend, *catch_up(broker, tmp / f"batch-{resend}", readings, link, **cfg))
-                )
+            batched: list[tuple[str, float, int]] = []
+            for resend in args.max_resend.split(","):
+                cfg = dict(modes[2][1])
+                if resend != "default":
+                    cfg["max_resend"] = int(resend)
+                for run in range(args.repeat):
+                    where = tmp / f"batch-{resend}-{run}"
+                    where.mkdir()
+                    batched.append((resend, *catch_up(broker, where, readings, link, **cfg)))
         finally:
             broker.stop()
     print(f"bytes on the wire per reading ({args.readings} readings, both directions):")
@@ -181,10 +189,12 @@ def main() -> None:
         " (until a subscriber has every reading):"
     )
     print(f"  reading v5 (max_resend 2000)   : {reading_s:7.2f} s")
+    default = args.batch_max_readings * BATCH_RESEND_WINDOW
     for resend, batch_s, batch_bytes in batched:
         floor = batch_bytes / link[0] + 5 * link[1]
+        label = f"{default} (default)" if resend == "default" else resend
         print(
-            f"  batch (max_resend {resend:6d})    : {batch_s:7.2f} s"
+            f"  batch (max_resend {label:>15s}): {batch_s:7.2f} s"
             f"  -> {reading_s / batch_s:.1f}x faster than per-reading;"
             f" floor {floor:.2f} s ({batch_bytes} B up / bandwidth + 5 RTT)"
             f" -> {batch_s / floor:.2f}x the floor"

@@ -178,13 +178,19 @@ class SpoolConfig(_Section):
         return v.lower() if isinstance(v, str) else v
 
 
+DEFAULT_MAX_RESEND = 2000
+MAX_RESEND = 1_000_000
+BATCH_RESEND_WINDOW = 20  # Mosquitto's default Receive Maximum (max_inflight_messages)
+
+
 class BridgeConfig(_Section):
     """``[bridge]``: the drain loop."""
 
     max_inflight: int = Field(default=500, ge=1, le=65535)
     # Readings a crash or power cut may resend (in flight + acknowledged-not-deleted +
-    # deleted-not-fsync'd); deletes are fsync'd before this would be exceeded.
-    max_resend: int = Field(default=2000, ge=1, le=1_000_000)
+    # deleted-not-fsync'd); deletes are fsync'd before this would be exceeded. Unset:
+    # see _resend_default (it depends on the payload mode).
+    max_resend: int = Field(default=DEFAULT_MAX_RESEND, ge=1, le=MAX_RESEND)
     # Unsynced deletes are fsync'd at least this often (seconds).
     settle_interval: float = Field(default=5, gt=0, le=3600, allow_inf_nan=False)
     live_window: Seconds = 60
@@ -210,6 +216,23 @@ class BridgeConfig(_Section):
     def _backoff_order(self) -> BridgeConfig:
         if self.reconnect_max < self.reconnect_min:
             raise ValueError("reconnect_max must be >= reconnect_min")
+        return self
+
+    @model_validator(mode="after")
+    def _resend_default(self) -> BridgeConfig:
+        """``max_resend`` when not set: 2000 for one reading per message; with batches
+        (``batch``, ``mixed``) one full window of them at MQTT's usual Receive Maximum,
+        20 x ``batch_max_readings`` (20,000 by default), so a catch-up is bound by the
+        link's bandwidth, not by round trips. A resent batch reading costs ~5 bytes on
+        the wire, a resent single message ~200: the larger bound resends fewer bytes.
+
+        Recomputed whenever the payload mode changes (set without marking the field as
+        set, so an explicit value always wins)."""
+        if "max_resend" not in self.model_fields_set:
+            default = DEFAULT_MAX_RESEND
+            if self.payload != "reading":
+                default = min(MAX_RESEND, BATCH_RESEND_WINDOW * self.batch_max_readings)
+            object.__setattr__(self, "max_resend", default)
         return self
 
 

@@ -78,12 +78,17 @@ def test_batch_mode_sends_the_backlog_in_batches_settled_by_one_puback(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     bridge, pub, spool = make(
-        tmp_path, clock, payload="batch", max_inflight=2000, batch_max_readings=1000
+        tmp_path,
+        clock,
+        payload="batch",
+        max_inflight=2000,
+        batch_max_readings=1000,
+        max_resend=2000,  # not the batch default (20 x batch_max_readings)
     )
     fill(spool, clock, 2500, age_s=OLD_S)
     connect(bridge, pub, 0.0)
     sent = pub.batches()
-    assert [len(decode(b.payload)) for b in sent] == [1000, 1000]  # the window: 2000 readings
+    assert [len(decode(b.payload)) for b in sent] == [1000, 1000]  # max_resend: 2000 readings
     assert pub.data() == []
     assert sent[0].resolved_topic == "mqttspool/edge-01/batch"
     assert (sent[0].qos, sent[0].retain) == (1, False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mqttspool.config import load_config
@@ -53,3 +55,35 @@ def test_out_of_range_values_name_the_key(key: str, value: str, message: str) ->
     [(path, problem)] = info.value.problems
     assert path == f"bridge.{key} (MQTTSPOOL_BRIDGE__{key.upper()})"
     assert message in problem
+
+
+@pytest.mark.parametrize(
+    ("env", "max_resend"),
+    [
+        ({}, 2000),
+        ({"PAYLOAD": "batch"}, 20_000),
+        ({"PAYLOAD": "mixed", "BATCH_MAX_READINGS": "250"}, 5000),
+        ({"PAYLOAD": "batch", "BATCH_MAX_READINGS": "65535"}, 1_000_000),  # the key's maximum
+        ({"PAYLOAD": "batch", "MAX_RESEND": "2000"}, 2000),  # set: it wins
+        ({"MAX_RESEND": "300"}, 300),
+    ],
+)
+def test_max_resend_defaults_to_one_window_of_batches_with_batches(
+    env: dict[str, str], max_resend: int
+) -> None:
+    cfg = load_config(None, {f"MQTTSPOOL_BRIDGE__{k}": v for k, v in env.items()}).bridge
+    assert cfg.max_resend == max_resend
+
+
+def test_the_max_resend_default_follows_the_payload_mode_unless_it_was_set(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "mqttspool.toml"
+    config.write_text('[bridge]\npayload = "batch"\n')
+    cfg = load_config(config, {}).bridge
+    assert cfg.max_resend == 20_000
+    cfg.payload = "reading"
+    assert cfg.max_resend == 2000
+    cfg.max_resend = 5000
+    cfg.payload = "mixed"
+    assert cfg.max_resend == 5000
