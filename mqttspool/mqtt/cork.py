@@ -30,7 +30,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
-CORK_FLUSH_BYTES = 65536  # wake the network thread at least this often within a block
+CORK_FLUSH_BYTES = 8192  # wake the network thread at least this often within a block
 _WAKE_BYTE = b"0"  # what paho itself writes to the socket pair
 
 

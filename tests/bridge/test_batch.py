@@ -317,3 +317,46 @@ def test_a_due_batch_blocked_by_the_receive_maximum_does_not_spin(
     pub.ack([pub.batches()[0].mid])
     bridge.step(5.1)
     assert [len(decode(b.payload)) for b in pub.batches()] == [8, 2]
+
+
+def test_a_backlog_is_leased_one_batch_at_a_time_and_each_batch_leaves_before_the_next_lease(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A long backlog is not read all at once before the first batch goes out (that
+    kept a slow link idle while 20,000 rows were read): lease, send, lease, send."""
+    bridge, pub, spool = make(
+        tmp_path, clock, payload="batch", max_inflight=100, batch_max_readings=500
+    )
+    fill(spool, clock, 2200, age_s=OLD_S)
+    events: list[str] = []
+    lease = bridge.source.lease
+
+    def leasing(n: int, now: float) -> list[Any]:
+        rows = lease(n, now)
+        events.append(f"lease {n}: {len(rows)}")
+        return rows
+
+    publish = pub.publish
+
+    def publishing(*args: Any, **kwargs: Any) -> int | None:
+        events.append("batch" if str(args[0]).endswith("/batch") else "control")
+        return publish(*args, **kwargs)
+
+    bridge.source.lease = leasing  # type: ignore[method-assign]
+    pub.publish = publishing  # type: ignore[method-assign]
+    connect(bridge, pub, 0.0)
+    data = [e for e in events if e != "control" and not e.endswith(": 0")]  # nothing left
+    assert data == [
+        "lease 500: 500",
+        "batch",
+        "lease 500: 500",
+        "batch",
+        "lease 500: 500",
+        "batch",
+        "lease 500: 500",
+        "batch",
+        "lease 500: 200",
+        "batch",
+    ]
+    assert seqs_of(pub.batches()) == list(range(1, 2201))
+    assert bridge.inflight == 2200  # all of it in flight: max_resend is 20 x 500

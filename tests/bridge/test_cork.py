@@ -91,7 +91,7 @@ def test_a_corked_block_wakes_the_network_thread_once_and_every_message_is_acked
 
 
 @pytest.mark.integration
-def test_a_large_corked_block_wakes_the_network_thread_every_64_kib(
+def test_a_large_corked_block_wakes_the_network_thread_every_8_kib(
     broker_factory: BrokerFactory,
 ) -> None:
     client, wakes, acks = _connected(broker_factory)
