@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from fakes.clock import FakeClock, FakeClockSync
 
+import mqttspool.sampler as sampler_module
 from mqttspool.config import Settings, SpoolConfig
 from mqttspool.counters import SENSOR_READS, Counters
 from mqttspool.errors import SensorError, SpoolError, SpoolFullError
@@ -196,6 +198,49 @@ def test_invalid_measurement_counts_as_sensor_error(spool: Spool, clock: FakeClo
     sampler.step()
     assert counters.counter(SENSOR_READS, ("nan", "error")) == 1
     assert spool.stats().depth == 0
+
+
+def test_an_invalid_reading_fails_its_sensor_and_keeps_the_others_of_the_round(
+    spool: Spool, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = ScriptedSensor("good", 5, clock, [[Measurement("t", 21.5, "°C")]])
+    nan = ScriptedSensor(
+        "nan", 5, clock, [[Measurement("t", 1.0, None), Measurement("h", math.nan, "%")]]
+    )
+    later = ScriptedSensor("later", 5, clock, [[Measurement("t", 3.0, None)]])
+    sampler, counters = _sampler([good, nan, later], spool, clock)
+    sampler.step()
+    assert [r[0] for r in _rows(spool)] == ["good", "later"]
+    assert [
+        counters.counter(SENSOR_READS, (name, result))
+        for name in ("good", "nan", "later")
+        for result in ("ok", "error")
+    ] == [1, 0, 0, 1, 1, 0]
+    assert sampler.status() == {"good": False, "nan": True, "later": False}
+    assert (
+        "sensor nan: invalid reading: value: must be a finite number"
+        " (NaN and infinity are rejected) (got nan)"
+    ) in caplog.text
+
+
+def test_a_rounds_valid_readings_take_one_validator_call(
+    spool: Spool, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = sampler_module._READINGS
+
+    class Spy:
+        def validate_python(self, docs: list[dict[str, object]]) -> list[Reading]:
+            calls.append(len(docs))
+            return real.validate_python(docs)
+
+    monkeypatch.setattr(sampler_module, "_READINGS", Spy())
+    two = [Measurement("t", 1.0, None), Measurement("h", 2.0, "%")]
+    sensors = [ScriptedSensor(f"s{i}", 5, clock, [two]) for i in range(5)]
+    sampler, _ = _sampler(list(sensors), spool, clock)
+    sampler.step()
+    assert calls == [10]
+    assert spool.stats().depth == 10
 
 
 def test_overrun_skips_missed_slots(spool: Spool, clock: FakeClock) -> None:
