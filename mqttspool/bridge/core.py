@@ -51,6 +51,7 @@ ACK_FLUSH_S = 0.05  # how long acknowledged rows wait to be deleted in one batch
 SETTLE_DELAY_S = 5.0  # the same in the daemon: fewer, larger deletes
 MAX_WAIT_S = 60.0  # no step sleeps longer than this
 LAZY_ACK_S = SETTLE_DELAY_S  # with lazy acks, PUBACKs in flight are handled at least this often
+LAZY_SETTLE_SLACK_S = 2.0  # with lazy acks, a settle waits this long for another wake-up
 FAILURE_LOG_INTERVAL_S = 30.0
 
 
@@ -393,6 +394,8 @@ def build_bridge(
     throttle = LogThrottle(FAILURE_LOG_INTERVAL_S, clock=late.now)
     dead_letters = DeadLetterLog(publisher.broker, throttle)
     settler = Settler.for_bridge(spool, cfg, settle_delay, counters, dead_letters, throttle)
+    if lazy_acks:
+        settler.wake_slack = LAZY_SETTLE_SLACK_S
     gate = ConsumerGate.for_bridge(cfg)  # the consumer gate (bridge.require_subscribers, ...)
     source = RowSource(spool, gate, late.gate_changed, live_first=cfg.live_first)
     link = Link(publisher, settings, throttle, late.link_down, spool.depth, rng)

@@ -51,6 +51,10 @@ class Settler:
         self.max_resend = max_resend
         self.settle_interval = settle_interval
         self.settle_delay = settle_delay  # how long acknowledged rows wait for more
+        # The settle timer wakes the loop this much after the delay is up; any step after
+        # the delay settles. The daemon sets it (lazy acks): a round of new readings
+        # every second or so then settles on its own wake-up, not on one of its own.
+        self.wake_slack = 0.0
         # Deletes in transactions of up to a quarter of max_resend: few WAL frames per row.
         self.ack_batch = max(32, min(1000, max_resend // 4))
         self.counters = counters
@@ -134,7 +138,8 @@ class Settler:
         """When :meth:`step` has work next (None: nothing waits)."""
         timers = []
         if self.first_pending_at is not None:
-            timers.append(max(self.first_pending_at + self.settle_delay, now + RETRY_S))
+            settle_at = self.first_pending_at + self.settle_delay + self.wake_slack
+            timers.append(max(settle_at, now + RETRY_S))
         if self.unsynced_since is not None:
             timers.append(max(self.unsynced_since + self.settle_interval, now + RETRY_S))
         return min(timers, default=None)
