@@ -15,9 +15,17 @@ the rest is built. Packets that paho's own thread queues meanwhile (PINGREQ,
 acknowledgements of incoming messages) are written on its next pass, which
 checks for queued packets before every ``select()``.
 
-It relies on paho internals (``_packet_queue``, ``_out_packet``,
-``_sockpairW``, ``_thread``); if a release renames them, :data:`CORK` is
-False and :meth:`corked` does nothing.
+When the network thread writes, it joins the QoS 1 PUBLISH packets waiting
+at the head of its queue (up to :data:`COALESCE_MAX_BYTES`) into one
+``send()``: a round of ten readings is one TCP segment and one wake-up of
+the broker, not ten. paho does nothing on completing a QoS 1 PUBLISH write
+(its PUBACK settles it), so the joined packet needs no bookkeeping; a packet
+paho has started writing, a QoS 0 one and anything else are left as they
+are.
+
+It relies on paho internals (``_packet_queue``, ``_packet_write``,
+``_out_packet``, ``_sockpairW``, ``_thread``); if a release renames them,
+:data:`CORK` is False and the client behaves like paho's.
 """
 
 from __future__ import annotations
@@ -28,9 +36,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.enums import MessageType, MQTTErrorCode
 
 CORK_FLUSH_BYTES = 8192  # wake the network thread at least this often within a block
+COALESCE_MAX_BYTES = 65536  # at most this much in one joined write
 _WAKE_BYTE = b"0"  # what paho itself writes to the socket pair
 
 
@@ -39,7 +48,14 @@ def _queue_signature_known() -> bool:
     if queue is None:
         return False
     names = list(inspect.signature(queue).parameters)
-    return names == ["self", "command", "packet", "mid", "qos", "info"]
+    return hasattr(mqtt.Client, "_packet_write") and names == [
+        "self",
+        "command",
+        "packet",
+        "mid",
+        "qos",
+        "info",
+    ]
 
 
 CORK = _queue_signature_known()
@@ -102,3 +118,46 @@ class CorkingClient(mqtt.Client):
         if self._corked_bytes >= CORK_FLUSH_BYTES:
             self._wake_network_thread()
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _packet_write(self) -> MQTTErrorCode:
+        if CORK:
+            self._coalesce_publishes()
+        return super()._packet_write()
+
+    def _coalesce_publishes(self) -> None:
+        """Join the unstarted QoS 1/2 PUBLISH packets at the head of the queue into one.
+
+        Runs on the thread that writes (paho's); publishers only append on the right.
+        """
+        out = self._out_packet
+        if len(out) < 2:
+            return
+        joined: list[Any] = []
+        size = 0
+        while out:
+            head = out[0]
+            if (
+                head["command"] & 0xF0 != MessageType.PUBLISH
+                or head["qos"] == 0
+                or head["pos"] != 0
+                or (joined and size + head["to_process"] > COALESCE_MAX_BYTES)
+            ):
+                break
+            joined.append(out.popleft())
+            size += head["to_process"]
+        if len(joined) > 1:
+            packet = b"".join(bytes(p["packet"]) for p in joined)
+            first = joined[0]
+            out.appendleft(
+                {
+                    "command": first["command"],
+                    "mid": first["mid"],
+                    "qos": first["qos"],
+                    "pos": 0,
+                    "to_process": size,
+                    "packet": packet,
+                    "info": None,  # read only for QoS 0
+                }
+            )
+        elif joined:
+            out.appendleft(joined[0])

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fakes.clock import FakeClock
-from support.broker import BrokerFactory
+from paho.mqtt import client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from support.broker import BrokerFactory, MosquittoBroker
 
 from bridge.test_step import connect, fill, make_bridge
 from mqttspool.config import BrokerConfig
@@ -37,8 +40,10 @@ class CountingSocket:
         return getattr(self.sock, name)
 
 
-def _connected(broker_factory: BrokerFactory) -> tuple[Client, CountingSocket, dict[int, int]]:
-    broker = broker_factory("auth")
+def _connected(
+    broker_factory: BrokerFactory, broker: MosquittoBroker | None = None
+) -> tuple[Client, CountingSocket, dict[int, int]]:
+    broker = broker or broker_factory("auth")
     cfg = BrokerConfig(
         host="127.0.0.1",
         port=broker.port,
@@ -88,6 +93,46 @@ def test_a_corked_block_wakes_the_network_thread_once_and_every_message_is_acked
         client.disconnect()
         client.loop_stop()
     assert {acks[mid] for mid in mids} == {0x10}  # delivered (no subscriber on v5)
+
+
+@pytest.mark.integration
+def test_a_corked_round_goes_out_in_one_write_and_arrives_whole_and_in_order(
+    broker_factory: BrokerFactory,
+) -> None:
+    """The network thread joins the queued QoS 1 PUBLISH packets into one send():
+    the broker still gets ten messages, in order, each acknowledged."""
+    broker = broker_factory("auth")
+    heard: list[bytes] = []
+    subscribed = threading.Event()
+    listener = mqtt.Client(CallbackAPIVersion.VERSION2, "cork-listener")
+    listener.username_pw_set("dashboard", broker.users["dashboard"])
+    listener.on_subscribe = lambda *_: subscribed.set()
+    listener.on_message = lambda _c, _u, msg: heard.append(bytes(msg.payload))
+    listener.connect("127.0.0.1", broker.port)
+    listener.loop_start()
+    listener.subscribe("mqttspool/edge-01/round/#", qos=1)
+    assert subscribed.wait(10)
+    client, _wakes, acks = _connected(broker_factory, broker)
+    sends = CountingSocket(client._sock)  # type: ignore[arg-type]
+    client._sock = sends  # type: ignore[assignment]
+    try:
+        with client.corked():
+            mids = [
+                client.publish(f"mqttspool/edge-01/round/{i}", str(i).encode(), qos=1).mid
+                for i in range(10)
+            ]
+        _wait_acks(acks, mids)
+        assert sends.sends == 1
+        deadline = time.monotonic() + 10
+        while len(heard) < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        listener.disconnect()
+        listener.loop_stop()
+    assert heard == [str(i).encode() for i in range(10)]
+    assert {acks[mid] for mid in mids} == {0}  # success: a subscriber got them
 
 
 @pytest.mark.integration
