@@ -23,9 +23,13 @@ the broker, not ten. paho does nothing on completing a QoS 1 PUBLISH write
 paho has started writing, a QoS 0 one and anything else are left as they
 are.
 
+Reads go through :class:`~mqttspool.mqtt.readbuf.BufferedSocket` (one
+``recv()`` per burst of PUBACKs instead of three per PUBACK).
+
 It relies on paho internals (``_packet_queue``, ``_packet_write``,
-``_out_packet``, ``_sockpairW``, ``_thread``); if a release renames them,
-:data:`CORK` is False and the client behaves like paho's.
+``_out_packet``, ``_sockpairW``, ``_thread``, ``_create_socket``); if a
+release renames them, :data:`CORK` or :data:`BUFFERED_READS` is False and
+the client behaves like paho's.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MessageType, MQTTErrorCode
+
+from mqttspool.mqtt.readbuf import BufferedSocket
 
 CORK_FLUSH_BYTES = 8192  # wake the network thread at least this often within a block
 COALESCE_MAX_BYTES = 65536  # at most this much in one joined write
@@ -59,6 +65,7 @@ def _queue_signature_known() -> bool:
 
 
 CORK = _queue_signature_known()
+BUFFERED_READS = hasattr(mqtt.Client, "_create_socket")
 
 
 class CorkingClient(mqtt.Client):
@@ -161,3 +168,9 @@ class CorkingClient(mqtt.Client):
             )
         elif joined:
             out.appendleft(joined[0])
+
+    def _create_socket(self) -> Any:
+        sock = super()._create_socket()
+        if BUFFERED_READS and getattr(self, "_transport", "") == "tcp":
+            return BufferedSocket(sock)  # see mqttspool.mqtt.readbuf
+        return sock
