@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 from fakes.publisher import FakePublisher
-from support.broker import BrokerFactory
+from support.broker import BrokerFactory, MosquittoBroker
 from support.proxy import TcpProxy
 
 from mqttspool.config import BrokerConfig
@@ -197,6 +197,22 @@ def test_connect_to_a_closed_port_fails_with_kind_network(backend: Backend) -> N
     assert event.reason
 
 
+def _quiet_publisher(broker: MosquittoBroker, port: int, client_id: str) -> MqttPublisher:
+    """A connected MqttPublisher as edge-01 via ``port``, its events drained and its
+    wake-up flag (set by the CONNACK) cleared."""
+    cfg = BrokerConfig(
+        host="127.0.0.1",
+        port=port,
+        username="edge-01",
+        password=broker.users["edge-01"],  # type: ignore[arg-type]
+    )
+    pub = MqttPublisher(cfg, client_id, None)
+    connected(pub)
+    pub.events()
+    pub.wait(0)
+    return pub
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("acks_wake", [True, False])
 def test_a_puback_ends_a_wait_only_while_acks_wake(
@@ -207,17 +223,8 @@ def test_a_puback_ends_a_wait_only_while_acks_wake(
     PUBACK by 0.4 s so that it arrives during the wait."""
     broker = broker_factory("auth")
     proxy = TcpProxy(broker.host, broker.port, delay=0.2)
-    cfg = BrokerConfig(
-        host="127.0.0.1",
-        port=proxy.port,
-        username="edge-01",
-        password=broker.users["edge-01"],  # type: ignore[arg-type]
-    )
-    pub = MqttPublisher(cfg, "contract-lazy-acks", None)
+    pub = _quiet_publisher(broker, proxy.port, "contract-lazy-acks")
     try:
-        connected(pub)
-        pub.events()
-        pub.wait(0)  # clears the wake-up flag the CONNACK set
         pub.acks_wake = acks_wake
         mid = pub.publish(ALLOWED, b"21.5", 1, False)
         started = time.monotonic()
@@ -243,17 +250,8 @@ def test_a_puback_queued_while_acks_do_not_wake_waits_until_they_do(
     bridge would otherwise step once more per round for nothing. Turning ``acks_wake``
     on wakes the waiter at once (a full window must not wait for a timer)."""
     broker = broker_factory("auth")
-    cfg = BrokerConfig(
-        host="127.0.0.1",
-        port=broker.port,
-        username="edge-01",
-        password=broker.users["edge-01"],  # type: ignore[arg-type]
-    )
-    pub = MqttPublisher(cfg, "contract-queued-ack", None)
+    pub = _quiet_publisher(broker, broker.port, "contract-queued-ack")
     try:
-        connected(pub)
-        pub.events()
-        pub.wait(0)  # clears the wake-up flag the CONNACK set
         pub.acks_wake = False
         mid = pub.publish(ALLOWED, b"21.5", 1, False)
         deadline = time.monotonic() + 10

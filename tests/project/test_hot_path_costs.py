@@ -10,6 +10,7 @@ from typing import cast
 
 import pytest
 from fakes.clock import FakeClock, FakeClockSync
+from fakes.validator import CountingValidator
 from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
@@ -169,19 +170,12 @@ def test_a_sensors_readings_are_accepted_and_rejected_as_one_by_one(
 def test_a_sensors_valid_readings_take_one_validator_call(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    calls: list[int] = []
-    real = sampler_module._READINGS
-
-    class Spy:
-        def validate_python(self, docs: list[dict[str, object]]) -> list[Reading]:
-            calls.append(len(docs))
-            return real.validate_python(docs)
-
-    monkeypatch.setattr(sampler_module, "_READINGS", Spy())
+    spy = CountingValidator(sampler_module._READINGS)
+    monkeypatch.setattr(sampler_module, "_READINGS", spy)
     sampler = _sampler(FakeClock())
     measurements = [Measurement("temperature", 21.5, "°C"), Measurement("humidity", 40.0, "%RH")]
     readings = sampler._readings(sampler.sensors[0], measurements, True)
-    assert calls == [2]
+    assert spy.calls == [2]
     assert [(r.metric, r.value, r.unit) for r in readings] == [
         ("temperature", 21.5, "°C"),
         ("humidity", 40.0, "%RH"),

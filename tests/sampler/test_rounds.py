@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from fakes.clock import FakeClock, FakeClockSync
+from fakes.validator import CountingValidator
 
 import mqttspool.sampler as sampler_module
 from mqttspool.config import Settings, SpoolConfig
@@ -226,20 +227,13 @@ def test_an_invalid_reading_fails_its_sensor_and_keeps_the_others_of_the_round(
 def test_a_rounds_valid_readings_take_one_validator_call(
     spool: Spool, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[int] = []
-    real = sampler_module._READINGS
-
-    class Spy:
-        def validate_python(self, docs: list[dict[str, object]]) -> list[Reading]:
-            calls.append(len(docs))
-            return real.validate_python(docs)
-
-    monkeypatch.setattr(sampler_module, "_READINGS", Spy())
+    spy = CountingValidator(sampler_module._READINGS)
+    monkeypatch.setattr(sampler_module, "_READINGS", spy)
     two = [Measurement("t", 1.0, None), Measurement("h", 2.0, "%")]
     sensors = [ScriptedSensor(f"s{i}", 5, clock, [two]) for i in range(5)]
     sampler, _ = _sampler(list(sensors), spool, clock)
     sampler.step()
-    assert calls == [10]
+    assert spy.calls == [10]
     assert spool.stats().depth == 10
 
 
