@@ -33,7 +33,7 @@ from __future__ import annotations
 from .connection import Backoff, Link, Session, TopicAliases
 from .core import ACK_FLUSH_S, MAX_WAIT_S, SETTLE_DELAY_S, Bridge, Parts, build_bridge
 from .deadletters import DeadLetterLog
-from .leases import VERSION_CHECK_S, LeaseCursor, RowSource, SpoolWatch
+from .leases import VERSION_CHECK_MAX_S, VERSION_CHECK_S, LeaseCursor, RowSource, SpoolWatch
 from .outbox import (
     SNAPSHOT_INTERVAL_S,
     Companion,
@@ -51,6 +51,7 @@ __all__ = [
     "MAX_WAIT_S",
     "SETTLE_DELAY_S",
     "SNAPSHOT_INTERVAL_S",
+    "VERSION_CHECK_MAX_S",
     "VERSION_CHECK_S",
     "Backoff",
     "BatchSender",

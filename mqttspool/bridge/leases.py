@@ -15,7 +15,8 @@ from mqttspool.gate import ConsumerGate
 from mqttspool.reading import StoredReading
 from mqttspool.spool import Spool
 
-VERSION_CHECK_S = 1.0  # an idle bridge looks for rows committed by other processes this often
+VERSION_CHECK_S = 1.0  # the first look for other processes' rows after a lease or a find
+VERSION_CHECK_MAX_S = 4.0  # found nothing: each look waits twice as long, up to this
 
 
 class LeaseCursor:
@@ -73,7 +74,10 @@ class SpoolWatch:
     the bridge leases again only when this process committed rows
     (``Spool.appended.count`` moved, no query) or ``PRAGMA data_version`` says
     another connection committed (``mqttspool enqueue``, ``dead-letters
-    requeue``), which is checked at most every ``VERSION_CHECK_S``.
+    requeue``), which is checked ``VERSION_CHECK_S`` after the lease, then, while
+    nothing changes, twice as long each time up to ``VERSION_CHECK_MAX_S`` (an idle
+    daemon looks 15 times a minute, not 60; rows another process commits to an idle
+    spool go out within 4 s).
     """
 
     def __init__(self, spool: Spool) -> None:
@@ -82,6 +86,7 @@ class SpoolWatch:
         self.next_check = 0.0
         self._appends = spool.appended.count
         self._version: int | None = None
+        self._check_every = VERSION_CHECK_S
 
     def reset(self) -> None:
         """The leases were released: the next lease must look at the spool."""
@@ -96,9 +101,14 @@ class SpoolWatch:
             return True
         if now < self.next_check:
             return False
-        self.next_check = now + VERSION_CHECK_S
         version, self._version = self._version, self.spool.data_version()
-        return version != self._version
+        changed = version != self._version
+        if changed:
+            self._check_every = VERSION_CHECK_S
+        else:
+            self._check_every = min(2 * self._check_every, VERSION_CHECK_MAX_S)
+        self.next_check = now + self._check_every
+        return changed
 
     def known_empty(self) -> bool:
         """True when the last lease found everything and this process committed nothing
@@ -122,7 +132,9 @@ class SpoolWatch:
         self.exhausted = len(rows) < asked
         if self.exhausted:
             self._version = version
-            self.next_check = max(self.next_check, now + VERSION_CHECK_S)
+            if rows:  # activity: look again soon
+                self._check_every = VERSION_CHECK_S
+            self.next_check = max(self.next_check, now + self._check_every)
         return rows
 
 

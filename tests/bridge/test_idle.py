@@ -7,6 +7,7 @@ measured by ``bench/cost.py``.
 
 from __future__ import annotations
 
+import itertools
 import random
 import sqlite3
 import threading
@@ -24,6 +25,7 @@ from mqttspool.bridge import (
     ACK_FLUSH_S,
     SETTLE_DELAY_S,
     SNAPSHOT_INTERVAL_S,
+    VERSION_CHECK_MAX_S,
     VERSION_CHECK_S,
     BatchSender,
     Bridge,
@@ -93,11 +95,39 @@ def test_idle_connected_step_runs_no_query_and_sleeps_until_the_version_check(
         assert bridge.drained
         bridge.step(check_at)
         assert trace.take() == ["PRAGMA data_version"]  # the one cheap look, no table read
-        assert bridge.step(check_at + 0.01) == pytest.approx(VERSION_CHECK_S - 0.01)
+        # Nothing changed: the next look waits twice as long.
+        assert bridge.step(check_at + 0.01) == pytest.approx(2 * VERSION_CHECK_S - 0.01)
         assert trace.take() == []
         assert len(pub.data()) == 3
     finally:
         trace.close()
+        spool.close()
+
+
+def test_an_idle_bridge_looks_less_often_until_another_process_commits(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The version check backs off 1, 2, 4, 4 s while nothing changes; a commit by
+    another connection is found at the next look, and the looks start over at 1 s."""
+    bridge, pub, spool = idle_bridge(tmp_path, clock)
+    other = open_spool(bridge.settings.spool, clock)  # its own SQLite connection
+    try:
+        looks = []
+        now = 0.0
+        for _ in range(5):
+            now = bridge.watch.next_check
+            bridge.step(now)
+            looks.append(now)
+        gaps = [round(b - a, 3) for a, b in itertools.pairwise(looks)]
+        assert gaps == [2 * VERSION_CHECK_S, VERSION_CHECK_MAX_S, VERSION_CHECK_MAX_S, 4.0]
+        new = fill(other, clock, 2)
+        found_at = bridge.watch.next_check
+        assert found_at == pytest.approx(looks[-1] + VERSION_CHECK_MAX_S)
+        bridge.step(found_at)
+        assert [s.doc()["seq"] for s in pub.data()[3:]] == new
+        assert bridge.watch.next_check == pytest.approx(found_at + VERSION_CHECK_S)  # anew
+    finally:
+        other.close()
         spool.close()
 
 
