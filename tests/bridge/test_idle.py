@@ -284,17 +284,33 @@ def test_the_daemon_deletes_acknowledged_rows_in_batches_within_max_resend(
         spool.close()
 
 
+def lazy_bridge(
+    tmp_path: Path,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    pub: FakePublisher | None = None,
+    **bridge: Any,
+) -> tuple[Bridge, FakePublisher, Spool]:
+    """The daemon's bridge (lazy acks, the long settle delay) on a fake publisher, with
+    the version check out of the way: only the ack and settle timers wake it."""
+    monkeypatch.setattr(bridge_leases, "VERSION_CHECK_S", 3600.0)
+    cfg = make_settings(tmp_path, **bridge)
+    spool = open_spool(cfg.spool, clock)
+    pub = pub or FakePublisher()
+    return (
+        build_bridge(cfg, spool, pub, clock, settle_delay=SETTLE_DELAY_S, lazy_acks=True),
+        pub,
+        spool,
+    )
+
+
 def test_with_lazy_acks_a_puback_wakes_the_bridge_only_when_something_waits_on_it(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The daemon's bridge is not woken once per PUBACK while the window and max_resend
     leave room: the acks wait for the next wake-up (new rows, a timer), at most
     LAZY_ACK_S while messages are in flight."""
-    monkeypatch.setattr(bridge_leases, "VERSION_CHECK_S", 3600.0)  # only the ack timers
-    cfg = make_settings(tmp_path, max_inflight=4, max_resend=100)
-    spool = open_spool(cfg.spool, clock)
-    pub = FakePublisher()
-    bridge = build_bridge(cfg, spool, pub, clock, settle_delay=SETTLE_DELAY_S, lazy_acks=True)
+    bridge, pub, spool = lazy_bridge(tmp_path, clock, monkeypatch, max_inflight=4, max_resend=100)
     try:
         connect(bridge, pub, 0.0)
         fill(spool, clock, 2)
@@ -321,11 +337,7 @@ def test_lazily_handled_acks_are_deleted_a_settle_delay_after_they_arrived(
 ) -> None:
     """Handling a PUBACK late (lazy acks) does not postpone its delete: the settle
     delay counts from when paho received it."""
-    monkeypatch.setattr(bridge_leases, "VERSION_CHECK_S", 3600.0)
-    cfg = make_settings(tmp_path, max_inflight=10)
-    spool = open_spool(cfg.spool, clock)
-    pub = FakePublisher()
-    bridge = build_bridge(cfg, spool, pub, clock, settle_delay=SETTLE_DELAY_S, lazy_acks=True)
+    bridge, pub, spool = lazy_bridge(tmp_path, clock, monkeypatch, max_inflight=10)
     try:
         connect(bridge, pub, 0.0)
         fill(spool, clock, 2)
@@ -349,9 +361,6 @@ def test_shutdown_waits_for_its_pubacks_with_acks_waking_it(
     """The last lazy step left ``acks_wake`` off; the shutdown's waits (the acks in
     flight, then the ``offline`` status) must be ended by their PUBACKs, not run to
     their deadline (nothing in flight: no step runs before the ``offline`` wait)."""
-    monkeypatch.setattr(bridge_leases, "VERSION_CHECK_S", 3600.0)
-    cfg = make_settings(tmp_path, max_inflight=10)
-    spool = open_spool(cfg.spool, clock)
     waits: list[bool] = []
 
     class Recording(FakePublisher):
@@ -359,8 +368,7 @@ def test_shutdown_waits_for_its_pubacks_with_acks_waking_it(
             waits.append(self.acks_wake)
             self.ack_control()
 
-    pub = Recording()
-    bridge = build_bridge(cfg, spool, pub, clock, settle_delay=SETTLE_DELAY_S, lazy_acks=True)
+    bridge, pub, spool = lazy_bridge(tmp_path, clock, monkeypatch, Recording(), max_inflight=10)
     try:
         connect(bridge, pub, 0.0)
         fill(spool, clock, 1)
