@@ -19,10 +19,15 @@ from support.broker import BrokerFactory, MosquittoBroker
 from bridge.test_step import connect, fill, make_bridge
 from mqttspool.config import BrokerConfig
 from mqttspool.mqtt.client import new_client
-from mqttspool.mqtt.cork import CORK, CORK_FLUSH_BYTES
+from mqttspool.mqtt.cork import BUFFERED_READS, CORK, CORK_FLUSH_BYTES
 from mqttspool.mqtt.fastack import Client
 
-pytestmark = pytest.mark.skipif(not CORK, reason="this paho has no _packet_queue to cork")
+
+def test_the_installed_paho_has_what_corking_and_buffered_reads_use() -> None:
+    """Without these internals the client falls back to paho's own I/O (no error); here
+    that fallback would hide a regression, so a paho that lacks them fails the suite."""
+    assert CORK
+    assert BUFFERED_READS
 
 
 class CountingSocket:
