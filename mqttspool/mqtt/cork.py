@@ -110,18 +110,8 @@ class CorkingClient(mqtt.Client):
     ) -> MQTTErrorCode:
         if not self._corked or self._thread is None:
             return super()._packet_queue(command, packet, mid, qos, info)
-        self._out_packet.append(
-            {
-                "command": command,
-                "mid": mid,
-                "qos": qos,
-                "pos": 0,
-                "to_process": len(packet),
-                "packet": packet,
-                "info": info,
-            }
-        )
-        self._corked_bytes += len(packet) or 1
+        self._out_packet.append(_out_entry(command, mid, qos, packet, info))
+        self._corked_bytes += len(packet)
         if self._corked_bytes >= CORK_FLUSH_BYTES:
             self._wake_network_thread()
         return MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -134,43 +124,47 @@ class CorkingClient(mqtt.Client):
     def _coalesce_publishes(self) -> None:
         """Join the unstarted QoS 1/2 PUBLISH packets at the head of the queue into one.
 
-        Runs on the thread that writes (paho's); publishers only append on the right.
+        Runs on the thread that writes (paho's); publishers only append on the right,
+        so the head is read by index (iterating would race with their appends).
         """
         out = self._out_packet
-        if len(out) < 2:
+        count = size = 0
+        while count < len(out) and _joinable(out[count], size, first=count == 0):
+            size += out[count]["to_process"]
+            count += 1
+        if count < 2:
             return
-        joined: list[Any] = []
-        size = 0
-        while out:
-            head = out[0]
-            if (
-                head["command"] & 0xF0 != MessageType.PUBLISH
-                or head["qos"] == 0
-                or head["pos"] != 0
-                or (joined and size + head["to_process"] > COALESCE_MAX_BYTES)
-            ):
-                break
-            joined.append(out.popleft())
-            size += head["to_process"]
-        if len(joined) > 1:
-            packet = b"".join(bytes(p["packet"]) for p in joined)
-            first = joined[0]
-            out.appendleft(
-                {
-                    "command": first["command"],
-                    "mid": first["mid"],
-                    "qos": first["qos"],
-                    "pos": 0,
-                    "to_process": size,
-                    "packet": packet,
-                    "info": None,  # read only for QoS 0
-                }
-            )
-        elif joined:
-            out.appendleft(joined[0])
+        joined = [out.popleft() for _ in range(count)]
+        head = joined[0]
+        packet = b"".join(p["packet"] for p in joined)
+        # "info" is read only for QoS 0; the PUBACKs settle these through _out_messages.
+        out.appendleft(_out_entry(head["command"], head["mid"], head["qos"], packet, None))
 
     def _create_socket(self) -> Any:
         sock = super()._create_socket()
         if BUFFERED_READS and getattr(self, "_transport", "") == "tcp":
             return BufferedSocket(sock)  # see mqttspool.mqtt.readbuf
         return sock
+
+
+def _out_entry(command: int, mid: int, qos: int, packet: bytes | bytearray, info: Any) -> Any:
+    """One entry of paho's ``_out_packet`` queue, as ``_packet_queue`` builds it."""
+    return {
+        "command": command,
+        "mid": mid,
+        "qos": qos,
+        "pos": 0,
+        "to_process": len(packet),
+        "packet": packet,
+        "info": info,
+    }
+
+
+def _joinable(entry: Any, size: int, first: bool) -> bool:
+    """An unstarted QoS 1/2 PUBLISH that fits the joined write (the first always does)."""
+    return (
+        entry["command"] & 0xF0 == MessageType.PUBLISH
+        and entry["qos"] > 0
+        and entry["pos"] == 0
+        and (first or size + entry["to_process"] <= COALESCE_MAX_BYTES)
+    )
