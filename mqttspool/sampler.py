@@ -108,7 +108,7 @@ class Sampler:
         """Run every due sensor, append their readings at once; seconds until the next is due."""
         synced = self._check_sync()
         now = self.clock.mono_ns()
-        polled = []
+        polled: list[_Polled] = []
         for state in self._states:
             if state.next_due_ns <= now:
                 docs = self._poll(state, synced)
@@ -182,9 +182,7 @@ class Sampler:
             self._failed(state, f"sensor {sensor.name}: unexpected {type(exc).__name__}: {exc}")
         return None
 
-    def _validated(
-        self, polled: list[tuple[_SensorState, list[dict[str, object]]]]
-    ) -> list[Reading]:
+    def _validated(self, polled: list[_Polled]) -> list[Reading]:
         """The round's readings, validated in ONE pydantic call (its per-call overhead was a
         fifth of a reading's validation, and each sensor's own call cost more once a
         second than in a loop). On an invalid one, again sensor by sensor, so the

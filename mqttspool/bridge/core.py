@@ -393,9 +393,8 @@ def build_bridge(
     late = _Late()
     throttle = LogThrottle(FAILURE_LOG_INTERVAL_S, clock=late.now)
     dead_letters = DeadLetterLog(publisher.broker, throttle)
-    settler = Settler.for_bridge(spool, cfg, settle_delay, counters, dead_letters, throttle)
-    if lazy_acks:
-        settler.wake_slack = LAZY_SETTLE_SLACK_S
+    slack = LAZY_SETTLE_SLACK_S if lazy_acks else 0.0
+    settler = Settler.for_bridge(spool, cfg, settle_delay, counters, dead_letters, throttle, slack)
     gate = ConsumerGate.for_bridge(cfg)  # the consumer gate (bridge.require_subscribers, ...)
     source = RowSource(spool, gate, late.gate_changed, live_first=cfg.live_first)
     link = Link(publisher, settings, throttle, late.link_down, spool.depth, rng)

@@ -46,6 +46,7 @@ class Settler:
         counters: Counters,
         dead_letters: DeadLetterLog,
         throttle: LogThrottle,
+        wake_slack: float = 0.0,
     ) -> None:
         self.spool = spool
         self.max_resend = max_resend
@@ -54,7 +55,7 @@ class Settler:
         # The settle timer wakes the loop this much after the delay is up; any step after
         # the delay settles. The daemon sets it (lazy acks): a round of new readings
         # every second or so then settles on its own wake-up, not on one of its own.
-        self.wake_slack = 0.0
+        self.wake_slack = wake_slack
         # Deletes in transactions of up to a quarter of max_resend: few WAL frames per row.
         self.ack_batch = max(32, min(1000, max_resend // 4))
         self.counters = counters
@@ -75,6 +76,7 @@ class Settler:
         counters: Counters,
         dead_letters: DeadLetterLog,
         throttle: LogThrottle,
+        wake_slack: float = 0.0,
     ) -> Settler:
         """The settler ``[bridge]`` asks for (``max_resend``, ``settle_interval``)."""
         return cls(
@@ -85,6 +87,7 @@ class Settler:
             counters=counters,
             dead_letters=dead_letters,
             throttle=throttle,
+            wake_slack=wake_slack,
         )
 
     # ------------------------------------------------------------ the bound
